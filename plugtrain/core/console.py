@@ -1,0 +1,53 @@
+"""Where output goes: rich tables and progress in a terminal, plain line-per-event text otherwise; rank 0 only."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+def rank() -> int:
+    """This process's global rank under torchrun (0 when not distributed)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_tty() -> bool:
+    """True when stdout is a terminal (and plain output was not forced with PLUGTRAIN_PLAIN=1)."""
+    if os.environ.get("PLUGTRAIN_PLAIN", "") not in ("", "0"):
+        return False
+    return sys.stdout.isatty()
+
+
+def echo(text: str = "") -> None:
+    """Print a line on stdout from rank 0 only."""
+    if rank() == 0:
+        print(text, flush=True)
+
+
+def print_json(data: Any) -> None:
+    if rank() == 0:
+        print(json.dumps(data, indent=2, default=str), flush=True)
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A rich table in a terminal; tab-separated lines with a header otherwise."""
+    if rank() != 0:
+        return
+    if is_tty():
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=title, title_justify="left")
+        for c in columns:
+            t.add_column(c, overflow="fold")
+        for r in rows:
+            t.add_row(*[str(x) for x in r])
+        Console().print(t)
+    else:
+        print("\t".join(columns))
+        for r in rows:
+            print("\t".join(str(x) for x in r))
+        sys.stdout.flush()

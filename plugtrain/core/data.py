@@ -1,0 +1,30 @@
+"""What a dataset plugin returns, and the torch Dataset that applies augmentations in DataLoader workers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+
+@attrs.define
+class DatasetSplits:
+    """The splits a dataset plugin provides.
+
+    Each split is a sequence (``__len__`` and ``__getitem__``) of ``(image, target)`` samples, with ``image`` an
+    ``HxWxC`` uint8 numpy array (decoded lazily: decoding belongs in ``__getitem__`` so it runs in DataLoader
+    workers) and ``target`` an int class index (classification, metric learning) or a float / float vector
+    (regression). ``targets`` (optional) lists every sample's target without decoding images — samplers use it.
+    """
+
+    train: Sequence[Any]
+    val: Sequence[Any]
+    test: Sequence[Any] | None = None
+    class_names: list[str] = attrs.Factory(list)
+    in_chans: int = 3
+    task: str = "classification"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)

@@ -1,0 +1,408 @@
+"""Loading plugins from the ``plugtrain`` entry-point group, and the registry of components they provide.
+
+Built-in plugins come in through the same door as third-party ones: the entry points of installed distributions.
+A plugin that fails to import, or whose hook raises, never takes the registry down: it is reported (on stderr, and in
+``plugtrain plugins``) and every other plugin still loads. ``PLUGTRAIN_STRICT_PLUGINS=1`` makes such a failure fatal;
+``PLUGTRAIN_DISABLE_PLUGINS=a,b`` skips entry points by name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import importlib
+import importlib.metadata
+import inspect
+import os
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+import pluggy
+
+from plugtrain.core import hookspecs
+from plugtrain.core.errors import PlugtrainError, did_you_mean
+from plugtrain.core.hookspecs import CONTEXT, ENTRY_POINT_GROUP, KINDS, SINGULAR, hook_name
+
+_EMPTY = inspect.Parameter.empty
+
+
+@attrs.frozen
+class Param:
+    """One user-settable parameter of a component, read from its factory's signature."""
+
+    name: str
+    default: Any = None
+    annotation: Any = None  # the annotation object (None when absent)
+    required: bool = False
+
+    @property
+    def annotation_str(self) -> str:
+        return _annotation_str(self.annotation)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "default": _jsonable(self.default),
+            "annotation": self.annotation_str,
+            "required": self.required,
+        }
+
+
+@attrs.frozen
+class Component:
+    """A component a plugin provides: a name, the factory that builds it and a one-line summary.
+
+    Plugins create components as ``Component("Focal", focal_loss, summary="...")``; plugtrain fills in ``kind``,
+    ``plugin``, ``distribution`` and ``version`` from the hook and entry point that provided it.
+    """
+
+    name: str
+    factory: Callable[..., Any] = attrs.field(repr=False)
+    summary: str = ""
+    kind: str = ""
+    plugin: str = ""
+    distribution: str = ""
+    version: str = ""
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.plugin}:{self.name}"
+
+    @property
+    def doc(self) -> str:
+        factory = self.factory.func if isinstance(self.factory, functools.partial) else self.factory
+        return inspect.getdoc(factory) or ""
+
+    @property
+    def one_line(self) -> str:
+        if self.summary:
+            return self.summary
+        return self.doc.strip().split("\n", 1)[0] if self.doc else ""
+
+    @functools.cached_property
+    def _signature(self) -> tuple[list[Param], bool]:
+        return signature_params(self.factory, CONTEXT.get(self.kind, frozenset()))
+
+    @property
+    def params(self) -> list[Param]:
+        """User-settable parameters (context arguments, ``*args`` and ``**kwargs`` left out)."""
+        return self._signature[0]
+
+    @property
+    def accepts_any_kwargs(self) -> bool:
+        """True when the factory takes ``**kwargs``: then any parameter name is accepted."""
+        return self._signature[1]
+
+    def build(self, params: dict[str, Any] | None = None, **context: Any) -> Any:
+        """Call the factory with the spec's ``params`` and those ``context`` arguments its signature names."""
+        kwargs = dict(params or {})
+        names = _signature_names(self.factory)
+        for key, value in context.items():
+            if names is None or key in names:
+                kwargs[key] = value
+        return self.factory(**kwargs)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "plugin": self.plugin,
+            "distribution": self.distribution,
+            "version": self.version,
+            "summary": self.one_line,
+        }
+
+
+def _signature_names(factory: Callable[..., Any]) -> set[str] | None:
+    """Names the factory accepts as keywords, or None when it takes ``**kwargs``."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+    names = set()
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            return None
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            names.add(p.name)
+    return names
+
+
+def signature_params(factory: Callable[..., Any], context: Iterable[str] = ()) -> tuple[list[Param], bool]:
+    """The user parameters of ``factory`` and whether it takes ``**kwargs``."""
+    context = set(context)
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return [], True
+    try:
+        hints = _type_hints(factory)
+    except Exception:  # unresolvable string annotations: fall back to the raw ones
+        hints = {}
+    params, var_kw = [], False
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            var_kw = True
+            continue
+        if p.kind is p.VAR_POSITIONAL or p.name in context or p.name.startswith("_") or p.name == "self":
+            continue
+        if p.kind is p.POSITIONAL_ONLY:
+            continue
+        annotation = hints.get(p.name, None if p.annotation is _EMPTY else p.annotation)
+        required = p.default is _EMPTY
+        params.append(Param(p.name, None if required else p.default, annotation, required))
+    return params, var_kw
+
+
+def _type_hints(factory: Callable[..., Any]) -> dict[str, Any]:
+    import typing
+
+    target = factory
+    if isinstance(factory, functools.partial):
+        target = factory.func
+    if inspect.isclass(target):
+        target = target.__init__
+    return typing.get_type_hints(target)
+
+
+def _annotation_str(annotation: Any) -> str:
+    if annotation is None or annotation is _EMPTY:
+        return ""
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return inspect.formatannotation(annotation).replace("typing.", "")
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+@attrs.define
+class PluginInfo:
+    """One entry point in the ``plugtrain`` group, and what became of loading it."""
+
+    name: str
+    value: str
+    distribution: str
+    version: str
+    module: Any = None
+    hooks: list[str] = attrs.Factory(list)
+    error: str | None = None
+    disabled: bool = False
+
+    @property
+    def dist_label(self) -> str:
+        return f"{self.distribution}=={self.version}" if self.distribution else "no distribution"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "hooks": self.hooks,
+            "error": self.error,
+        }
+
+
+def _last_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+class Registry:
+    """The plugins found through entry points and the components they provide, kind by kind, on demand."""
+
+    def __init__(
+        self,
+        entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
+        disabled: Iterable[str] | None = None,
+        strict: bool | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        if entry_points is None:
+            entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        if disabled is None:
+            disabled = [n.strip() for n in os.environ.get("PLUGTRAIN_DISABLE_PLUGINS", "").split(",") if n.strip()]
+        self.strict = _env_flag("PLUGTRAIN_STRICT_PLUGINS") if strict is None else strict
+        self._warn = warn or (lambda msg: print(f"plugtrain: warning: {msg}", file=sys.stderr))
+        self._disabled = set(disabled)
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: list[PluginInfo] = []
+        self._components: dict[str, list[Component]] = {}
+        self._load(entry_points)
+
+    # -- loading ---------------------------------------------------------------------------------------------------
+    def _fail(self, message: str) -> None:
+        if self.strict:
+            raise PlugtrainError(f"plugtrain: {message} (PLUGTRAIN_STRICT_PLUGINS is set)")
+        self._warn(message)
+
+    def _load(self, entry_points: Iterable[importlib.metadata.EntryPoint]) -> None:
+        seen: set[tuple[str, str]] = set()
+        for ep in sorted(entry_points, key=lambda e: (e.value.split(".")[0] != "plugtrain", e.name)):
+            if (ep.name, ep.value) in seen:
+                continue
+            seen.add((ep.name, ep.value))
+            dist = getattr(ep, "dist", None)
+            info = PluginInfo(
+                ep.name,
+                ep.value,
+                dist.metadata["Name"] if dist is not None else "",
+                dist.version if dist is not None else "",
+            )
+            self.plugins.append(info)
+            if ep.name in self._disabled:
+                info.disabled = True
+                info.error = "disabled by PLUGTRAIN_DISABLE_PLUGINS"
+                continue
+            try:
+                module = ep.load()
+            except BaseException as exc:  # noqa: BLE001 - a broken plugin must never take the registry down
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                info.error = _last_line(exc)
+                self._fail(f"plugin {ep.name!r} ({info.dist_label}) failed to load: {info.error}")
+                continue
+            info.module = module
+            try:
+                self.pm.register(module, name=ep.name)
+                self.pm.check_pending()
+            except pluggy.PluginValidationError as exc:
+                self.pm.unregister(name=ep.name) if self.pm.has_plugin(ep.name) else None
+                info.error = _last_line(exc)
+                unknown = [n for n in dir(module) if n.startswith("plugtrain_") and n not in _HOOK_NAMES]
+                hint = f" unknown hook {unknown[0]!r}." + did_you_mean(unknown[0], _HOOK_NAMES) if unknown else ""
+                info.error = f"{info.error}{hint}"
+                self._fail(f"plugin {ep.name!r} ({info.dist_label}) is invalid: {info.error}")
+                continue
+            except ValueError as exc:  # the same module registered twice under two names
+                info.error = _last_line(exc)
+                self._fail(f"plugin {ep.name!r} ({info.dist_label}) could not be registered: {info.error}")
+                continue
+            info.hooks = sorted(impl_name for impl_name in _HOOK_NAMES if _implements(self.pm, ep.name, impl_name))
+
+    # -- components ------------------------------------------------------------------------------------------------
+    def plugin(self, name: str) -> PluginInfo | None:
+        return next((p for p in self.plugins if p.name == name), None)
+
+    def components(self, kind: str) -> list[Component]:
+        """Every component of ``kind``, from every plugin, calling each plugin's hook the first time."""
+        kind = check_kind(kind)
+        if kind not in self._components:
+            found: list[Component] = []
+            hook = getattr(self.pm.hook, hook_name(kind))
+            for impl in reversed(hook.get_hookimpls()):  # registration order
+                info = self.plugin(impl.plugin_name)
+                try:
+                    result = impl.function()
+                    items = list(result or [])
+                    for item in items:
+                        if not isinstance(item, Component):
+                            raise TypeError(f"{hook_name(kind)} returned {type(item).__name__}, not a Component")
+                except Exception as exc:  # noqa: BLE001
+                    msg = _last_line(exc)
+                    if info is not None:
+                        info.error = f"{hook_name(kind)}: {msg}"
+                    label = info.dist_label if info else "?"
+                    self._fail(f"plugin {impl.plugin_name!r} ({label}) failed in {hook_name(kind)}: {msg}")
+                    continue
+                for item in items:
+                    found.append(
+                        attrs.evolve(
+                            item,
+                            kind=kind,
+                            plugin=impl.plugin_name,
+                            distribution=info.distribution if info else "",
+                            version=info.version if info else "",
+                        )
+                    )
+            self._components[kind] = found
+        return self._components[kind]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted({c.name for c in self.components(kind)}, key=str.lower)
+
+    def find(self, kind: str, pattern: str | None = None) -> list[Component]:
+        """Components of ``kind`` whose name matches the case-insensitive glob ``pattern``."""
+        comps = self.components(kind)
+        if pattern:
+            pat = pattern.lower()
+            comps = [c for c in comps if fnmatch.fnmatchcase(c.name.lower(), pat)]
+        return sorted(comps, key=lambda c: (c.name.lower(), c.plugin))
+
+    def get(self, kind: str, name: str) -> Component:
+        """The component ``name`` of ``kind``; ``PLUGIN:name`` picks one plugin's when two provide the name."""
+        kind = check_kind(kind)
+        plugin = None
+        if ":" in name:
+            plugin, _, name = name.partition(":")
+        matches = [c for c in self.components(kind) if c.name == name and (plugin is None or c.plugin == plugin)]
+        if not matches:
+            kind_label = SINGULAR[kind]
+            if plugin is not None and not any(p.name == plugin for p in self.plugins):
+                raise PlugtrainError(
+                    f"unknown plugin {plugin!r} in {plugin}:{name}." + did_you_mean(plugin, [p.name for p in self.plugins])
+                )
+            raise PlugtrainError(
+                f"unknown {kind_label} {name!r}."
+                + did_you_mean(name, self.names(kind))
+                + f" Run `plugtrain list {kind}` to see them all."
+            )
+        if len(matches) > 1:
+            providers = ", ".join(f"{c.plugin} ({c.distribution}=={c.version})" for c in matches)
+            choices = " or ".join(f"'{c.plugin}:{c.name}'" for c in matches)
+            raise PlugtrainError(
+                f"the {SINGULAR[kind]} name {name!r} is registered by more than one plugin: {providers}. Write {choices}."
+            )
+        return matches[0]
+
+
+_HOOK_NAMES = [hook_name(k) for k in KINDS]
+
+
+def _implements(pm: pluggy.PluginManager, plugin_name: str, hook: str) -> bool:
+    caller = getattr(pm.hook, hook)
+    return any(impl.plugin_name == plugin_name for impl in caller.get_hookimpls())
+
+
+def check_kind(kind: str) -> str:
+    """``kind`` itself, or a PlugtrainError with a did-you-mean. A singular (``loss``) is accepted."""
+    if kind in KINDS:
+        return kind
+    for k in KINDS:
+        if kind == SINGULAR[k]:
+            return k
+    raise PlugtrainError(f"unknown component kind {kind!r}." + did_you_mean(kind, KINDS) + f" Kinds: {', '.join(KINDS)}.")
+
+
+_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loaded on first use."""
+    global _registry
+    if _registry is None:
+        _registry = Registry()
+    return _registry
+
+
+def reset_registry() -> None:
+    """Forget the process-wide registry (tests, and after installing a plugin in-process)."""
+    global _registry
+    _registry = None
+    importlib.invalidate_caches()

@@ -1,0 +1,301 @@
+"""The typed run spec: attrs classes that the runtime consumes (it never reads raw dicts).
+
+A TOML run spec is parsed, composed (``extends``), overridden (``--set``) and validated by
+:mod:`plugtrain.core.spec.loader`, which builds a :class:`RunSpec` with :func:`from_dict`. The section fields below
+are the spec's own keys; a component section (``[backbone]``, ``[loss]``, ...) takes ``name`` plus the component's
+parameters, read from its factory's signature, beside these keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+from attrs import validators as v
+
+TASKS = ("classification", "regression", "metric_learning")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+DEFAULT_METRICS: dict[str, list[str]] = {
+    "classification": ["accuracy", "top5", "f1_macro"],
+    "regression": ["mae", "rmse", "r2"],
+    "metric_learning": [],
+}
+DEFAULT_PRIMARY: dict[str, tuple[str, str]] = {
+    "classification": ("val/accuracy", "max"),
+    "regression": ("val/mae", "min"),
+    "metric_learning": ("val/precision_at_1", "max"),
+}
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+@attrs.define
+class ComponentSpec:
+    """A registered component by name (``PLUGIN:name`` allowed) with the parameters the spec gives it."""
+
+    name: str
+    params: dict[str, Any] = attrs.Factory(dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params}
+
+
+@attrs.define
+class AugmentationSpec(ComponentSpec):
+    """An augmentation; a composition (OneOf, SomeOf, Sequential, ...) holds its children in ``transforms``."""
+
+    transforms: list[AugmentationSpec] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"name": self.name, **self.params}
+        if self.transforms is not None:
+            d["transforms"] = [t.to_dict() for t in self.transforms]
+        return d
+
+
+@attrs.define
+class RunSection:
+    name: str
+    output_dir: str = "runs"
+    seed: int = 0
+    epochs: int = attrs.field(default=10, validator=_positive)
+    task: Literal["classification", "regression", "metric_learning"] = attrs.field(
+        default="classification", validator=v.in_(TASKS)
+    )
+    primary_metric: str | None = None  # default by task, see DEFAULT_PRIMARY
+    mode: Literal["max", "min"] | None = attrs.field(default=None, validator=v.optional(v.in_(("max", "min"))))
+    deterministic: bool = False
+
+
+@attrs.define
+class DataSection:
+    dataset: ComponentSpec
+    image_size: int | None = attrs.field(default=None, validator=_positive)
+    batch_size: int = attrs.field(default=64, validator=_positive)
+    val_batch_size: int | None = attrs.field(default=None, validator=_positive)
+    num_workers: int = attrs.field(default=2, validator=_non_negative)
+    persistent_workers: bool = True
+    prefetch_factor: int = attrs.field(default=2, validator=_positive)
+    pin_memory: bool | None = None  # None: on when training on a GPU
+    drop_last: bool = True
+    on_error: Literal["raise", "skip"] = attrs.field(default="raise", validator=v.in_(("raise", "skip")))
+    sampler: Literal["random", "m_per_class"] = attrs.field(default="random", validator=v.in_(("random", "m_per_class")))
+    m_per_class: int = attrs.field(default=4, validator=_positive)
+    num_views: int = attrs.field(default=1, validator=_positive)
+    class_subset: list[str] | None = None
+
+
+@attrs.define
+class LossSection(ComponentSpec):
+    """The loss; ``[loss.optimizer]`` gives a loss with parameters (ArcFace centres) an optimizer of its own."""
+
+    optimizer: ComponentSpec | None = None
+
+
+@attrs.define
+class OptimizerSection(ComponentSpec):
+    no_decay_norm_bias: bool = False
+
+
+@attrs.define
+class SchedulerSection(ComponentSpec):
+    interval: Literal["epoch", "step"] | None = None  # None: the scheduler's own (per epoch unless it says)
+    warmup_epochs: float = attrs.field(default=0.0, validator=_non_negative)
+    warmup_steps: int = attrs.field(default=0, validator=_non_negative)
+    warmup_start_factor: float = attrs.field(default=0.1, validator=_positive)
+
+
+@attrs.define
+class AugmentationsSection:
+    train: list[AugmentationSpec] = attrs.Factory(list)
+    val: list[AugmentationSpec] = attrs.Factory(list)
+    resize: bool = True  # append Resize(image_size) unless false
+    normalize: bool = True  # append Normalize(mean, std) and to-tensor unless false
+    mean: list[float] | None = None  # None: 0.5 per channel
+    std: list[float] | None = None
+    save_samples: int = attrs.field(default=0, validator=_non_negative)
+
+
+@attrs.define
+class MixupSection:
+    """timm's Mixup / CutMix on batches (``[mixup]``); off unless the section is present."""
+
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    prob: float = 1.0
+    switch_prob: float = 0.5
+    mode: Literal["batch", "pair", "elem"] = "batch"
+    label_smoothing: float = 0.1
+
+
+@attrs.define
+class TrainerSection:
+    precision: Literal["fp32", "fp16", "bf16"] = attrs.field(default="fp32", validator=v.in_(PRECISIONS))
+    grad_accum: int = attrs.field(default=1, validator=_positive)
+    clip_grad_norm: float | None = attrs.field(default=None, validator=_positive)
+    clip_grad_value: float | None = attrs.field(default=None, validator=_positive)
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | gloo | nccl
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    sync_batchnorm: bool = False
+    log_every_steps: int = attrs.field(default=50, validator=_positive)
+    val_every_epochs: int = attrs.field(default=1, validator=_positive)
+    checkpoint_every_epochs: int = attrs.field(default=0, validator=_non_negative)  # epoch-NNNN.pt; 0 = never
+    checkpoint_every_steps: int = attrs.field(default=0, validator=_non_negative)  # last.pt mid-epoch; 0 = never
+    keep_top_k: int = attrs.field(default=0, validator=_non_negative)  # epoch-NNNN.pt kept by metric; 0 = all
+    max_steps_per_epoch: int | None = attrs.field(default=None, validator=_positive)  # cut epochs short (tests)
+    ema: bool = False
+    ema_decay: float = 0.9998
+    ema_for_best: bool = False
+    swa: bool = False
+    swa_start_epoch: int | None = None
+    swa_lr: float | None = None
+
+
+def default_loggers() -> list[ComponentSpec]:
+    """TensorBoard, metrics.csv and a console line per epoch, when a spec names no ``[[loggers]]``."""
+    return [ComponentSpec("tensorboard"), ComponentSpec("csv"), ComponentSpec("console")]
+
+
+@attrs.define
+class RunSpec:
+    """A fully resolved run spec. ``source`` is the path of the spec file it came from (or ``None``)."""
+
+    run: RunSection
+    data: DataSection
+    backbone: ComponentSpec
+    loss: LossSection
+    optimizer: OptimizerSection
+    scheduler: SchedulerSection | None = None
+    augmentations: AugmentationsSection = attrs.Factory(AugmentationsSection)
+    mixup: MixupSection | None = None
+    loggers: list[ComponentSpec] = attrs.Factory(lambda: default_loggers())
+    metrics: list[ComponentSpec] | None = None  # None: DEFAULT_METRICS[task]
+    callbacks: list[ComponentSpec] = attrs.Factory(list)
+    trainer: TrainerSection = attrs.Factory(TrainerSection)
+    source: str | None = attrs.field(default=None, eq=False)
+
+    @property
+    def primary_metric(self) -> str:
+        return self.run.primary_metric or DEFAULT_PRIMARY[self.run.task][0]
+
+    @property
+    def mode(self) -> str:
+        return self.run.mode or DEFAULT_PRIMARY[self.run.task][1]
+
+    @property
+    def metric_specs(self) -> list[ComponentSpec]:
+        if self.metrics is not None:
+            return self.metrics
+        return [ComponentSpec(n) for n in DEFAULT_METRICS[self.run.task]]
+
+
+#: The spec's sections: the attrs class of each and whether it is a component section (``name`` + parameters)
+#: of which kind. ``loggers``, ``metrics`` and ``callbacks`` are arrays of tables (``[[loggers]]``).
+SECTIONS: dict[str, tuple[type, str | None]] = {
+    "run": (RunSection, None),
+    "data": (DataSection, "datasets"),  # its ``dataset`` key names the component; its params sit beside
+    "backbone": (ComponentSpec, "backbones"),
+    "loss": (LossSection, "losses"),
+    "optimizer": (OptimizerSection, "optimizers"),
+    "scheduler": (SchedulerSection, "schedulers"),
+    "augmentations": (AugmentationsSection, "augmentations"),
+    "mixup": (MixupSection, None),
+    "loggers": (ComponentSpec, "loggers"),
+    "metrics": (ComponentSpec, "metrics"),
+    "callbacks": (ComponentSpec, "callbacks"),
+    "trainer": (TrainerSection, None),
+}
+REQUIRED_SECTIONS = ("run", "data", "backbone", "loss", "optimizer")
+
+
+def own_keys(cls: type) -> list[str]:
+    """The keys a section class defines itself (for ComponentSpec subclasses: besides ``name`` and ``params``)."""
+    return [a.name for a in attrs.fields(cls) if a.name not in ("params", "transforms")]
+
+
+def _component(cls: type, d: dict[str, Any], name_key: str = "name") -> Any:
+    d = dict(d)
+    name = d.pop(name_key)
+    own = {k: d.pop(k) for k in own_keys(cls) if k in d and k != "name"}
+    if cls is LossSection and "optimizer" in own and own["optimizer"] is not None:
+        own["optimizer"] = _component(ComponentSpec, own["optimizer"])
+    return cls(name=name, params=d, **own)
+
+
+def _augmentation(d: dict[str, Any]) -> AugmentationSpec:
+    d = dict(d)
+    name = d.pop("name")
+    children = d.pop("transforms", None)
+    return AugmentationSpec(name, d, None if children is None else [_augmentation(c) for c in children])
+
+
+def from_dict(d: dict[str, Any], source: str | None = None) -> RunSpec:
+    """Build a :class:`RunSpec` from a composed, validated spec dict (attrs validators still apply)."""
+    data = dict(d["data"])
+    dataset_name = data.pop("dataset")
+    data_own = {k: data.pop(k) for k in own_keys(DataSection) if k in data and k != "dataset"}
+    aug = dict(d.get("augmentations", {}))
+    for split in ("train", "val"):
+        aug[split] = [_augmentation(a) for a in aug.get(split, [])]
+    return RunSpec(
+        run=RunSection(**d["run"]),
+        data=DataSection(dataset=ComponentSpec(dataset_name, data), **data_own),
+        backbone=_component(ComponentSpec, d["backbone"]),
+        loss=_component(LossSection, d["loss"]),
+        optimizer=_component(OptimizerSection, d["optimizer"]),
+        scheduler=_component(SchedulerSection, d["scheduler"]) if d.get("scheduler") else None,
+        augmentations=AugmentationsSection(**aug),
+        mixup=MixupSection(**d["mixup"]) if "mixup" in d else None,
+        loggers=[_component(ComponentSpec, x) for x in d["loggers"]] if "loggers" in d else default_loggers(),
+        metrics=[_component(ComponentSpec, x) for x in d["metrics"]] if "metrics" in d else None,
+        callbacks=[_component(ComponentSpec, x) for x in d.get("callbacks", [])],
+        trainer=TrainerSection(**d.get("trainer", {})),
+        source=source,
+    )
+
+
+def to_dict(spec: RunSpec) -> dict[str, Any]:
+    """The resolved spec as a plain TOML-able dict (defaults filled; ``None`` values left out)."""
+
+    def plain(obj: Any) -> Any:
+        if isinstance(obj, ComponentSpec):
+            out = obj.to_dict()
+            for a in attrs.fields(type(obj)):
+                if a.name not in ("name", "params", "transforms"):
+                    val = getattr(obj, a.name)
+                    if val is not None:
+                        out[a.name] = plain(val)
+            return out
+        if attrs.has(type(obj)):
+            return {a.name: plain(getattr(obj, a.name)) for a in attrs.fields(type(obj))
+                    if getattr(obj, a.name) is not None}
+        if isinstance(obj, (list, tuple)):
+            return [plain(x) for x in obj]
+        if isinstance(obj, dict):
+            return {k: plain(x) for k, x in obj.items() if x is not None}
+        return obj
+
+    out: dict[str, Any] = {}
+    for section in SECTIONS:
+        value = getattr(spec, section)
+        if value is None:
+            continue
+        if section == "data":
+            d = plain(value)
+            ds = d.pop("dataset")
+            out["data"] = {"dataset": ds.pop("name"), **ds, **d}
+        else:
+            out[section] = plain(value)
+    return out

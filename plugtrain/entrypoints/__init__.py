@@ -1,0 +1,1 @@
+"""The command-line interface: argument parsing only, every action lives in :mod:`plugtrain.core`."""

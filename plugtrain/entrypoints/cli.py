@@ -1,0 +1,110 @@
+"""``plugtrain`` command line: parse arguments, call :mod:`plugtrain.core.commands`, turn errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from plugtrain import __version__
+from plugtrain.core.hookspecs import KINDS
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="plugtrain",
+        description="Train PyTorch models from a TOML run spec; every component is a plugin.",
+    )
+    p.add_argument("--version", action="version", version=f"plugtrain {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("list", help="list registered components, grouped by kind")
+    s.add_argument("kind", nargs="?", metavar="KIND", help=f"one of: {', '.join(KINDS)}")
+    s.add_argument("pattern", nargs="?", metavar="PATTERN", help="case-insensitive glob on the name, e.g. 'resnet*'")
+    s.add_argument("--json", action="store_true", help="print a JSON array")
+
+    s = sub.add_parser("show", help="show one component: summary, docstring, parameters")
+    s.add_argument("kind", metavar="KIND")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("plugins", help="list plugins (entry points), their hooks and load errors")
+    s.add_argument("--json", action="store_true")
+
+    def spec_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("specs", nargs="+", metavar="SPEC", help="TOML run spec file(s)")
+        s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a spec value (TOML value syntax); repeatable")
+
+    s = sub.add_parser("check", help="validate run specs without touching data or models")
+    spec_args(s)
+    s.add_argument("--print", dest="print_resolved", action="store_true", help="print the fully resolved spec")
+
+    sub.add_parser("schema", help="print the JSON Schema of the run spec (plugins included)")
+
+    s = sub.add_parser("train", help="train from run spec(s), one after another")
+    spec_args(s)
+    s.add_argument("--resume", metavar="auto|PATH", help="continue from the run's last.pt (auto) or a checkpoint")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    s.add_argument("--dry-run", action="store_true",
+                   help="build everything, save augmented samples, run one batch forward and backward, then exit")
+
+    s = sub.add_parser("evaluate", help="evaluate a finished run's checkpoint")
+    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("--checkpoint", default="best", metavar="best|last|PATH")
+    s.add_argument("--split", default="val", choices=["val", "test"])
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("predict", help="top-k classes for images, from a finished run")
+    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("--checkpoint", default="best", metavar="best|last|PATH")
+    s.add_argument("--top-k", type=int, default=5)
+    s.add_argument("--json", action="store_true")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from plugtrain.core import commands
+
+    if args.command == "list":
+        return commands.list_components(args.kind, args.pattern, args.json)
+    if args.command == "show":
+        return commands.show_component(args.kind, args.name, args.json)
+    if args.command == "plugins":
+        return commands.list_plugins(args.json)
+    if args.command == "check":
+        return commands.check_specs(args.specs, args.overrides, args.print_resolved)
+    if args.command == "schema":
+        return commands.print_schema()
+    if args.command == "train":
+        return commands.train(args.specs, args.overrides, resume=args.resume, overwrite=args.overwrite,
+                              dry_run=args.dry_run)
+    if args.command == "evaluate":
+        return commands.evaluate(args.run_dir, args.checkpoint, args.split, args.json)
+    if args.command == "predict":
+        return commands.predict(args.run_dir, args.images, args.checkpoint, args.top_k, args.json)
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from plugtrain.core.errors import PlugtrainError
+
+    try:
+        return _run(args)
+    except PlugtrainError as exc:
+        if os.environ.get("PLUGTRAIN_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+        print(f"plugtrain: error: {exc}" if not str(exc).startswith("plugtrain:") else str(exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("plugtrain: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""Loggers: TensorBoard event files, a CSV row per epoch, and a one-line console summary per epoch."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+from plugtrain import Component, hookimpl
+
+
+class TensorBoardLogger:
+    """Scalars, images, text and hparams as TensorBoard event files under ``<run_dir>/<subdir>``."""
+
+    def __init__(self, run_dir: Path, subdir: str = "tb", flush_secs: int = 10) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / subdir), flush_secs=flush_secs)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, step)
+
+    def log_image(self, tag: str, image: Any, step: int) -> None:
+        self.writer.add_image(tag, image, step, dataformats="HWC")
+
+    def log_text(self, tag: str, text: str, step: int = 0) -> None:
+        self.writer.add_text(tag, text, step)
+
+    def log_embedding(self, tag: str, embeddings: Any, labels: list[Any], step: int) -> None:
+        self.writer.add_embedding(embeddings, metadata=labels, tag=tag, global_step=step)
+
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+        final = {f"hparam/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch"}
+        self.writer.add_hparams(clean, final, run_name=".")
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
+class CSVLogger:
+    """A row per epoch in ``<run_dir>/<filename>``; new columns are added as they appear."""
+
+    def __init__(self, run_dir: Path, filename: str = "metrics.csv") -> None:
+        self.path = Path(run_dir) / filename
+        self.rows: list[dict[str, Any]] = []
+        if self.path.exists():  # a resumed run keeps its earlier rows
+            with self.path.open(newline="") as f:
+                self.rows = list(csv.DictReader(f))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        row = {"step": step, **metrics}
+        if "epoch" in row:  # a resumed run replays no epoch twice
+            self.rows = [r for r in self.rows if str(r.get("epoch")) != str(row["epoch"])]
+        self.rows.append(row)
+        columns: list[str] = []
+        for r in self.rows:
+            columns += [c for c in r if c not in columns]
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.path)
+
+    def close(self) -> None:
+        pass
+
+
+class ConsoleLogger:
+    """One plain line per epoch on stdout: ``epoch 3/15 train/loss=0.1234 val/accuracy=0.9812 ...``."""
+
+    def __init__(self, spec: dict[str, Any] | None = None, digits: int = 4) -> None:
+        self.epochs = (spec or {}).get("run", {}).get("epochs")
+        self.digits = digits
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        epoch = metrics.get("epoch", step)
+        head = f"epoch {epoch}/{self.epochs}" if self.epochs else f"epoch {epoch}"
+        parts = []
+        for k, v in metrics.items():
+            if k == "epoch":
+                continue
+            if isinstance(v, float) and not math.isnan(v):
+                parts.append(f"{k}={v:.{self.digits}g}" if abs(v) >= 1000 else f"{k}={v:.{self.digits}f}")
+            else:
+                parts.append(f"{k}={v}")
+        print(head + "  " + "  ".join(parts), flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+@hookimpl
+def plugtrain_loggers():
+    return [
+        Component("tensorboard", TensorBoardLogger, summary="TensorBoard event files in <run_dir>/tb"),
+        Component("csv", CSVLogger, summary="a row per epoch in <run_dir>/metrics.csv"),
+        Component("console", ConsoleLogger, summary="one plain summary line per epoch on stdout"),
+    ]
