@@ -28,3 +28,16 @@ class DatasetSplits:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+
+class SampleError(Exception):
+    """A sample that cannot be used (corrupt or zero-byte image, missing file, label out of range).
+
+    Dataset splits raise it from ``__getitem__`` (or while indexing files). The runtime turns it into a clear error
+    naming the file when ``data.on_error = "raise"``, or skips the sample and counts it when ``"skip"``.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")

@@ -68,7 +68,7 @@ CONTEXT: dict[str, frozenset[str]] = {
     "schedulers": frozenset({"optimizer", "epochs", "steps_per_epoch", "total_steps"}),
     "augmentations": frozenset(),
     "loggers": frozenset({"run_dir", "spec", "rank"}),
-    "datasets": frozenset({"seed"}),
+    "datasets": frozenset({"seed", "on_error", "image_size"}),
     "metrics": frozenset({"num_classes", "task"}),
     "callbacks": frozenset(),
 }
@@ -117,6 +117,7 @@ def plugtrain_optimizers():
     Called: lazily, once, the first time optimizers are listed, shown, checked or built.
 
     Returns: an iterable of :class:`plugtrain.Component`. Each factory returns a ``torch.optim.Optimizer``.
+    An optimizer with ``first_step()`` and ``second_step()`` (SAM) gets two forward/backward passes per step.
 
     Context: ``params`` (an iterable of parameters or parameter-group dicts), ``model`` (the ``nn.Module``).
     """
@@ -173,7 +174,11 @@ def plugtrain_datasets():
     :class:`plugtrain.core.data.DatasetSplits`: the train/val (and optionally test) sequences of
     ``(image, target)`` samples with the image an ``HxWxC`` uint8 numpy array, plus the class names.
 
-    Context: ``seed`` (int; use it for any random split so that runs are reproducible).
+    Context: ``seed`` (int; use it for any random split so that runs are reproducible), ``on_error`` (``"raise"``
+    or ``"skip"``: what to do with a bad sample found while indexing), ``image_size`` (int or None).
+
+    A sample that cannot be used raises :class:`plugtrain.core.data.SampleError` (from ``__getitem__`` or while
+    indexing); the runtime names the file, or skips and counts it, as ``data.on_error`` says.
     """
 
 
