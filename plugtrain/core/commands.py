@@ -11,21 +11,29 @@ from plugtrain.core.registry import check_kind, get_registry
 
 
 def list_components(kind: str | None = None, pattern: str | None = None, as_json: bool = False) -> int:
-    """``plugtrain list [KIND] [PATTERN]``: every registered component, grouped by kind."""
+    """``plugtrain list [KIND] [PATTERN]``: every registered component, grouped by kind.
+
+    ``plugtrain list 'resnet*'`` (a glob where the kind goes) searches every kind.
+    """
     reg = get_registry()
+    if kind and pattern is None and kind not in KINDS and any(ch in kind for ch in "*?["):
+        kind, pattern = None, kind
     kinds = [check_kind(kind)] if kind else list(KINDS)
     comps = [c for k in kinds for c in reg.find(k, pattern)]
     if as_json:
         console.print_json([c.as_json() for c in comps])
         return 0
-    if kind and pattern and not comps:
-        raise PlugtrainError(f"no {kinds[0]} match {pattern!r}. Run `plugtrain list {kinds[0]}` to see them all.")
-    rows = [
-        (c.kind, c.name, c.plugin, f"{c.distribution}=={c.version}" if c.distribution else "", c.one_line)
-        for c in comps
-    ]
+    if pattern and not comps:
+        what = kinds[0] if kind else "components"
+        command = f"plugtrain list {kinds[0]}" if kind else "plugtrain list"
+        raise PlugtrainError(f"no {what} match {pattern!r}. Run `{command}` to see them all.")
+    rows = [(c.kind, c.name, c.plugin, _dist_label(c.distribution, c.version), c.one_line) for c in comps]
     console.table(f"plugtrain components ({len(rows)})", ["kind", "name", "plugin", "distribution", "summary"], rows)
     return 0
+
+
+def _dist_label(distribution: str, version: str) -> str:
+    return f"{distribution}=={version}" if distribution else "no distribution"
 
 
 def show_component(kind: str, name: str, as_json: bool = False) -> int:
@@ -36,23 +44,34 @@ def show_component(kind: str, name: str, as_json: bool = False) -> int:
         console.print_json({"kind": comp.kind, "name": comp.name, "summary": comp.one_line, "doc": comp.doc,
                             "params": params})
         return 0
-    console.echo(f"{comp.kind} {comp.name}  ({comp.plugin}, {comp.distribution}=={comp.version})")
-    console.echo(comp.one_line)
-    if comp.doc and comp.doc.strip() != comp.one_line:
+    console.echo(f"{comp.kind} {comp.name}  (plugin {comp.plugin}, {_dist_label(comp.distribution, comp.version)})")
+    summary = comp.one_line
+    console.echo(summary)
+    doc = comp.doc.strip()
+    if doc.startswith(summary):  # the summary is the docstring's first line: do not print it twice
+        doc = doc[len(summary):].strip()
+    if doc:
         console.echo("")
-        console.echo(comp.doc)
+        console.echo(doc)
     console.echo("")
-    rows = [(p["name"], p["annotation"], "required" if p["required"] else repr(comp.params[i].default))
-            for i, p in enumerate(params)]
+    rows = [(p.name, p.annotation_str, "required" if p.required else repr(p.default)) for p in comp.params]
     if comp.accepts_any_kwargs:
         rows.append(("**kwargs", "", "any further keyword is passed through"))
-    console.table("parameters", ["name", "annotation", "default"], rows)
+    if rows:
+        console.table("parameters", ["name", "annotation", "default"], rows)
+    else:
+        console.echo("no parameters")
     return 0
 
 
 def list_plugins(as_json: bool = False) -> int:
-    """``plugtrain plugins``: every entry point of the plugtrain group and what became of loading it."""
-    plugins = get_registry().plugins
+    """``plugtrain plugins``: every entry point of the plugtrain group and what became of loading it.
+
+    Every hook is called, so that a hook that raises shows up here, not only the first time its kind is used.
+    """
+    reg = get_registry()
+    reg.all_components()
+    plugins = reg.plugins
     if as_json:
         console.print_json([p.as_json() for p in plugins])
         return 0

@@ -49,5 +49,10 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     else:
         print("\t".join(columns))
         for r in rows:
-            print("\t".join(str(x) for x in r))
+            print("\t".join(_cell(x) for x in r))
         sys.stdout.flush()
+
+
+def _cell(value: Any) -> str:
+    """One plain-table cell: tabs and newlines would break the one-line-per-row format."""
+    return " ".join(str(value).split()) if any(ch in str(value) for ch in "\t\n\r") else str(value)

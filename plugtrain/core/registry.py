@@ -215,8 +215,17 @@ class PluginInfo:
 
 
 def _last_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text.splitlines()[-1] if text else type(exc).__name__
+    """The last line of ``exc`` as a traceback would end, prefixed with its type when that line lacks it."""
+    name = type(exc).__name__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return name
+    last = lines[-1]
+    return last if last.startswith(name) else f"{name}: {last}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _env_flag(name: str) -> bool:
@@ -248,9 +257,21 @@ class Registry:
 
     # -- loading ---------------------------------------------------------------------------------------------------
     def _fail(self, message: str) -> None:
+        """Report a broken plugin: a warning, or with PLUGTRAIN_STRICT_PLUGINS a PlugtrainError (exit 2)."""
         if self.strict:
-            raise PlugtrainError(f"plugtrain: {message} (PLUGTRAIN_STRICT_PLUGINS is set)")
+            raise PlugtrainError(f"{message} (PLUGTRAIN_STRICT_PLUGINS is set)")
         self._warn(message)
+
+    def _marked_hooks(self, module: Any) -> list[str]:
+        """Names in ``module`` marked with ``@hookimpl`` (misspelled ones included)."""
+        names = []
+        for attr in dir(module):
+            try:
+                if self.pm.parse_hookimpl_opts(module, attr) is not None:
+                    names.append(attr)
+            except Exception:  # noqa: BLE001 - odd attributes are simply not hooks
+                continue
+        return names
 
     def _load(self, entry_points: Iterable[importlib.metadata.EntryPoint]) -> None:
         seen: set[tuple[str, str]] = set()
@@ -279,22 +300,58 @@ class Registry:
                 self._fail(f"plugin {ep.name!r} ({info.dist_label}) failed to load: {info.error}")
                 continue
             info.module = module
+            unknown = [n for n in self._marked_hooks(module) if n not in _HOOK_NAMES]
+            if unknown:
+                info.error = "; ".join(
+                    f"unknown hook {n!r}." + did_you_mean(n, _HOOK_NAMES, n=1) for n in unknown
+                )
+                self._fail(f"plugin {ep.name!r} ({info.dist_label}) is invalid: {info.error}")
+                continue
             try:
                 self.pm.register(module, name=ep.name)
                 self.pm.check_pending()
             except pluggy.PluginValidationError as exc:
-                self.pm.unregister(name=ep.name) if self.pm.has_plugin(ep.name) else None
-                info.error = _last_line(exc)
-                unknown = [n for n in dir(module) if n.startswith("plugtrain_") and n not in _HOOK_NAMES]
-                hint = f" unknown hook {unknown[0]!r}." + did_you_mean(unknown[0], _HOOK_NAMES) if unknown else ""
-                info.error = f"{info.error}{hint}"
+                if self.pm.has_plugin(ep.name):
+                    self.pm.unregister(name=ep.name)
+                # pluggy's first line names the plugin object; the rest says what is wrong with which hook.
+                lines = str(exc).splitlines()
+                info.error = _one_line(" ".join(lines[1:]) if len(lines) > 1 else str(exc))
                 self._fail(f"plugin {ep.name!r} ({info.dist_label}) is invalid: {info.error}")
                 continue
-            except ValueError as exc:  # the same module registered twice under two names
-                info.error = _last_line(exc)
+            except ValueError as exc:  # the same module, or the same name, registered twice
+                other = self.pm.get_plugin(ep.name)
+                if other is not None and other is not module:
+                    first = next((p for p in self.plugins if p.name == ep.name and p is not info), None)
+                    info.error = (
+                        f"the entry-point name {ep.name!r} is already used by "
+                        f"{first.dist_label if first else 'another plugin'}"
+                    )
+                else:
+                    info.error = _last_line(exc)
                 self._fail(f"plugin {ep.name!r} ({info.dist_label}) could not be registered: {info.error}")
                 continue
             info.hooks = sorted(impl_name for impl_name in _HOOK_NAMES if _implements(self.pm, ep.name, impl_name))
+            unmarked = [
+                n
+                for n, obj in vars(module).items()
+                if n.startswith("plugtrain_")
+                and inspect.isfunction(obj)
+                and obj.__module__ == module.__name__
+                and n not in info.hooks
+            ]
+            for n in unmarked:
+                hint = f"; it is not a hook name.{did_you_mean(n, _HOOK_NAMES, n=1)}" if n not in _HOOK_NAMES else ""
+                self._warn(
+                    f"plugin {ep.name!r} ({info.dist_label}): function {n} lacks the @hookimpl marker "
+                    f"and is ignored{hint}"
+                )
+        unknown = sorted(self._disabled - {p.name for p in self.plugins})
+        for name in unknown:
+            self._warn(
+                f"PLUGTRAIN_DISABLE_PLUGINS names {name!r}, which is no plugin."
+                + did_you_mean(name, [p.name for p in self.plugins])
+                + " Run `plugtrain plugins` to see them."
+            )
 
     # -- components ------------------------------------------------------------------------------------------------
     def plugin(self, name: str) -> PluginInfo | None:
@@ -306,22 +363,29 @@ class Registry:
         if kind not in self._components:
             found: list[Component] = []
             hook = getattr(self.pm.hook, hook_name(kind))
-            for impl in reversed(hook.get_hookimpls()):  # registration order
+            for impl in hook.get_hookimpls():  # registration order: built-ins first, then by entry-point name
                 info = self.plugin(impl.plugin_name)
                 try:
-                    result = impl.function()
-                    items = list(result or [])
+                    items = list(impl.function() or [])
                     for item in items:
-                        if not isinstance(item, Component):
-                            raise TypeError(f"{hook_name(kind)} returned {type(item).__name__}, not a Component")
-                except Exception as exc:  # noqa: BLE001
+                        _check_component(item, kind)
+                except Exception as exc:  # noqa: BLE001 - one broken hook must not hide the others
                     msg = _last_line(exc)
                     if info is not None:
-                        info.error = f"{hook_name(kind)}: {msg}"
-                    label = info.dist_label if info else "?"
+                        err = f"{hook_name(kind)}: {msg}"
+                        info.error = f"{info.error}; {err}" if info.error else err
+                    label = info.dist_label if info else "no distribution"
                     self._fail(f"plugin {impl.plugin_name!r} ({label}) failed in {hook_name(kind)}: {msg}")
                     continue
+                seen: set[str] = set()
                 for item in items:
+                    if item.name in seen:
+                        self._warn(
+                            f"plugin {impl.plugin_name!r} returns the {SINGULAR[kind]} {item.name!r} twice; "
+                            "the first is used"
+                        )
+                        continue
+                    seen.add(item.name)
                     found.append(
                         attrs.evolve(
                             item,
@@ -333,6 +397,10 @@ class Registry:
                     )
             self._components[kind] = found
         return self._components[kind]
+
+    def all_components(self) -> list[Component]:
+        """Every component of every kind (calls every hook: errors in any of them are then known)."""
+        return [c for kind in KINDS for c in self.components(kind)]
 
     def names(self, kind: str) -> list[str]:
         return sorted({c.name for c in self.components(kind)}, key=str.lower)
@@ -348,28 +416,52 @@ class Registry:
     def get(self, kind: str, name: str) -> Component:
         """The component ``name`` of ``kind``; ``PLUGIN:name`` picks one plugin's when two provide the name."""
         kind = check_kind(kind)
+        comps = self.components(kind)
+        kind_label = SINGULAR[kind]
         plugin = None
-        if ":" in name:
+        matches = [c for c in comps if c.name == name]
+        if not matches and ":" in name:
             plugin, _, name = name.partition(":")
-        matches = [c for c in self.components(kind) if c.name == name and (plugin is None or c.plugin == plugin)]
-        if not matches:
-            kind_label = SINGULAR[kind]
-            if plugin is not None and not any(p.name == plugin for p in self.plugins):
+            if not any(p.name == plugin for p in self.plugins):
                 raise PlugtrainError(
-                    f"unknown plugin {plugin!r} in {plugin}:{name}." + did_you_mean(plugin, [p.name for p in self.plugins])
+                    f"unknown plugin {plugin!r} in {plugin}:{name}."
+                    + did_you_mean(plugin, [p.name for p in self.plugins])
+                    + " Run `plugtrain plugins` to see them."
                 )
+            matches = [c for c in comps if c.name == name and c.plugin == plugin]
+        if not matches:
+            others = [c for c in comps if c.name == name]
+            if plugin is not None and others:
+                raise PlugtrainError(
+                    f"plugin {plugin!r} provides no {kind_label} {name!r}; write "
+                    + " or ".join(f"'{c.qualified_name}'" for c in others)
+                    + "."
+                )
+            where = f" in plugin {plugin!r}" if plugin is not None else ""
+            candidates = sorted({c.name for c in comps if plugin is None or c.plugin == plugin}, key=str.lower)
             raise PlugtrainError(
-                f"unknown {kind_label} {name!r}."
-                + did_you_mean(name, self.names(kind))
+                f"unknown {kind_label} {name!r}{where}."
+                + did_you_mean(name, candidates)
                 + f" Run `plugtrain list {kind}` to see them all."
             )
         if len(matches) > 1:
-            providers = ", ".join(f"{c.plugin} ({c.distribution}=={c.version})" for c in matches)
-            choices = " or ".join(f"'{c.plugin}:{c.name}'" for c in matches)
+            providers = " and ".join(f"plugin {c.plugin!r} ({c.distribution}=={c.version})" for c in matches)
+            choices = " or ".join(f"'{c.qualified_name}'" for c in matches)
             raise PlugtrainError(
-                f"the {SINGULAR[kind]} name {name!r} is registered by more than one plugin: {providers}. Write {choices}."
+                f"the {kind_label} name {name!r} is registered by more than one plugin: {providers}. "
+                f"Write {choices} to choose one."
             )
         return matches[0]
+
+
+def _check_component(item: Any, kind: str) -> None:
+    """Raise TypeError unless ``item`` is a usable Component."""
+    if not isinstance(item, Component):
+        raise TypeError(f"{hook_name(kind)} returned a {type(item).__name__}, not a plugtrain.Component")
+    if not isinstance(item.name, str) or not item.name.strip():
+        raise TypeError(f"{hook_name(kind)} returned a Component with the name {item.name!r}")
+    if not callable(item.factory):
+        raise TypeError(f"component {item.name!r}: its factory {item.factory!r} is not callable")
 
 
 _HOOK_NAMES = [hook_name(k) for k in KINDS]
