@@ -17,6 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_PLUGIN_SRC = REPO / "examples" / "plugtrain-example-plugin" / "src"
+FIXTURE_PLUGINS = Path(__file__).resolve().parent / "fixtures" / "plugins"
 
 #: Environment variables that change how plugins load; cleared for every child unless a test sets them.
 _PLUGIN_ENV = ("PLUGTRAIN_DISABLE_PLUGINS", "PLUGTRAIN_STRICT_PLUGINS", "PLUGTRAIN_DEBUG")
@@ -61,6 +62,28 @@ def make_example_dist(root: Path) -> Path:
     project = loads((EXAMPLE_PLUGIN_SRC.parent / "pyproject.toml").read_text())["project"]
     make_dist(root, project["name"], project["entry-points"]["plugtrain"], version=project["version"])
     return root
+
+
+def fixture_dist(root: Path, dist: str, entry_points: Mapping[str, str], version: str = "1.0") -> Path:
+    """A distribution whose entry points name modules of ``tests/fixtures/plugins`` (copied beside the dist-info)."""
+    modules = {mod: (FIXTURE_PLUGINS / f"{mod}.py").read_text() for mod in entry_points.values()}
+    return make_dist(root, dist, entry_points, modules, version=version)
+
+
+def build_plugin_dists(base: Path) -> dict[str, list[Path]]:
+    """Every test plugin, each in its own folder: name -> the paths to put on PYTHONPATH (or sys.path)."""
+    clash = base / "clash"
+    fixture_dist(clash, "clash-a-dist", {"clasha": "pt_clash_a"}, version="1.0")
+    fixture_dist(clash, "clash-b-dist", {"clashb": "pt_clash_b"}, version="2.0")
+    return {
+        "example": [make_example_dist(base / "example"), EXAMPLE_PLUGIN_SRC],
+        "broken": [fixture_dist(base / "broken", "broken-dist", {"broken": "pt_broken_import"}, version="2.3")],
+        "hookfail": [fixture_dist(base / "hookfail", "hookfail-dist", {"hookfail": "pt_hook_raises"}, version="1.1")],
+        "typo": [fixture_dist(base / "typo", "typo-dist", {"typo": "pt_typo_hook"}, version="0.3")],
+        "clash": [clash],
+        "context": [fixture_dist(base / "context", "context-dist", {"ctx": "pt_context"})],
+        "badcomp": [fixture_dist(base / "badcomp", "badcomp-dist", {"badcomp": "pt_bad_components"})],
+    }
 
 
 def plugin_env(paths: Iterable[Path | str] = (), **env: str) -> dict[str, str]:
