@@ -167,10 +167,15 @@ def _decode_cv2(path: str, channels: int) -> np.ndarray | None:
 
     _check_file(path)
     flags = cv2.IMREAD_IGNORE_ORIENTATION | (cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE)
+    logging = cv2.utils.logging
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)  # the reason comes from Pillow, not from OpenCV's stderr
     try:
         image = cv2.imread(path, flags)
     except cv2.error:
         return None
+    finally:
+        logging.setLogLevel(level)
     if image is None or image.size == 0:
         return None
     if image.dtype != np.uint8:
