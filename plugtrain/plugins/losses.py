@@ -1,52 +1,317 @@
-"""Losses: the torch.nn criteria a classification or regression run needs."""
+"""Losses: torch.nn criteria for classification and regression, pytorch-metric-learning for metric learning.
+
+Every loss is a ``torch.nn.Module`` called as ``loss(outputs, targets)`` that returns a scalar tensor; outputs are
+cast to float32 first (so that bf16/fp16 outputs work outside autocast too).
+
+* Classification (``CrossEntropy``, ``LabelSmoothing``, ``KLDiv``, ``BCEWithLogits``): ``outputs`` are logits
+  ``(N, C)``; ``targets`` are class indices ``(N,)`` **or** soft targets ``(N, C)`` (float probabilities, as mixup
+  and cutmix produce).
+* Regression (``MSE``, ``L1``, ``SmoothL1``, ``Huber``): ``(N, 1)`` outputs are squeezed to meet ``(N,)`` targets.
+* Metric learning (``SupCon``, ``TripletMargin``, ``ArcFace``, ``SubCenterArcFace``, ``CosFace``), from
+  pytorch-metric-learning: ``outputs`` are embeddings ``(N, D)`` and ``targets`` integer labels ``(N,)``; soft
+  targets are refused (no mixup with these losses). With several views of each image, the runtime stacks the views
+  along the batch and repeats the labels: positives are found from the labels. ``ArcFace``, ``SubCenterArcFace``
+  and ``CosFace`` own their class centres (``loss.parameters()``); they need the ``num_classes`` and
+  ``embedding_dim`` (the backbone's output width) context, and the runtime trains their parameters. Under
+  ``torch.distributed``, ``SupCon`` and ``TripletMargin`` gather the embeddings of every rank (pytorch-metric-
+  learning's all-gather, non-efficient mode) so that pairs span the global batch (``gather_across_ranks``).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+from typing import Any, Literal
 
 from plugtrain import Component, hookimpl
 
 
-def cross_entropy(label_smoothing: float = 0.0, reduction: Literal["mean", "sum", "none"] = "mean",
-                  ignore_index: int = -100):
-    """Cross-entropy on logits and class indices (``torch.nn.CrossEntropyLoss``), with optional label smoothing."""
+@functools.cache
+def _modules() -> dict[str, type]:
+    """The loss module classes, defined on first use so that importing the plugin does not import torch."""
     import torch
+    import torch.nn.functional as F  # noqa: N812
 
-    return torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction=reduction, ignore_index=ignore_index)
+    def class_targets(outputs: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+        """Targets as an ``(N, C)`` float distribution: indices become (smoothed) one-hot, soft targets stay."""
+        if targets.ndim == outputs.ndim and targets.is_floating_point():
+            if targets.shape != outputs.shape:
+                raise ValueError(f"soft targets of shape {tuple(targets.shape)} do not match outputs "
+                                 f"{tuple(outputs.shape)}")
+            return targets.to(outputs.dtype)
+        if targets.ndim != 1 or targets.shape[0] != outputs.shape[0]:
+            raise ValueError(f"targets of shape {tuple(targets.shape)} are neither class indices (N,) nor soft "
+                             f"targets (N, C) for outputs of shape {tuple(outputs.shape)}")
+        onehot = F.one_hot(targets.long(), outputs.shape[-1]).to(outputs.dtype)
+        if smoothing:
+            onehot = onehot * (1.0 - smoothing) + smoothing / outputs.shape[-1]
+        return onehot
 
+    class CrossEntropy(torch.nn.Module):
+        """``F.cross_entropy`` on logits; class indices or soft (N, C) targets."""
 
-def mse(reduction: Literal["mean", "sum", "none"] = "mean"):
-    """Mean squared error (``torch.nn.MSELoss``) for regression."""
-    import torch
+        def __init__(self, label_smoothing: float = 0.0, ignore_index: int = -100,
+                     weight: list[float] | None = None) -> None:
+            super().__init__()
+            self.label_smoothing = float(label_smoothing)
+            self.ignore_index = int(ignore_index)
+            self.register_buffer("weight", None if weight is None else torch.tensor(weight, dtype=torch.float32))
 
-    return _Regression(torch.nn.MSELoss(reduction=reduction))
+        def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            outputs = outputs.float()
+            if targets.is_floating_point() and targets.ndim == outputs.ndim:
+                targets = targets.to(outputs.dtype)
+            else:
+                targets = targets.long()
+            return F.cross_entropy(outputs, targets, weight=self.weight, ignore_index=self.ignore_index,
+                                   label_smoothing=self.label_smoothing)
 
+        def extra_repr(self) -> str:
+            return f"label_smoothing={self.label_smoothing}"
 
-def _regression_module():
-    import torch
+    class KLDiv(torch.nn.Module):
+        """KL(target || softmax(outputs)), batch-mean, on log-softmax of the logits."""
+
+        def __init__(self, label_smoothing: float = 0.0, temperature: float = 1.0) -> None:
+            super().__init__()
+            self.label_smoothing = float(label_smoothing)
+            self.temperature = float(temperature)
+
+        def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            outputs = outputs.float() / self.temperature
+            target = class_targets(outputs, targets, self.label_smoothing)
+            return F.kl_div(F.log_softmax(outputs, dim=-1), target, reduction="batchmean")
+
+    class BCEWithLogits(torch.nn.Module):
+        """Binary cross-entropy on logits: one-hot from class indices, or float (multi-)label targets."""
+
+        def __init__(self, pos_weight: list[float] | None = None, label_smoothing: float = 0.0) -> None:
+            super().__init__()
+            self.label_smoothing = float(label_smoothing)
+            self.register_buffer("pos_weight",
+                                 None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float32))
+
+        def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            outputs = outputs.float()
+            if outputs.ndim == 2 and outputs.shape[1] == 1 and targets.ndim == 1:
+                outputs = outputs.squeeze(1)  # binary: one logit per sample, 0/1 targets
+            if outputs.ndim == 1:
+                target = targets.to(outputs.dtype)
+                if self.label_smoothing:
+                    target = target * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
+            elif targets.is_floating_point() and targets.ndim == outputs.ndim:
+                target = targets.to(outputs.dtype)  # multi-label or soft targets (mixup)
+                if self.label_smoothing:
+                    target = target * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
+            else:
+                target = class_targets(outputs, targets, self.label_smoothing)
+            return F.binary_cross_entropy_with_logits(outputs, target, pos_weight=self.pos_weight)
 
     class Regression(torch.nn.Module):
-        """Wraps a regression criterion so that ``(N, 1)`` outputs meet ``(N,)`` targets."""
+        """A regression criterion where ``(N, 1)`` outputs meet ``(N,)`` targets."""
 
         def __init__(self, criterion: torch.nn.Module) -> None:
             super().__init__()
             self.criterion = criterion
 
         def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            outputs = outputs.float()
             if outputs.ndim == targets.ndim + 1 and outputs.shape[-1] == 1:
                 outputs = outputs.squeeze(-1)
             return self.criterion(outputs, targets.to(outputs.dtype))
 
-    return Regression
+    class MetricLearning(torch.nn.Module):
+        """A pytorch-metric-learning loss (and optional miner) called as ``loss(embeddings, labels)``."""
+
+        def __init__(self, loss: torch.nn.Module, miner: torch.nn.Module | None = None, gather: bool = False,
+                     name: str = "") -> None:
+            super().__init__()
+            self.loss = loss
+            self.miner = miner
+            self.gather = gather
+            self.name = name
+
+        def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            if targets.is_floating_point() or targets.ndim != 1:
+                raise ValueError(
+                    f"{self.name or 'this loss'} is a metric-learning loss: it needs integer class labels (N,), got "
+                    f"{targets.dtype} targets of shape {tuple(targets.shape)} (mixup/cutmix soft targets cannot be "
+                    "used with metric-learning losses)"
+                )
+            if outputs.ndim != 2:
+                raise ValueError(f"{self.name or 'this loss'} needs embeddings of shape (N, D), got outputs of shape "
+                                 f"{tuple(outputs.shape)}")
+            embeddings, labels = outputs.float(), targets.long()
+            world = 1
+            if self.gather and torch.distributed.is_available() and torch.distributed.is_initialized():
+                world = torch.distributed.get_world_size()
+            if world > 1:
+                from pytorch_metric_learning.utils.distributed import gather
+
+                embeddings, labels, _ = gather(embeddings, labels)  # local first; the other ranks' are detached
+            indices = self.miner(embeddings, labels) if self.miner is not None else None
+            loss = self.loss(embeddings, labels, indices)
+            if world > 1:
+                # Each rank's gradient reaches only its own embeddings and DDP averages over ranks: scale the
+                # gradient by the world size (as pytorch-metric-learning's DistributedLossWrapper does) while
+                # keeping the reported value the plain loss.
+                loss = loss + (world - 1) * (loss - loss.detach())
+            return loss
+
+    return {
+        "CrossEntropy": CrossEntropy,
+        "KLDiv": KLDiv,
+        "BCEWithLogits": BCEWithLogits,
+        "Regression": Regression,
+        "MetricLearning": MetricLearning,
+    }
 
 
-def _Regression(criterion):  # noqa: N802 - builds the module class lazily so that torch loads only when used
-    return _regression_module()(criterion)
+# -- classification --------------------------------------------------------------------------------------------------
+def cross_entropy(label_smoothing: float = 0.0, ignore_index: int = -100, weight: list[float] | None = None):
+    """Cross-entropy on logits (``F.cross_entropy``); class-index or soft (N, C) targets, optional label smoothing."""
+    return _modules()["CrossEntropy"](label_smoothing, ignore_index, weight)
+
+
+def label_smoothing(label_smoothing: float = 0.1, weight: list[float] | None = None):
+    """Cross-entropy with label smoothing (default 0.1); class-index or soft (N, C) targets."""
+    return _modules()["CrossEntropy"](label_smoothing, -100, weight)
+
+
+def kl_div(label_smoothing: float = 0.0, temperature: float = 1.0):
+    """KL divergence between the target distribution (one-hot, smoothed, or soft) and softmax(logits / T)."""
+    return _modules()["KLDiv"](label_smoothing, temperature)
+
+
+def bce_with_logits(pos_weight: list[float] | None = None, label_smoothing: float = 0.0):
+    """Binary cross-entropy on logits: class indices become one-hot; float (N, C) multi-label/soft targets as given."""
+    return _modules()["BCEWithLogits"](pos_weight, label_smoothing)
+
+
+# -- regression ------------------------------------------------------------------------------------------------------
+def mse():
+    """Mean squared error (``torch.nn.MSELoss``) for regression."""
+    import torch
+
+    return _modules()["Regression"](torch.nn.MSELoss())
+
+
+def l1():
+    """Mean absolute error (``torch.nn.L1Loss``) for regression."""
+    import torch
+
+    return _modules()["Regression"](torch.nn.L1Loss())
+
+
+def smooth_l1(beta: float = 1.0):
+    """Smooth L1 (``torch.nn.SmoothL1Loss``): quadratic below ``beta``, linear above."""
+    import torch
+
+    return _modules()["Regression"](torch.nn.SmoothL1Loss(beta=beta))
+
+
+def huber(delta: float = 1.0):
+    """Huber loss (``torch.nn.HuberLoss``): quadratic below ``delta``, linear above."""
+    import torch
+
+    return _modules()["Regression"](torch.nn.HuberLoss(delta=delta))
+
+
+# -- metric learning (pytorch-metric-learning) ------------------------------------------------------------------------
+def _needs_classes(name: str, num_classes: int, embedding_dim: int) -> None:
+    from plugtrain.core.errors import PlugtrainError
+
+    if not num_classes or num_classes < 2 or not embedding_dim or embedding_dim < 1:
+        raise PlugtrainError(
+            f"loss {name} needs the number of classes and the embedding width (got num_classes={num_classes}, "
+            f"embedding_dim={embedding_dim}); use it with a classification dataset and a backbone that outputs "
+            "embeddings (set backbone.embedding_dim)"
+        )
+
+
+def supcon(temperature: float = 0.1, gather_across_ranks: bool = True):
+    """Supervised contrastive loss (pytorch-metric-learning ``SupConLoss``) on embeddings and labels."""
+    from pytorch_metric_learning import losses
+
+    return _modules()["MetricLearning"](losses.SupConLoss(temperature=temperature), None, gather_across_ranks,
+                                        "SupCon")
+
+
+def triplet_margin(
+    margin: float = 0.05,
+    swap: bool = False,
+    smooth_loss: bool = False,
+    triplets_per_anchor: int | Literal["all"] = "all",
+    miner: Literal["none", "all", "hard", "semihard", "easy"] = "none",
+    miner_margin: float | None = None,
+    gather_across_ranks: bool = True,
+):
+    """Triplet margin loss (pytorch-metric-learning), optionally on triplets from a ``TripletMarginMiner``.
+
+    ``miner`` picks the triplets (``none``: every triplet in the batch; ``hard``/``semihard``/``easy``/``all``:
+    ``TripletMarginMiner(margin=miner_margin or margin, type_of_triplets=miner)``).
+    """
+    from pytorch_metric_learning import losses, miners
+
+    loss = losses.TripletMarginLoss(margin=margin, swap=swap, smooth_loss=smooth_loss,
+                                    triplets_per_anchor=triplets_per_anchor)
+    mine = None
+    if miner != "none":
+        mine = miners.TripletMarginMiner(margin=margin if miner_margin is None else miner_margin,
+                                         type_of_triplets=miner)
+    return _modules()["MetricLearning"](loss, mine, gather_across_ranks, "TripletMargin")
+
+
+def arcface(num_classes: int, embedding_dim: int, margin: float = 28.6, scale: float = 64.0):
+    """ArcFace (additive angular margin, pytorch-metric-learning ``ArcFaceLoss``); ``margin`` in degrees.
+
+    Owns the class centres ``W`` (embedding_dim x num_classes), trained with the model (or by ``[loss.optimizer]``).
+    """
+    from pytorch_metric_learning import losses
+
+    _needs_classes("ArcFace", num_classes, embedding_dim)
+    return _modules()["MetricLearning"](
+        losses.ArcFaceLoss(num_classes=num_classes, embedding_size=embedding_dim, margin=margin, scale=scale), None, False, "ArcFace")
+
+
+def subcenter_arcface(num_classes: int, embedding_dim: int, margin: float = 28.6, scale: float = 64.0,
+                      sub_centers: int = 3):
+    """Sub-center ArcFace (pytorch-metric-learning ``SubCenterArcFaceLoss``): ``sub_centers`` centres per class."""
+    from pytorch_metric_learning import losses
+
+    _needs_classes("SubCenterArcFace", num_classes, embedding_dim)
+    return _modules()["MetricLearning"](
+        losses.SubCenterArcFaceLoss(num_classes=num_classes, embedding_size=embedding_dim, margin=margin, scale=scale,
+                                    sub_centers=sub_centers),
+        None, False, "SubCenterArcFace")
+
+
+def cosface(num_classes: int, embedding_dim: int, margin: float = 0.35, scale: float = 64.0):
+    """CosFace (large margin cosine loss, pytorch-metric-learning ``CosFaceLoss``); owns its class centres."""
+    from pytorch_metric_learning import losses
+
+    _needs_classes("CosFace", num_classes, embedding_dim)
+    return _modules()["MetricLearning"](
+        losses.CosFaceLoss(num_classes=num_classes, embedding_size=embedding_dim, margin=margin, scale=scale), None, False, "CosFace")
+
+
+#: Loss names whose factories want embeddings and integer labels (metric learning).
+METRIC_LEARNING_LOSSES = ("SupCon", "TripletMargin", "ArcFace", "SubCenterArcFace", "CosFace")
 
 
 @hookimpl
-def plugtrain_losses():
+def plugtrain_losses() -> list[Any]:
     return [
         Component("CrossEntropy", cross_entropy),
+        Component("LabelSmoothing", label_smoothing),
+        Component("KLDiv", kl_div),
+        Component("BCEWithLogits", bce_with_logits),
         Component("MSE", mse),
+        Component("L1", l1),
+        Component("SmoothL1", smooth_l1),
+        Component("Huber", huber),
+        Component("SupCon", supcon),
+        Component("TripletMargin", triplet_margin),
+        Component("ArcFace", arcface),
+        Component("SubCenterArcFace", subcenter_arcface),
+        Component("CosFace", cosface),
     ]
