@@ -8,6 +8,7 @@ dist-info points at the source under ``examples/plugtrain-example-plugin/src``.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -388,3 +389,25 @@ def test_output_into_a_closed_pipe_ends_quietly(dists):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
+
+
+@pytest.mark.slow
+def test_pip_installed_example_plugin_appears_with_no_other_step(tmp_path):
+    pytest.importorskip("setuptools")  # the build backend, used without network (no build isolation)
+    source = tmp_path / "src-copy"
+    shutil.copytree(REPO / "examples" / "plugtrain-example-plugin", source,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    target = tmp_path / "site"
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+         "--target", str(target), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert pip.returncode == 0, pip.stderr
+    assert list(target.glob("plugtrain_example_plugin-0.1.0.dist-info"))
+    listed = run_plugtrain("list", "losses", "--json", paths=[target])
+    assert {"kind": "losses", "name": "example-focal", "plugin": "example", "distribution": "plugtrain-example-plugin",
+            "version": "0.1.0", "summary": "focal loss with focusing parameter gamma (example plugin)"} in json_out(listed)
+    assert listed.stderr == ""
+    gone = run_plugtrain("list", "losses", "--json", paths=[target], PLUGTRAIN_DISABLE_PLUGINS="example")
+    assert "example-focal" not in {c["name"] for c in json_out(gone)}
