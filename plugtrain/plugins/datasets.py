@@ -410,7 +410,7 @@ def csv_manifest(
                 return by_name[label], ""
             index = _as_int(label)
             if index is None:
-                return None, f"unknown class name {label!r}" + _suggest(label, names)
+                return None, f"unknown class name {label!r}." + _suggest(label, names)
             if not 0 <= index < len(names):
                 return None, f"label {index} out of range: {len(names)} classes (0..{len(names) - 1})"
             return index, ""
