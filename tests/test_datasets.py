@@ -369,3 +369,20 @@ def test_sklearn_digits_split_follows_the_seed():
     assert other.train[0][0].shape == (16, 16, 1)
     assert other.val.targets != ds.val.targets
     assert build("sklearn-digits", {}, seed=0).val.targets == ds.val.targets
+
+
+# ---------------------------------------------------------------------------------------------------- DataLoader
+
+
+def test_splits_decode_in_dataloader_workers(tmp_path):
+    import torch
+    from torch.utils.data import DataLoader
+
+    values = make_folder(tmp_path, {"a": 4, "b": 4})
+    ds = build("imagefolder", {"root": str(tmp_path), "val_fraction": 0.25})
+    loader = DataLoader(ds.train, batch_size=3, num_workers=2, shuffle=False)
+    seen = []
+    for images, targets in loader:
+        assert images.dtype == torch.uint8 and images.shape[1:] == (5, 6, 3) and targets.dtype == torch.int64
+        seen.extend(int(v) for v in images[:, 0, 0, 0])
+    assert seen == [values[Path(p)] for p in ds.train.paths]
