@@ -41,3 +41,6 @@ class SampleError(Exception):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+    def __reduce__(self):  # picklable, so that it crosses DataLoader worker boundaries intact
+        return (SampleError, (self.path, self.reason))
