@@ -1,15 +1,50 @@
-"""Learning-rate schedulers: every ``torch.optim.lr_scheduler`` class by its exact name.
+"""Learning-rate schedulers: every ``torch.optim.lr_scheduler`` class by its exact name, with run-aware defaults.
 
-Cosine annealing defaults ``T_max`` to the run's length so that a spec need not repeat ``epochs``.
+* ``CosineAnnealingLR``: ``T_max`` defaults to the run's ``epochs``.
+* ``CyclicLR`` and ``OneCycleLR`` step once per optimizer step: the returned scheduler has ``interval = "step"``.
+  Their ``max_lr`` defaults to the optimizer's learning rate (per parameter group), ``CyclicLR``'s ``base_lr`` to a
+  tenth of it and its ``step_size_up`` to two epochs of steps; ``OneCycleLR`` runs over the run's ``total_steps``
+  (and holds its final learning rate if stepped past them). ``cycle_momentum`` defaults to on when the optimizer
+  has a momentum or betas to cycle.
+* ``ReduceLROnPlateau`` steps with a metric: ``scheduler.step(value)`` after each validation. Its ``mode`` defaults
+  to ``"auto"``: the runtime calls ``scheduler.set_run_mode("max" | "min")`` with the direction of the metric it
+  passes (the run's primary metric).
+* Every other class (``StepLR``, ``MultiStepLR``, ``ExponentialLR``, ``CosineAnnealingWarmRestarts``,
+  ``LinearLR``, ``ConstantLR``, ``PolynomialLR``) with its own keyword arguments. ``LambdaLR`` and
+  ``MultiplicativeLR`` (need a Python function) and ``SequentialLR`` / ``ChainedScheduler`` (need scheduler
+  objects) cannot be written in a spec and are not listed.
+
+A scheduler without an ``interval`` attribute steps once per epoch (unless the spec's ``scheduler.interval`` says
+otherwise). Linear warmup is not a scheduler here: the runtime composes it with any of these
+(``scheduler.warmup_epochs`` / ``warmup_steps``).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+from typing import Literal
 
 from plugtrain import Component, hookimpl
 
 _SKIP = {"LRScheduler", "_LRScheduler", "ChainedScheduler", "SequentialLR", "LambdaLR", "MultiplicativeLR"}
+
+
+def _group_lrs(optimizer) -> list[float]:
+    return [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
+
+
+def _one(values: list[float]) -> float | list[float]:
+    return values[0] if len(set(values)) == 1 else values
+
+
+def _has_momentum(optimizer) -> bool:
+    """Whether torch's cyclic-momentum code can cycle this optimizer's momentum (or Adam's beta1)."""
+    defaults = getattr(optimizer, "defaults", {}) or {}
+    group = optimizer.param_groups[0] if optimizer.param_groups else {}
+    if "betas" in defaults and "betas" in group:
+        return True
+    return "momentum" in defaults and float(group.get("momentum", 0.0) or 0.0) > 0.0
 
 
 def cosine_annealing(optimizer, epochs: int, T_max: int | None = None, eta_min: float = 0.0):  # noqa: N803
@@ -19,16 +54,138 @@ def cosine_annealing(optimizer, epochs: int, T_max: int | None = None, eta_min: 
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=T_max or epochs, eta_min=eta_min)
 
 
+def cyclic_lr(
+    optimizer,
+    steps_per_epoch: int,
+    base_lr: float | None = None,
+    max_lr: float | None = None,
+    step_size_up: int | None = None,
+    step_size_down: int | None = None,
+    mode: Literal["triangular", "triangular2", "exp_range"] = "triangular",
+    gamma: float = 1.0,
+    cycle_momentum: bool | None = None,
+    base_momentum: float = 0.8,
+    max_momentum: float = 0.9,
+):
+    """Cyclical learning rate (per step) between ``base_lr`` and ``max_lr`` (default: the optimizer's lr and a tenth
+    of it); ``step_size_up`` steps up (default: two epochs), ``step_size_down`` down (default: the same)."""
+    import torch
+
+    lrs = _group_lrs(optimizer)
+    top = [max_lr] * len(lrs) if max_lr is not None else lrs
+    bottom = [base_lr] * len(lrs) if base_lr is not None else [x / 10.0 for x in top]
+    up = step_size_up or max(1, 2 * int(steps_per_epoch or 1))
+    if cycle_momentum is None:
+        cycle_momentum = _has_momentum(optimizer)
+    sched = torch.optim.lr_scheduler.CyclicLR(
+        optimizer, base_lr=_one(bottom), max_lr=_one(top), step_size_up=up, step_size_down=step_size_down, mode=mode,
+        gamma=gamma, cycle_momentum=cycle_momentum, base_momentum=base_momentum, max_momentum=max_momentum,
+    )
+    sched.interval = "step"
+    return sched
+
+
+@functools.cache
+def _classes() -> dict[str, type]:
+    import torch
+
+    sched = torch.optim.lr_scheduler
+
+    class OneCycleLR(sched.OneCycleLR):
+        """torch's OneCycleLR that holds its final learning rate when stepped past ``total_steps``."""
+
+        def get_lr(self):
+            if self.last_epoch >= self.total_steps:
+                saved = self.last_epoch
+                self.last_epoch = self.total_steps - 1
+                try:
+                    return super().get_lr()
+                finally:
+                    self.last_epoch = saved
+            return super().get_lr()
+
+    class ReduceLROnPlateau(sched.ReduceLROnPlateau):
+        """torch's ReduceLROnPlateau whose ``mode`` may be ``"auto"``: set by the runtime from the monitored metric."""
+
+        def __init__(self, optimizer, mode: str = "auto", **kwargs) -> None:
+            self.auto_mode = mode == "auto"
+            super().__init__(optimizer, mode="min" if self.auto_mode else mode, **kwargs)
+
+        def set_run_mode(self, mode: str) -> None:
+            """The direction (``"min"``/``"max"``) of the metric passed to :meth:`step`; a no-op unless auto."""
+            if self.auto_mode and mode != self.mode:
+                self._init_is_better(mode=mode, threshold=self.threshold, threshold_mode=self.threshold_mode)
+                self._reset()
+
+    return {"OneCycleLR": OneCycleLR, "ReduceLROnPlateau": ReduceLROnPlateau}
+
+
+def one_cycle_lr(
+    optimizer,
+    total_steps: int,
+    max_lr: float | None = None,
+    pct_start: float = 0.3,
+    anneal_strategy: Literal["cos", "linear"] = "cos",
+    cycle_momentum: bool | None = None,
+    base_momentum: float = 0.85,
+    max_momentum: float = 0.95,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+    three_phase: bool = False,
+):
+    """One-cycle policy (per step) over the run's steps: up from ``max_lr / div_factor`` to ``max_lr`` (default: the
+    optimizer's lr) during ``pct_start`` of the run, then down to ``max_lr / div_factor / final_div_factor``."""
+    lrs = _group_lrs(optimizer)
+    top = [max_lr] * len(lrs) if max_lr is not None else lrs
+    if cycle_momentum is None:
+        cycle_momentum = _has_momentum(optimizer)
+    sched = _classes()["OneCycleLR"](
+        optimizer, max_lr=_one(top), total_steps=max(2, int(total_steps)), pct_start=pct_start,
+        anneal_strategy=anneal_strategy, cycle_momentum=cycle_momentum, base_momentum=base_momentum,
+        max_momentum=max_momentum, div_factor=div_factor, final_div_factor=final_div_factor, three_phase=three_phase,
+    )
+    sched.interval = "step"
+    return sched
+
+
+def reduce_lr_on_plateau(
+    optimizer,
+    mode: Literal["auto", "min", "max"] = "auto",
+    factor: float = 0.1,
+    patience: int = 10,
+    threshold: float = 1e-4,
+    threshold_mode: Literal["rel", "abs"] = "rel",
+    cooldown: int = 0,
+    min_lr: float = 0.0,
+    eps: float = 1e-8,
+):
+    """Multiply the lr by ``factor`` when the monitored metric (the run's primary metric) has not improved for
+    ``patience`` validations; ``mode = "auto"`` follows the metric's direction."""
+    return _classes()["ReduceLROnPlateau"](
+        optimizer, mode=mode, factor=factor, patience=patience, threshold=threshold, threshold_mode=threshold_mode,
+        cooldown=cooldown, min_lr=min_lr, eps=eps,
+    )
+
+
+_OWN = {
+    "CosineAnnealingLR": cosine_annealing,
+    "CyclicLR": cyclic_lr,
+    "OneCycleLR": one_cycle_lr,
+    "ReduceLROnPlateau": reduce_lr_on_plateau,
+}
+
+
 @hookimpl
 def plugtrain_schedulers():
     import torch
 
     sched = torch.optim.lr_scheduler
-    comps = [Component("CosineAnnealingLR", cosine_annealing)]
+    comps = []
     for name, obj in sorted(vars(sched).items()):
-        if name in _SKIP or name == "CosineAnnealingLR" or not inspect.isclass(obj):
+        if name in _SKIP or name.startswith("_") or not inspect.isclass(obj):
             continue
-        if issubclass(obj, sched.LRScheduler) or name == "ReduceLROnPlateau":
-            doc = (inspect.getdoc(obj) or "").strip().split("\n", 1)[0]
-            comps.append(Component(name, obj, summary=doc or f"torch.optim.lr_scheduler.{name}"))
+        if not (issubclass(obj, sched.LRScheduler) or name == "ReduceLROnPlateau"):
+            continue
+        doc = (inspect.getdoc(obj) or "").strip().split("\n", 1)[0] or f"torch.optim.lr_scheduler.{name}"
+        comps.append(Component(name, _OWN.get(name, obj), summary=doc if name not in _OWN else ""))
     return comps
