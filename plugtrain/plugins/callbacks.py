@@ -1,4 +1,8 @@
-"""Callbacks: hooks into the loop at epoch boundaries."""
+"""Callbacks: hooks into the loop at epoch boundaries.
+
+``epoch`` is the 0-based index of the epoch (the first epoch is 0). ``trainer.model`` is the model being trained
+(possibly wrapped by DDP or ``torch.compile``).
+"""
 
 from __future__ import annotations
 
@@ -41,6 +45,44 @@ class EarlyStopping:
         self.best, self.bad_epochs = state["best"], state["bad_epochs"]
 
 
+class Unfreeze:
+    """Unfreeze the backbone layers frozen by ``backbone.freeze`` after ``backbone.unfreeze_after_epochs`` epochs.
+
+    At the start of epoch ``after_epochs`` (0-based: after that many complete epochs) the parameters under the
+    model's ``plugtrain_frozen`` prefixes get ``requires_grad = True`` again. ``after_epochs`` defaults to the
+    backbone's ``unfreeze_after_epochs``. Frozen parameters stayed in the optimizer (with no gradient, so they were
+    skipped), so the optimizer needs no change. When something was unfrozen the callback calls
+    ``trainer.requires_grad_changed()`` if the trainer has it: a DDP wrapper must be rebuilt, since DDP reduces only
+    the parameters that required gradients when it was built. The callback keeps no state: on a resumed run it
+    unfreezes again at the first epoch past the threshold.
+    """
+
+    def __init__(self, after_epochs: int | None = None) -> None:
+        self.after_epochs = after_epochs
+
+    def threshold(self, trainer: Any) -> int | None:
+        from plugtrain.plugins.backbones import _unwrap
+
+        if self.after_epochs is not None:
+            return self.after_epochs
+        return getattr(_unwrap(trainer.model), "plugtrain_unfreeze_after", None)
+
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+        from plugtrain.plugins.backbones import unfreeze_model
+
+        after = self.threshold(trainer)
+        if after is None or epoch < after:
+            return
+        if unfreeze_model(trainer.model):
+            changed = getattr(trainer, "requires_grad_changed", None)
+            if callable(changed):
+                changed()
+
+
 @hookimpl
 def plugtrain_callbacks():
-    return [Component("early-stopping", EarlyStopping)]
+    return [
+        Component("early-stopping", EarlyStopping),
+        Component("unfreeze", Unfreeze, summary="Unfreeze the backbone's frozen layers after "
+                                                "backbone.unfreeze_after_epochs epochs."),
+    ]
