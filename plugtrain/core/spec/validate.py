@@ -1,0 +1,416 @@
+"""Validate a composed spec dict against the spec model and the registered components' signatures.
+
+:func:`validate` never stops at the first mistake: it returns every :class:`Problem`, each with the key path it is
+about, so that the loader can point at the file, line and column (or the ``--set`` override) the value came from.
+Nothing is built: a component's parameters are checked against its factory's signature (names, annotations,
+required parameters), plus a few range rules on well-known parameter names, plus the component's own pydantic
+``InitSchema`` where it has one (albumentations transforms do). Only the kinds that the spec names are loaded.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from typing import Any
+
+import attrs
+
+from plugtrain.core.errors import PlugtrainError, did_you_mean
+from plugtrain.core.hookspecs import CONTEXT, SINGULAR
+from plugtrain.core.spec import model
+from plugtrain.core.spec.model import REQUIRED_SECTIONS, SECTIONS
+from plugtrain.core.spec.retired import collect, retired_hint
+from plugtrain.core.spec.tomlpos import format_path
+from plugtrain.core.spec.typecheck import T, describe, from_annotation, matches, mismatch, toml_view
+
+
+@attrs.define
+class Problem:
+    """One mistake: the key path it is about, the message, and whether to point at the key or at its value."""
+
+    path: tuple
+    message: str
+    at: str = "value"  # "key" | "value"
+    warning: bool = False
+
+
+# -- range rules -----------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Range:
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def ok(self, x: float) -> bool:
+        if isinstance(x, float) and math.isnan(x):
+            return False
+        if self.lo is not None and (x < self.lo or (self.lo_open and x == self.lo)):
+            return False
+        return not (self.hi is not None and (x > self.hi or (self.hi_open and x == self.hi)))
+
+    def text(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
+        return f"{'<' if self.hi_open else '<='} {_num(self.hi)}"
+
+    def json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.lo is not None:
+            out["exclusiveMinimum" if self.lo_open else "minimum"] = self.lo
+        if self.hi is not None:
+            out["exclusiveMaximum" if self.hi_open else "maximum"] = self.hi
+        return out
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+POSITIVE = Range(0, None, lo_open=True)
+NON_NEGATIVE = Range(0)
+PROBABILITY = Range(0, 1)
+FRACTION = Range(0, 1, hi_open=True)
+
+#: Range rules for component parameters, by kind and parameter name (any component of the kind that has it).
+PARAM_RANGES: dict[str, dict[str, Range]] = {
+    "optimizers": {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "momentum": NON_NEGATIVE, "eps": POSITIVE,
+                   "dampening": NON_NEGATIVE},
+    "augmentations": {"p": PROBABILITY},
+    "losses": {"label_smoothing": PROBABILITY, "margin": NON_NEGATIVE},
+    "backbones": {"drop_rate": FRACTION, "drop_path_rate": FRACTION, "in_chans": Range(1)},
+    "datasets": {"val_fraction": Range(0, 1, lo_open=True, hi_open=True),
+                 "test_fraction": Range(0, 1, hi_open=True)},
+    "schedulers": {"warmup_epochs": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE, "eta_min": NON_NEGATIVE,
+                   "gamma": POSITIVE, "step_size": Range(1), "patience": NON_NEGATIVE, "T_max": Range(1)},
+    "callbacks": {"patience": Range(1), "min_delta": NON_NEGATIVE},
+}
+
+#: Ranges of the model's own section fields, from their attrs validators (``_positive`` / ``_non_negative``).
+_VALIDATOR_RANGES = {"_positive": POSITIVE, "_non_negative": NON_NEGATIVE}
+
+
+def field_range(field: attrs.Attribute) -> Range | None:
+    """The range an attrs field's validator enforces, when it is one of the model's range validators."""
+    validator = field.validator
+    name = getattr(validator, "__name__", "")
+    if name in _VALIDATOR_RANGES:
+        return _VALIDATOR_RANGES[name]
+    if isinstance(validator, Range):  # pragma: no cover - not used by the model today
+        return validator
+    return getattr(validator, "plugtrain_range", None)
+
+
+# -- the model's own fields ------------------------------------------------------------------------------------------
+
+_MODEL_NS = vars(model)
+_COMPONENT_FIELDS = {"params", "transforms"}
+
+
+def section_fields(cls: type) -> dict[str, attrs.Attribute]:
+    """The user-facing fields of a section class (``params`` and ``transforms`` are not keys)."""
+    return {a.name: a for a in attrs.fields(cls) if a.name not in _COMPONENT_FIELDS}
+
+
+def field_type(field: attrs.Attribute) -> T:
+    return toml_view(from_annotation(field.type, _MODEL_NS))
+
+
+# keys of the plain sections, to say where a misplaced key belongs
+_PLAIN_SECTIONS = {sec: cls for sec, (cls, kind) in SECTIONS.items() if kind is None or sec == "data"}
+
+
+def _belongs(key: str, here: str) -> str:
+    homes = [sec for sec, cls in _PLAIN_SECTIONS.items()
+             if sec != here and key in section_fields(cls) and key not in ("name", "dataset")]
+    homes += [sec for sec in ("optimizer", "scheduler") if sec != here and key in section_fields(SECTIONS[sec][0])
+              and key != "name"]
+    return f" {key!r} belongs in [{homes[0]}]." if homes else ""
+
+
+class Validator:
+    """Checks one composed spec dict; ``problems`` collects every mistake found."""
+
+    def __init__(self, registry: Any = None) -> None:
+        if registry is None:
+            from plugtrain.core.registry import get_registry
+
+            registry = get_registry()
+        self.registry = registry
+        self.problems: list[Problem] = []
+        self._retired: dict[str, dict[str, str]] | None = None
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+    def add(self, path: tuple, message: str, at: str = "value", warning: bool = False) -> None:
+        self.problems.append(Problem(tuple(path), message, at, warning))
+
+    @property
+    def retired(self) -> dict[str, dict[str, str]]:
+        if self._retired is None:
+            self._retired = collect(self.registry.plugins)
+        return self._retired
+
+    def check_value(self, path: tuple, value: Any, t: T, rng: Range | None = None, label: str = "") -> bool:
+        label = label or format_path(path)
+        if not matches(value, t):
+            self.add(path, f"{label}: {mismatch(value, t)}")
+            return False
+        if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and not rng.ok(value):
+            self.add(path, f"{label} must be {rng.text()}, got {value!r}")
+            return False
+        return True
+
+    # -- the document --------------------------------------------------------------------------------------------
+    def validate(self, d: dict[str, Any]) -> list[Problem]:
+        for key in d:
+            if key not in SECTIONS:
+                hint = did_you_mean(key, SECTIONS) or _belongs(key, "")
+                self.add((key,), f"unknown section [{key}].{hint} Sections: {', '.join(SECTIONS)}.", at="key")
+        for sec in REQUIRED_SECTIONS:
+            if sec not in d:
+                self.add((), f"missing required section [{sec}]")
+        for sec, (cls, kind) in SECTIONS.items():
+            if sec not in d:
+                continue
+            value = d[sec]
+            path = (sec,)
+            if sec in ("loggers", "metrics", "callbacks"):
+                if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
+                    self.add(path, f"{sec} must be an array of tables: write [[{sec}]] blocks, each with a name, "
+                                   f"or {sec} = [{{ name = \"...\" }}]")
+                    continue
+                for i, item in enumerate(value):
+                    self.component(kind, item, (*path, i), cls)
+            elif not isinstance(value, dict):
+                self.add(path, f"[{sec}] must be a table, got {describe_value(value)}")
+            elif sec == "augmentations":
+                self.augmentations(value, path)
+            elif sec == "data":
+                self.component(kind, value, path, cls, name_key="dataset")
+            elif kind is not None:
+                self.component(kind, value, path, cls)
+            else:
+                self.plain(cls, value, path)
+        self.cross_checks(d)
+        return self.problems
+
+    def cross_checks(self, d: dict[str, Any]) -> None:
+        run = d.get("run") if isinstance(d.get("run"), dict) else {}
+        trainer = d.get("trainer") if isinstance(d.get("trainer"), dict) else {}
+        epochs = run.get("epochs")
+        start = trainer.get("swa_start_epoch")
+        if (isinstance(epochs, int) and isinstance(start, int) and not isinstance(start, bool)
+                and trainer.get("swa") is True and start >= epochs):
+            self.add(("trainer", "swa_start_epoch"),
+                     f"trainer.swa_start_epoch ({start}) must be below run.epochs ({epochs}) for SWA to run")
+
+    # -- plain sections ------------------------------------------------------------------------------------------
+    def plain(self, cls: type, d: dict[str, Any], path: tuple, skip: tuple[str, ...] = ()) -> None:
+        fields = {k: f for k, f in section_fields(cls).items() if k not in skip}
+        where = _where(path)
+        for key, value in d.items():
+            if key not in fields:
+                hint = did_you_mean(key, fields) or _belongs(key, path[0] if path else "")
+                listing = f" Keys: {', '.join(fields)}." if not hint else ""
+                self.add((*path, key), f"unknown key {key!r} in {where}.{hint}{listing}", at="key")
+                continue
+            self.field(fields[key], value, (*path, key))
+        for key, f in fields.items():
+            if f.default is attrs.NOTHING and key not in d:
+                self.add(path, f"{where} is missing required key {key!r} ({describe(field_type(f))})")
+
+    def field(self, f: attrs.Attribute, value: Any, path: tuple) -> None:
+        if not self.check_value(path, value, field_type(f), field_range(f)):
+            return
+        if f.validator is not None:
+            try:
+                f.validator(None, f, value)
+            except (ValueError, TypeError) as exc:
+                self.add(path, f"{format_path(path)}: {exc}")
+
+    def augmentations(self, d: dict[str, Any], path: tuple) -> None:
+        self.plain(model.AugmentationsSection, {k: v for k, v in d.items() if k not in ("train", "val")}, path,
+                   skip=("train", "val"))
+        for split in ("train", "val"):
+            if split not in d:
+                continue
+            items = d[split]
+            if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+                self.add((*path, split), f"augmentations.{split} must be an array of tables, e.g. "
+                                         f"{split} = [{{ name = \"HorizontalFlip\", p = 0.5 }}]")
+                continue
+            for i, item in enumerate(items):
+                self.component("augmentations", item, (*path, split, i), model.AugmentationSpec)
+
+    # -- component sections --------------------------------------------------------------------------------------
+    def component(self, kind: str, d: dict[str, Any], path: tuple, cls: type, name_key: str = "name") -> None:
+        """A table that names a component of ``kind`` with ``name_key`` and gives its parameters beside."""
+        where = _where(path)
+        singular = SINGULAR[kind]
+        own = {k: f for k, f in section_fields(cls).items() if k not in ("name", name_key)}
+        comp = None
+        name = d.get(name_key)
+        if name_key not in d:
+            self.add(path, f"{where} is missing {name_key!r}: which {singular}? "
+                           f"Run `plugtrain list {kind}` to see them all.")
+        elif not isinstance(name, str):
+            self.add((*path, name_key), f"{format_path((*path, name_key))}: expected the name of a {singular} "
+                                        f"(a string), got {describe_value(name)}")
+        else:
+            comp = self.lookup(kind, name, (*path, name_key))
+        label = f"{where} ({singular} {name!r})" if comp is not None else where
+        params = {p.name: p for p in comp.params} if comp is not None else {}
+        context = CONTEXT.get(kind, frozenset())
+        given: dict[str, Any] = {}
+        for key, value in d.items():
+            kpath = (*path, key)
+            if key == name_key:
+                continue
+            if key in own:
+                if cls is model.LossSection and key == "optimizer":
+                    if not isinstance(value, dict):
+                        self.add(kpath, f"{format_path(kpath)} must be a table naming an optimizer, e.g. "
+                                        '[loss.optimizer] name = "SGD"')
+                    else:
+                        self.component("optimizers", value, kpath, model.ComponentSpec)
+                    continue
+                self.field(own[key], value, kpath)
+                continue
+            if comp is None:  # unknown component: its parameters cannot be checked, but typos of own keys can
+                hint = did_you_mean(key, own) if name_key != "name" or own else ""
+                if hint:
+                    self.add(kpath, f"unknown key {key!r} in {where}.{hint}", at="key")
+                continue
+            if key in params:
+                given[key] = value
+                if key == "transforms" and kind == "augmentations":
+                    self.transforms(value, kpath)
+                    continue
+                self.param(kind, comp, params[key], value, kpath)
+                continue
+            if key in context:
+                self.add(kpath, f"{format_path(kpath)}: {key!r} is supplied to every {singular} by plugtrain at run "
+                                "time and cannot be set in a spec", at="key")
+                continue
+            if comp.accepts_any_kwargs:
+                given[key] = value
+                continue
+            hint = retired_hint(self.retired, kind, comp.name, key)
+            accepted = [*own, *params]
+            msg = f"unknown key {key!r} in {label}."
+            msg += f" {hint}." if hint else did_you_mean(key, accepted)
+            msg += f" Accepted: {', '.join(accepted) or '(no parameters)'}." if not hint or accepted else ""
+            self.add(kpath, msg, at="key")
+        if comp is None:
+            return
+        for p in comp.params:
+            if p.required and p.name not in d and p.name not in own:
+                t = toml_view(from_annotation(p.annotation, self.namespace(comp)))
+                self.add(path, f"{label} is missing required parameter {p.name!r} ({describe(t)})")
+        if not any(pr.path[: len(path)] == path and not pr.warning for pr in self.problems):
+            self.init_schema(comp, given, path, label)
+
+    def lookup(self, kind: str, name: str, path: tuple) -> Any:
+        try:
+            return self.registry.get(kind, name)
+        except PlugtrainError as exc:
+            hint = retired_hint(self.retired, kind, name.rpartition(":")[2])
+            msg = str(exc)
+            if hint:
+                msg = f"unknown {SINGULAR[kind]} {name!r}: {hint}. Run `plugtrain list {kind}` to see them all."
+            self.add(path, f"{format_path(path)}: {msg}")
+            return None
+
+    _ns_cache: dict[int, dict[str, Any]] = {}
+
+    def namespace(self, comp: Any) -> dict[str, Any]:
+        from plugtrain.core.spec.typecheck import factory_namespace
+
+        key = id(comp.factory)
+        if key not in self._ns_cache:
+            self._ns_cache[key] = factory_namespace(comp.factory)
+        return self._ns_cache[key]
+
+    def param(self, kind: str, comp: Any, p: Any, value: Any, path: tuple) -> None:
+        t = toml_view(from_annotation(p.annotation, self.namespace(comp)))
+        if t.kind == "never":
+            ann = p.annotation_str or "an object"
+            self.add(path, f"{format_path(path)}: {SINGULAR[kind]} {comp.name!r} takes {ann} here, which a TOML spec "
+                           "cannot express; leave it out")
+            return
+        self.check_value(path, value, t, PARAM_RANGES.get(kind, {}).get(p.name))
+
+    def transforms(self, value: Any, path: tuple) -> None:
+        if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
+            self.add(path, f"{format_path(path)} must be an array of augmentation tables, e.g. "
+                           'transforms = [{ name = "HorizontalFlip" }, { name = "VerticalFlip" }]')
+            return
+        for i, item in enumerate(value):
+            self.component("augmentations", item, (*path, i), model.AugmentationSpec)
+
+    # -- the component's own schema ------------------------------------------------------------------------------
+    def init_schema(self, comp: Any, given: dict[str, Any], path: tuple, label: str) -> None:
+        """Validate with the factory's pydantic ``InitSchema`` when it has one (value ranges, min <= max, ...)."""
+        schema = getattr(comp.factory, "InitSchema", None)
+        fields = getattr(schema, "model_fields", None)
+        if not isinstance(fields, dict) or "pydantic" not in sys.modules:
+            return
+        import pydantic
+
+        if not (isinstance(schema, type) and issubclass(schema, pydantic.BaseModel)):
+            return
+        kwargs: dict[str, Any] = {}
+        defaults = {p.name: p.default for p in comp.params if not p.required}
+        for name in fields:
+            if name in given and name != "transforms":
+                kwargs[name] = given[name]
+            elif name in defaults:
+                kwargs[name] = defaults[name]
+            elif name == "strict":
+                kwargs[name] = False
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                schema(**kwargs)
+        except pydantic.ValidationError as exc:
+            seen = set()
+            for err in exc.errors():
+                loc = err.get("loc") or ()
+                key = loc[0] if loc else None
+                if key is not None and key not in given:
+                    continue  # about a default, or a field the signature lacks: not the user's doing
+                if key in seen:
+                    continue
+                seen.add(key)
+                msg = str(err.get("msg", "invalid")).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+                where = (*path, key) if key is not None else path
+                self.add(where, f"{format_path(where)}: {msg}" if key is not None else f"{label}: {msg}")
+            return
+        except Exception:  # noqa: BLE001 - a library's validator failing oddly must not break checking
+            return
+        for w in caught:
+            if issubclass(w.category, (UserWarning, DeprecationWarning, FutureWarning)):
+                self.add(path, f"{label}: {w.message}", warning=True)
+
+
+def _where(path: tuple) -> str:
+    return f"[{path[0]}]" if len(path) == 1 else format_path(path)
+
+
+def describe_value(value: Any) -> str:
+    from plugtrain.core.spec.typecheck import toml_literal, value_kind
+
+    shown = toml_literal(value)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return f"{shown} ({value_kind(value)})"
+
+
+def validate(d: dict[str, Any], registry: Any = None) -> list[Problem]:
+    """Every problem in the composed spec dict ``d`` (see :class:`Problem`)."""
+    return Validator(registry).validate(d)
