@@ -55,4 +55,7 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
 
 def _cell(value: Any) -> str:
     """One plain-table cell: tabs and newlines would break the one-line-per-row format."""
-    return " ".join(str(value).split()) if any(ch in str(value) for ch in "\t\n\r") else str(value)
+    text = str(value)
+    if "\t" in text or "\n" in text or "\r" in text:
+        return " ".join(text.split())
+    return text
