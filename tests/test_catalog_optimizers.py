@@ -123,7 +123,7 @@ def test_sam_step_with_closure_equals_first_and_second_step():
         opt = build("SAM", {"base": "AdamW", "lr": 0.01}, model)
         for _ in range(3):
             if use_closure:
-                def closure():
+                def closure(opt=opt, model=model):
                     opt.zero_grad()
                     loss = torch.nn.functional.cross_entropy(model(x), y)
                     loss.backward()
