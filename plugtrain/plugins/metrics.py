@@ -87,9 +87,14 @@ def _retrieval_class() -> type:
             from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
             from pytorch_metric_learning.utils.inference import CustomKNN
 
-            emb = dim_zero_cat(self.embeddings) if self.embeddings else torch.zeros(0, 1)
-            labels = dim_zero_cat(self.labels) if self.labels else torch.zeros(0, dtype=torch.long)
-            if len(emb) < 2:
+            def cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor | None:
+                # a list on one process; one tensor once torchmetrics has gathered it from every rank
+                if isinstance(state, torch.Tensor):
+                    return state
+                return dim_zero_cat(state) if len(state) else None
+
+            emb, labels = cat(self.embeddings), cat(self.labels)
+            if emb is None or labels is None or len(emb) < 2:
                 return torch.tensor(float("nan"))
             calc = AccuracyCalculator(include=(self.key,), k="max_bin_count", device=emb.device,
                                       knn_func=CustomKNN(CosineSimilarity()))
