@@ -185,3 +185,19 @@ def test_supcon_with_two_views_prefers_matching_views():
     shuffled = torch.cat([base, base[torch.randperm(8)]])
     criterion = loss("SupCon")
     assert float(criterion(aligned, labels)) < float(criterion(shuffled, labels))
+
+
+@pytest.mark.parametrize("name", METRIC_LEARNING)
+def test_metric_learning_losses_compute_in_float32_under_bf16_autocast(name):
+    torch.manual_seed(0)
+    e = F.normalize(torch.randn(16, EMB), dim=1).requires_grad_(True)
+    y = torch.arange(4).repeat(4)
+    criterion = loss(name)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = criterion(e.bfloat16(), y)
+    assert value.dtype == torch.float32
+    with torch.no_grad():
+        reference = criterion(e.bfloat16().float(), y)
+    assert torch.allclose(value.detach(), reference)
+    value.backward()
+    assert torch.isfinite(e.grad).all()

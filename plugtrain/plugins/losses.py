@@ -140,7 +140,11 @@ def _modules() -> dict[str, type]:
             if outputs.ndim != 2:
                 raise ValueError(f"{self.name or 'this loss'} needs embeddings of shape (N, D), got outputs of shape "
                                  f"{tuple(outputs.shape)}")
-            embeddings, labels = outputs.float(), targets.long()
+            # in float32 even inside an autocast region: the angular margins (acos near +-1) break in half precision
+            with torch.autocast(device_type=outputs.device.type, enabled=False):
+                return self._loss(outputs.float(), targets.long())
+
+        def _loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             world = 1
             if self.gather and torch.distributed.is_available() and torch.distributed.is_initialized():
                 world = torch.distributed.get_world_size()
