@@ -203,16 +203,16 @@ def test_unfreeze_callback_turns_layers_back_on_after_n_epochs():
     changes = []
     trainer = types.SimpleNamespace(model=model, requires_grad_changed=lambda: changes.append(True))
     callback = get_registry().get("callbacks", "unfreeze").build({})
-    for epoch in (0, 1):
+    for epoch in (1, 2):  # the runtime numbers epochs from 1: two epochs train with layer1 frozen
         callback.on_epoch_start(trainer, epoch)
         assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith("layer1."))
-    callback.on_epoch_start(trainer, 2)
+    callback.on_epoch_start(trainer, 3)
     assert all(p.requires_grad for p in model.parameters())
     assert changes == [True]
-    callback.on_epoch_start(trainer, 3)  # nothing left to unfreeze: no second notification
+    callback.on_epoch_start(trainer, 4)  # nothing left to unfreeze: no second notification
     assert changes == [True]
     # an explicit after_epochs overrides the backbone's
     model2 = backbone(num_classes=3, in_chans=1, freeze=["layer1"])
-    early = get_registry().get("callbacks", "unfreeze").build({"after_epochs": 0})
-    early.on_epoch_start(types.SimpleNamespace(model=model2), 0)
+    early = get_registry().get("callbacks", "unfreeze").build({"after_epochs": 1})
+    early.on_epoch_start(types.SimpleNamespace(model=model2), 2)
     assert all(p.requires_grad for p in model2.parameters())

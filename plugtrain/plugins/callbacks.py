@@ -1,6 +1,7 @@
 """Callbacks: hooks into the loop at epoch boundaries.
 
-``epoch`` is the 0-based index of the epoch (the first epoch is 0). ``trainer.model`` is the model being trained
+``epoch`` is the 1-based number of the epoch (the first epoch is 1), as the runtime passes it. ``trainer.model`` is
+the model being trained
 (possibly wrapped by DDP or ``torch.compile``).
 """
 
@@ -48,8 +49,8 @@ class EarlyStopping:
 class Unfreeze:
     """Unfreeze the backbone layers frozen by ``backbone.freeze`` after ``backbone.unfreeze_after_epochs`` epochs.
 
-    At the start of epoch ``after_epochs`` (0-based: after that many complete epochs) the parameters under the
-    model's ``plugtrain_frozen`` prefixes get ``requires_grad = True`` again. ``after_epochs`` defaults to the
+    At the start of epoch ``after_epochs + 1`` (1-based: once that many epochs are complete) the parameters under
+    the model's ``plugtrain_frozen`` prefixes get ``requires_grad = True`` again. ``after_epochs`` defaults to the
     backbone's ``unfreeze_after_epochs``. Frozen parameters stayed in the optimizer (with no gradient, so they were
     skipped), so the optimizer needs no change. When something was unfrozen the callback calls
     ``trainer.requires_grad_changed()`` if the trainer has it: a DDP wrapper must be rebuilt, since DDP reduces only
@@ -71,7 +72,7 @@ class Unfreeze:
         from plugtrain.plugins.backbones import unfreeze_model
 
         after = self.threshold(trainer)
-        if after is None or epoch < after:
+        if after is None or epoch <= after:  # epoch is 1-based: epochs 1..after train with the layers frozen
             return
         if unfreeze_model(trainer.model):
             changed = getattr(trainer, "requires_grad_changed", None)
