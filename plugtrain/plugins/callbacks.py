@@ -1,8 +1,7 @@
 """Callbacks: hooks into the loop at epoch boundaries.
 
 ``epoch`` is the 1-based number of the epoch (the first epoch is 1), as the runtime passes it. ``trainer.model`` is
-the model being trained
-(possibly wrapped by DDP or ``torch.compile``).
+the model being trained (possibly wrapped by DDP or ``torch.compile``).
 """
 
 from __future__ import annotations
