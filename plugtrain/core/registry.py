@@ -95,7 +95,7 @@ class Component:
         """True when the factory takes ``**kwargs``: then any parameter name is accepted."""
         return self._signature[1]
 
-    def build(self, params: dict[str, Any] | None = None, **context: Any) -> Any:
+    def build(self, params: dict[str, Any] | None = None, /, **context: Any) -> Any:
         """Call the factory with the spec's ``params`` and those ``context`` arguments its signature names."""
         kwargs = dict(params or {})
         names = _signature_names(self.factory)

@@ -38,6 +38,21 @@ def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
+@attrs.frozen
+class _Between:
+    """A validator: ``lo <= value <= hi`` (``None`` passes). The checker and the JSON Schema read ``lo`` / ``hi``."""
+
+    lo: float
+    hi: float
+
+    def __call__(self, instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is not None and not (self.lo <= value <= self.hi):
+            raise ValueError(f"{attribute.name} must be in [{self.lo:g}, {self.hi:g}], got {value!r}")
+
+
+_probability = _Between(0.0, 1.0)
+
+
 @attrs.define
 class ComponentSpec:
     """A registered component by name (``PLUGIN:name`` allowed) with the parameters the spec gives it."""
@@ -129,12 +144,12 @@ class AugmentationsSection:
 class MixupSection:
     """timm's Mixup / CutMix on batches (``[mixup]``); off unless the section is present."""
 
-    mixup_alpha: float = 0.8
-    cutmix_alpha: float = 1.0
-    prob: float = 1.0
-    switch_prob: float = 0.5
+    mixup_alpha: float = attrs.field(default=0.8, validator=_non_negative)
+    cutmix_alpha: float = attrs.field(default=1.0, validator=_non_negative)
+    prob: float = attrs.field(default=1.0, validator=_probability)
+    switch_prob: float = attrs.field(default=0.5, validator=_probability)
     mode: Literal["batch", "pair", "elem"] = "batch"
-    label_smoothing: float = 0.1
+    label_smoothing: float = attrs.field(default=0.1, validator=_probability)
 
 
 @attrs.define
@@ -156,11 +171,11 @@ class TrainerSection:
     keep_top_k: int = attrs.field(default=0, validator=_non_negative)  # epoch-NNNN.pt kept by metric; 0 = all
     max_steps_per_epoch: int | None = attrs.field(default=None, validator=_positive)  # cut epochs short (tests)
     ema: bool = False
-    ema_decay: float = 0.9998
+    ema_decay: float = attrs.field(default=0.9998, validator=_probability)
     ema_for_best: bool = False
     swa: bool = False
-    swa_start_epoch: int | None = None
-    swa_lr: float | None = None
+    swa_start_epoch: int | None = attrs.field(default=None, validator=_non_negative)
+    swa_lr: float | None = attrs.field(default=None, validator=_positive)
 
 
 def default_loggers() -> list[ComponentSpec]:

@@ -101,9 +101,9 @@ def field_range(field: attrs.Attribute) -> Range | None:
     name = getattr(validator, "__name__", "")
     if name in _VALIDATOR_RANGES:
         return _VALIDATOR_RANGES[name]
-    if isinstance(validator, Range):  # pragma: no cover - not used by the model today
-        return validator
-    return getattr(validator, "plugtrain_range", None)
+    if isinstance(validator, model._Between):
+        return Range(validator.lo, validator.hi)
+    return None
 
 
 # -- the model's own fields ------------------------------------------------------------------------------------------

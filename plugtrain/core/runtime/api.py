@@ -1,0 +1,464 @@
+"""The runtime's commands: train (a queue of specs), evaluate and predict.
+
+Exit codes: 0 success; 2 bad input (:class:`PlugtrainError`: spec, data, CLI, checkpoint); 1 a run that failed while
+training (:class:`TrainingFailed`, e.g. a NaN loss) or an unexpected error; 143 / 130 a run stopped by SIGTERM /
+SIGINT after writing ``last.pt`` (``--resume auto`` continues it exactly). A queue runs every spec even when one fails
+and returns the highest exit code; a signal stops the queue.
+
+``--dry-run`` builds everything, runs one batch forward and backward, prints shapes and parameter counts and writes
+nothing under ``output_dir``: augmented samples (``augmentations.save_samples``) go to a fresh temporary directory
+whose path is printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from plugtrain.core import console
+from plugtrain.core.errors import PlugtrainError
+from plugtrain.core.runtime import build, distributed, rundir
+from plugtrain.core.runtime import checkpoint as ckpt
+from plugtrain.core.spec import load_spec, to_dict
+
+
+def _debug() -> bool:
+    return os.environ.get("PLUGTRAIN_DEBUG", "") not in ("", "0")
+
+
+def _error(text: str) -> None:
+    """An error line on stderr (every rank may have one; off rank 0 it says which rank)."""
+    prefix = "plugtrain: error: " if not text.startswith("plugtrain:") else ""
+    where = f"[rank {console.rank()}] " if console.rank() else ""
+    print(f"{where}{prefix}{text}", file=sys.stderr, flush=True)
+
+
+# -- train -------------------------------------------------------------------------------------------------------------
+def train_command(paths: list[str], overrides: list[str], resume: str | None = None, overwrite: bool = False,
+                  dry_run: bool = False) -> int:
+    """Train each spec in order; report a failing spec in one message and go on; the highest exit code wins."""
+    from plugtrain.core.runtime.trainer import Interrupted
+
+    if resume and len(paths) > 1 and resume != "auto":
+        raise PlugtrainError("--resume PATH names one checkpoint: give one spec (or use --resume auto)")
+    codes: list[int] = []
+    try:
+        for path in paths:
+            label = f"{path}: " if len(paths) > 1 else ""
+            try:
+                codes.append(_train_one(path, overrides, resume, overwrite, dry_run))
+            except Interrupted as exc:
+                name = signal.Signals(exc.signum).name
+                where = f"; checkpoint {exc.checkpoint}" if exc.checkpoint else ""
+                console.echo(f"interrupted by {name} at step {exc.step}{where}; continue with --resume auto")
+                return 128 + exc.signum
+            except PlugtrainError as exc:
+                if _debug():
+                    traceback.print_exc()
+                _error(f"{label}{exc}")
+                codes.append(exc.exit_code)
+            except Exception as exc:  # noqa: BLE001 - a bug or an unexpected library error: one line, traceback on demand
+                if _debug():
+                    traceback.print_exc()
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                _error(f"{label}{type(exc).__name__}: {first} (set PLUGTRAIN_DEBUG=1 for the traceback)")
+                codes.append(1)
+    finally:
+        distributed.teardown()
+    if len(paths) > 1:
+        failed = sum(1 for c in codes if c)
+        if failed:
+            console.echo(f"{failed} of {len(paths)} specs failed")
+    return max(codes, default=0)
+
+
+def configure_torch(spec: Any) -> None:
+    """Determinism or speed: ``run.deterministic`` turns on deterministic algorithms, else cudnn.benchmark."""
+    import torch
+
+    if spec.run.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True
+
+
+def _train_one(path: str, overrides: list[str], resume: str | None, overwrite: bool, dry_run: bool) -> int:
+    from plugtrain.core.runtime.progress import Progress
+    from plugtrain.core.runtime.trainer import Trainer
+
+    t0 = time.monotonic()
+    spec = load_spec(path, overrides)
+    if spec.trainer.strategy != "ddp":
+        raise PlugtrainError(f"[trainer] strategy = {spec.trainer.strategy!r} is not supported yet; use 'ddp'")
+    run_dir = rundir.run_dir_for(spec.run.output_dir, spec.run.name)
+    if not dry_run and resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:
+        resume = "auto"  # an elastic restart continues from the group's last checkpoint by itself
+    plan = None if dry_run else rundir.plan(run_dir, resume, overwrite)
+    state = ckpt.load(plan.checkpoint) if plan is not None and plan.checkpoint is not None else None
+    dist = distributed.setup(spec.trainer.device, spec.trainer.backend)
+    configure_torch(spec)
+    build.check_loggers(spec)
+    built = build.build_run(spec, dist)
+    progress = Progress(spec.run.epochs)
+    trainer = Trainer(built, dist, progress=progress)
+    try:
+        if state is not None:
+            trainer.load_state_dict(state, plan.checkpoint)
+        if dry_run:
+            return _dry_run(trainer)
+        if plan.note:
+            console.echo(f"note: {plan.note}")
+        _open_run_dir(trainer, plan, spec)
+        _banner(trainer, plan)
+        with _signals(trainer):
+            final = trainer.fit()
+    finally:
+        trainer.close()
+    _summary(trainer, final, time.monotonic() - t0)
+    return 0
+
+
+def _open_run_dir(trainer: Any, plan: rundir.Plan, spec: Any) -> None:
+    """Create the run directory (rank 0), write spec.toml and env.json, build the loggers; undo on failure."""
+    dist = trainer.dist
+    created = False
+    dist.barrier()  # every rank has planned against the same directory state
+    try:
+        spec_dict = to_dict(spec)
+        if dist.is_main:
+            created = rundir.prepare(plan)
+            rundir.write_spec(plan.run_dir, spec_dict)
+            env = rundir.environment(dist.world_size, spec.source)
+            rundir.write_env(plan.run_dir, env, plan.checkpoint if plan.mode == "resume" else None)
+        trainer.run_dir = plan.run_dir
+        if dist.is_main:
+            trainer.loggers = build.build_loggers(spec, plan.run_dir, dist.rank, spec_dict)
+            if spec.augmentations.save_samples and plan.mode != "resume":
+                _save_samples(trainer, plan.run_dir)
+        dist.barrier()
+    except BaseException:
+        trainer.close()
+        if created:
+            rundir.discard(plan.run_dir)
+        raise
+
+
+def _banner(trainer: Any, plan: rundir.Plan) -> None:
+    b, d = trainer.built, trainer.dist
+    spec = b.spec
+    what = f"resuming from {plan.checkpoint} at epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch}" \
+        if plan.mode == "resume" else "starting"
+    params = sum(p.numel() for p in b.backbone.parameters())
+    console.echo(
+        f"{spec.run.name}: {what}; {len(b.train_data)} train / {len(b.val_data)} val samples, "
+        f"{b.num_classes} classes; {spec.backbone.name} {params / 1e6:.2f}M params; {d.world_size} process(es) on "
+        f"{d.device}; {b.batches_per_epoch} batches x {spec.run.epochs} epochs; run dir {plan.run_dir}"
+    )
+
+
+def _summary(trainer: Any, final: dict[str, float], seconds: float) -> None:
+    best = trainer.best
+    parts = [f"{trainer.spec.run.name}: done in {seconds:.1f} s"]
+    if best:
+        parts.append(f"best {best['metric']} = {best['value']:.4f} (epoch {best['epoch']})")
+    if trainer.run_dir is not None:
+        parts.append(f"run dir {trainer.run_dir}")
+    console.echo("; ".join(parts))
+
+
+@contextlib.contextmanager
+def _signals(trainer: Any):  # noqa: ANN202
+    """SIGTERM / SIGINT set a flag; the trainer writes last.pt at the next step boundary and stops. A second SIGINT
+    interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and trainer._signal is not None:
+            raise KeyboardInterrupt
+        trainer.handle_signal(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# -- samples and dry run -----------------------------------------------------------------------------------------------
+def sample_grid(dataset: Any, count: int, mean: list[float], std: list[float], normalized: bool) -> Any:
+    """An ``HxWx3`` uint8 grid of the first ``count`` augmented training samples (epoch 0's augmentations)."""
+    import numpy as np
+
+    from plugtrain.core.runtime.loader import Failed
+
+    tiles = []
+    for i in range(min(count, len(dataset))):
+        item = dataset[(0, i)]
+        if isinstance(item, Failed):
+            continue
+        image = item[0][0] if isinstance(item[0], list) else item[0]
+        if hasattr(image, "detach"):  # a CHW tensor
+            x = image.detach().cpu().float().numpy().transpose(1, 2, 0)
+        else:  # an HWC array (normalize = false and no to-tensor step)
+            x = np.atleast_3d(np.asarray(image, dtype=np.float32))
+        if normalized:
+            c = x.shape[-1]
+            m = np.asarray((mean * c)[:c] if len(mean) == 1 else mean, dtype=np.float32)
+            s = np.asarray((std * c)[:c] if len(std) == 1 else std, dtype=np.float32)
+            x = (x * s + m) * 255.0
+        x = np.clip(x, 0, 255).astype(np.uint8)
+        if x.shape[-1] == 1:
+            x = np.repeat(x, 3, axis=-1)
+        tiles.append(x[..., :3])
+    if not tiles:
+        raise PlugtrainError("[augmentations] save_samples: no training sample could be read")
+    h = max(t.shape[0] for t in tiles)
+    w = max(t.shape[1] for t in tiles)
+    cols = math.ceil(math.sqrt(len(tiles)))
+    rows = math.ceil(len(tiles) / cols)
+    pad = 2
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for k, t in enumerate(tiles):
+        r, c = divmod(k, cols)
+        y, x0 = pad + r * (h + pad), pad + c * (w + pad)
+        grid[y:y + t.shape[0], x0:x0 + t.shape[1]] = t
+    return grid
+
+
+def _save_samples(trainer: Any, where: Path) -> Path:
+    from PIL import Image
+
+    b = trainer.built
+    spec = b.spec
+    mean, std = build.normalization(spec, b.in_chans)
+    grid = sample_grid(b.train_data, spec.augmentations.save_samples, mean, std, spec.augmentations.normalize)
+    path = where / "samples-train.png"
+    Image.fromarray(grid).save(path)
+    for logger in trainer.loggers:
+        fn = getattr(logger, "log_image", None)
+        if callable(fn):
+            fn("samples/train", grid, 0)
+    return path
+
+
+def _dry_run(trainer: Any) -> int:
+    """Build everything, one batch forward and backward, print shapes and parameter counts; nothing in output_dir."""
+    b = trainer.built
+    spec = b.spec
+    if spec.augmentations.save_samples:
+        where = Path(tempfile.mkdtemp(prefix="plugtrain-dry-run-"))
+        console.echo(f"augmented samples: {_save_samples(trainer, where)}")
+    trainer.sampler.set_epoch(0, 0)
+    batch = next(iter(trainer.train_loader))
+    from plugtrain.core.runtime.trainer import batch_images
+
+    images = batch_images(batch, "train")
+    if images is None:
+        raise PlugtrainError("[data] every sample of the first batch was skipped")
+    targets = batch["targets"].to(trainer.device)
+    images = images.to(trainer.device, memory_format=trainer.memory_format)
+    trainer.train_net.train()
+    with trainer.autocast():
+        outputs, loss = trainer.train_net(images, targets)
+    trainer.scaler.scale(loss).backward()
+    grads = sum(1 for p in trainer._params if p.grad is not None)
+    for opt in trainer.optimizers:
+        opt.zero_grad(set_to_none=True)
+
+    def count(module: Any) -> tuple[int, int]:
+        ps = list(module.parameters())
+        return sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad)
+
+    bt, btr = count(b.backbone)
+    lt, _ = count(b.criterion)
+    rows = [
+        ("dataset", f"{spec.data.dataset.name}: {len(b.train_data)} train, {len(b.val_data)} val"
+                    + (f", {len(b.test_data)} test" if b.test_data is not None else "")
+                    + f"; {b.num_classes} classes; {b.in_chans} channel(s)"),
+        ("batch", f"images {tuple(images.shape)} {images.dtype}, targets {tuple(targets.shape)} {targets.dtype}"),
+        ("backbone", f"{spec.backbone.name}: {bt:,} parameters ({btr:,} trainable); output "
+                     f"{tuple(outputs.shape)}; embedding_dim {b.embedding_dim}"),
+        ("loss", f"{spec.loss.name}: {float(loss.detach()):.4f}; {lt:,} parameters"),
+        ("optimizer", f"{spec.optimizer.name}: {len(b.optimizer.param_groups)} param group(s); "
+                      f"{grads} tensors got gradients" + (" (SAM: two passes per step)" if b.sam else "")),
+        ("scheduler", f"{spec.scheduler.name} per {b.scheduler_interval}, warmup {b.warmup_steps} step(s)"
+                      if spec.scheduler else "none"),
+        ("steps", f"{b.batches_per_epoch} batches / {b.steps_per_epoch} optimizer steps per epoch on "
+                  f"{trainer.dist.world_size} process(es), device {trainer.device}"),
+        ("metrics", ", ".join(f"val/{k}" for k in b.metrics) + f"; primary {spec.primary_metric} ({spec.mode})"),
+    ]
+    console.table(f"dry run: {spec.run.name} (nothing written)", ["what", "value"], rows)
+    return 0
+
+
+# -- evaluate and predict ----------------------------------------------------------------------------------------------
+def _run_spec(run_dir: str) -> tuple[Path, Any]:
+    root = Path(run_dir)
+    spec_path = root / "spec.toml"
+    if not root.is_dir():
+        raise PlugtrainError(f"{run_dir}: no such run directory")
+    if not spec_path.is_file():
+        raise PlugtrainError(f"{run_dir}: not a run directory (no spec.toml)")
+    return root, load_spec(spec_path)
+
+
+def _checkpoint_path(root: Path, which: str) -> Path:
+    if which in ("best", "last"):
+        path = root / rundir.CHECKPOINTS / f"{which}.pt"
+        if not path.is_file():
+            have = sorted(p.name for p in (root / rundir.CHECKPOINTS).glob("*.pt"))
+            raise PlugtrainError(f"{path}: no such checkpoint" + (f" (there are: {', '.join(have)})" if have else ""))
+        return path
+    return Path(which)
+
+
+def _local_env(spec: Any) -> distributed.DistEnv:
+    return distributed.DistEnv(device=distributed._pick_device(spec.trainer.device, 0))
+
+
+def evaluate_command(run_dir: str, checkpoint: str = "best", split: str = "val", as_json: bool = False) -> int:
+    """Metrics of a run's checkpoint on its val or test split; printed and written to ``RUN_DIR/eval-<split>.json``."""
+    import torch
+
+    from plugtrain.core.runtime.loader import ShardedBatchSampler, make_loader
+    from plugtrain.core.runtime.trainer import evaluate_model
+
+    root, spec = _run_spec(run_dir)
+    path = _checkpoint_path(root, checkpoint)
+    state = ckpt.load(path)
+    env = _local_env(spec)
+    built = build.build_run(spec, env, purpose="eval")
+    data = built.val_data if split == "val" else built.test_data
+    if data is None:
+        raise PlugtrainError(f"dataset {spec.data.dataset.name!r} of {run_dir} has no {split} split")
+    model = built.backbone.to(env.device)
+    criterion = built.criterion.to(env.device)
+    try:
+        model.load_state_dict(state["model"])
+        criterion.load_state_dict(state["loss"])
+    except (RuntimeError, KeyError) as exc:
+        raise PlugtrainError(f"{path}: does not fit the model of {root / 'spec.toml'}: "
+                             f"{str(exc).strip().splitlines()[0][:300]}") from None
+    d = spec.data
+    loader = make_loader(data, ShardedBatchSampler(len(data), d.val_batch_size or d.batch_size), d.num_workers,
+                         d.on_error, spec.run.seed, persistent_workers=False, prefetch_factor=d.prefetch_factor)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(spec.trainer.precision)
+
+    def autocast() -> Any:
+        return torch.autocast(env.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    metrics = {k: m.to(env.device) for k, m in built.metrics.items()}
+    results, skipped = evaluate_model(model, criterion, loader, metrics, env.device, autocast, env, split)
+    if state.get("ema"):
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model)
+        ema.load_state_dict(state["ema"])
+        ema_results, _ = evaluate_model(ema.module, criterion, loader, metrics, env.device, autocast, env,
+                                        f"{split}_ema")
+        results.update(ema_results)
+    record = {"run_dir": str(root), "checkpoint": str(path), "epoch": state.get("epoch"),
+              "global_step": state.get("global_step"), "split": split, "samples": len(data), "skipped": skipped,
+              "metrics": results}
+    out = root / f"eval-{split}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        console.print_json(record)
+    else:
+        console.table(f"{root.name}: {path.name} (epoch {state.get('epoch')}) on {split} ({len(data)} samples)",
+                      ["metric", "value"], [(k, f"{v:.4f}") for k, v in results.items()])
+        console.echo(f"written to {out}")
+    return 0
+
+
+def _decode(path: str, in_chans: int) -> Any:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(in_chans)
+    if mode is None:
+        raise PlugtrainError(f"predict decodes 1-, 3- or 4-channel images; this run's model takes {in_chans}")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert(mode))
+    except FileNotFoundError:
+        raise PlugtrainError(f"{path}: no such image file") from None
+    except IsADirectoryError:
+        raise PlugtrainError(f"{path}: is a directory, not an image") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise PlugtrainError(f"{path}: cannot decode the image: {exc}") from None
+
+
+def predict_command(run_dir: str, images: list[str], checkpoint: str = "best", top_k: int = 5,
+                    as_json: bool = False) -> int:
+    """Top-k classes with probabilities (or the predicted values of a regression run) for image files."""
+    import torch
+
+    from plugtrain.core.runtime.loader import AugmentedDataset, Collate
+
+    if top_k < 1:
+        raise PlugtrainError(f"--top-k must be >= 1, got {top_k}")
+    root, spec = _run_spec(run_dir)
+    path = _checkpoint_path(root, checkpoint)
+    state = ckpt.load(path)
+    meta = state.get("meta") or {}
+    task = meta.get("task", spec.run.task)
+    if task == "metric_learning":
+        raise PlugtrainError("predict gives class probabilities; a metric-learning run has none (use evaluate)")
+    in_chans = int(meta.get("in_chans", 3))
+    class_names = list(meta.get("class_names") or [])
+    num_classes = int(meta.get("num_classes", len(class_names)))
+    decoded = [(_decode(p, in_chans), 0) for p in images]
+    env = _local_env(spec)
+    torch.manual_seed(spec.run.seed)
+    model = build.component("backbones", spec.backbone, "backbone", num_classes=num_classes)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise PlugtrainError(f"{path}: does not fit the model of {root / 'spec.toml'}: "
+                             f"{str(exc).strip().splitlines()[0][:300]}") from None
+    model.to(env.device).eval()
+    transform = build.build_transform(spec, "val", in_chans)
+    data = AugmentedDataset(decoded, transform, spec.run.seed, "predict", to_tensor=spec.augmentations.normalize)
+    batch = Collate("raise")([data[(0, i)] for i in range(len(data))])
+    with torch.no_grad():
+        outputs = model(batch["images"].to(env.device)).float().cpu()
+    results = []
+    for img_path, out in zip(images, outputs, strict=True):
+        if task == "regression":
+            values = out.tolist()
+            results.append({"image": img_path, "prediction": values[0] if len(values) == 1 else values})
+            continue
+        probs = out.softmax(-1)
+        k = min(top_k, probs.numel())
+        p, idx = probs.topk(k)
+        results.append({"image": img_path, "top_k": [
+            {"class": class_names[i] if i < len(class_names) else str(i), "index": int(i), "probability": float(q)}
+            for q, i in zip(p.tolist(), idx.tolist(), strict=True)]})
+    if as_json:
+        console.print_json(results)
+        return 0
+    for r in results:
+        if "prediction" in r:
+            console.echo(f"{r['image']}\t{r['prediction']}")
+        else:
+            console.echo(r["image"] + "\t" + "  ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top_k"]))
+    return 0

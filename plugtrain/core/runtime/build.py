@@ -1,0 +1,428 @@
+"""From a :class:`RunSpec` to the objects a run needs, every component through the registry.
+
+Nothing here names a concrete component: datasets, backbones, losses, optimizers, schedulers, augmentations, metrics,
+callbacks and loggers are looked up by the spec's names and built with ``Component.build(params, **context)``, the
+context arguments being those of :data:`plugtrain.core.hookspecs.CONTEXT`. Every build that can fail runs before the
+run directory is created, and every failure becomes one :class:`PlugtrainError` naming the spec section.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from plugtrain.core.data import DatasetSplits, SampleError
+from plugtrain.core.errors import PlugtrainError, did_you_mean
+from plugtrain.core.hookspecs import SINGULAR
+from plugtrain.core.registry import get_registry
+from plugtrain.core.runtime.distributed import DistEnv
+from plugtrain.core.spec.model import AugmentationSpec, ComponentSpec, RunSpec
+
+
+def component(kind: str, cspec: ComponentSpec, section: str, **context: Any) -> Any:
+    """Build ``cspec`` of ``kind`` with the runtime ``context``; any failure is a PlugtrainError naming ``section``."""
+    comp = get_registry().get(kind, cspec.name)
+    try:
+        return comp.build(cspec.params, **context)
+    except PlugtrainError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a factory's error is the user's input, reported in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise PlugtrainError(
+            f"[{section}] {SINGULAR[kind]} {cspec.name!r} ({comp.plugin}) could not be built: "
+            f"{type(exc).__name__}: {first}"
+        ) from exc
+
+
+# -- data --------------------------------------------------------------------------------------------------------------
+def build_dataset(spec: RunSpec) -> DatasetSplits:
+    ctx = {"seed": spec.run.seed, "on_error": spec.data.on_error, "image_size": spec.data.image_size}
+    try:
+        splits = component("datasets", spec.data.dataset, "data", **ctx)
+    except SampleError as exc:
+        raise PlugtrainError(f"[data] {exc.path}: {exc.reason}") from None
+    if not isinstance(splits, DatasetSplits):
+        raise PlugtrainError(f"[data] dataset {spec.data.dataset.name!r} returned {type(splits).__name__}, "
+                             "not a DatasetSplits")
+    for name in ("train", "val"):
+        if len(getattr(splits, name)) == 0:
+            raise PlugtrainError(f"[data] dataset {spec.data.dataset.name!r} has an empty {name} split")
+    task = spec.run.task
+    if (splits.task == "regression") != (task == "regression"):
+        raise PlugtrainError(f"[run] task = {task!r} but dataset {spec.data.dataset.name!r} provides "
+                             f"{splits.task} targets")
+    return splits
+
+
+def class_subset(spec: RunSpec, splits: DatasetSplits) -> tuple[dict[str, list[int] | None], dict[int, int] | None,
+                                                                 list[str]]:
+    """Indices per split and the label remapping for ``data.class_subset`` (all samples when unset)."""
+    names = list(splits.class_names)
+    subset = spec.data.class_subset
+    if not subset:
+        return {"train": None, "val": None, "test": None}, None, names
+    unknown = [c for c in subset if c not in names]
+    if unknown:
+        raise PlugtrainError(f"[data] class_subset names unknown class {unknown[0]!r}." + did_you_mean(unknown[0], names))
+    label_map = {names.index(c): i for i, c in enumerate(subset)}
+    out: dict[str, list[int] | None] = {}
+    for split_name in ("train", "val", "test"):
+        split = getattr(splits, split_name)
+        if split is None:
+            out[split_name] = None
+            continue
+        targets = getattr(split, "targets", None)
+        if targets is None:
+            raise PlugtrainError(f"[data] class_subset needs the dataset's {split_name} split to list its targets "
+                                 f"(a `targets` attribute); {spec.data.dataset.name!r} does not")
+        out[split_name] = [i for i, t in enumerate(targets) if int(t) in label_map]
+    return out, label_map, list(subset)
+
+
+def split_targets(split: Any, indices: list[int] | None, label_map: dict[int, int] | None) -> list[int]:
+    targets = getattr(split, "targets", None)
+    if targets is None:
+        raise PlugtrainError("data.sampler = 'm_per_class' needs the dataset to list its targets (a `targets` "
+                             "attribute on the train split)")
+    targets = [int(t) for t in targets]
+    if indices is not None:
+        targets = [targets[i] for i in indices]
+    if label_map is not None:
+        targets = [label_map[t] for t in targets]
+    return targets
+
+
+# -- augmentations -----------------------------------------------------------------------------------------------------
+def build_augmentation(a: AugmentationSpec, where: str) -> Any:
+    """One augmentation; a composition's ``transforms`` children are built first (depth-first) and passed built."""
+    if a.transforms is not None:
+        children = [build_augmentation(c, where) for c in a.transforms]
+        params = {**a.params, "transforms": children}
+        return component("augmentations", ComponentSpec(a.name, params), where)
+    return component("augmentations", a, where)
+
+
+def build_transform(spec: RunSpec, split: str, in_chans: int) -> Any:
+    """The albumentations pipeline of ``split``: the spec's transforms, then Resize, Normalize (unless turned off)."""
+    import albumentations as A
+
+    aug = spec.augmentations
+    where = f"augmentations.{split}"
+    transforms = [build_augmentation(a, where) for a in getattr(aug, split)]
+    size = spec.data.image_size
+    if aug.resize and size:
+        transforms.append(A.Resize(height=size, width=size))
+    if aug.normalize:
+        mean, std = normalization(spec, in_chans)
+        transforms.append(A.Normalize(mean=mean, std=std, max_pixel_value=255.0))
+    try:
+        return A.Compose(transforms, seed=spec.run.seed)
+    except Exception as exc:  # noqa: BLE001
+        raise PlugtrainError(f"[{where}] cannot compose the pipeline: {type(exc).__name__}: {exc}") from exc
+
+
+def normalization(spec: RunSpec, in_chans: int) -> tuple[list[float], list[float]]:
+    aug = spec.augmentations
+    mean = list(aug.mean) if aug.mean is not None else [0.5] * in_chans
+    std = list(aug.std) if aug.std is not None else [0.5] * in_chans
+    for key, value in (("mean", mean), ("std", std)):
+        if len(value) not in (1, in_chans):
+            raise PlugtrainError(f"[augmentations] {key} has {len(value)} values but the images have {in_chans} "
+                                 f"channel(s)")
+    if any(s <= 0 for s in std):
+        raise PlugtrainError("[augmentations] std values must be > 0")
+    return mean, std
+
+
+# -- model and loss ----------------------------------------------------------------------------------------------------
+def head_size(spec: RunSpec, splits: DatasetSplits, class_names: list[str]) -> tuple[int, int]:
+    """``(num_classes for the backbone, num_classes for loss and metrics)``."""
+    task = spec.run.task
+    if task == "regression":
+        n = max(len(class_names), 1)
+        return n, n
+    n = len(class_names)
+    if n < 2 and task == "classification":
+        raise PlugtrainError(f"[data] dataset {spec.data.dataset.name!r} has {n} class(es); classification needs >= 2")
+    return (0 if task == "metric_learning" else n), n
+
+
+def sample_shape(dataset: Any, in_chans: int, image_size: int | None) -> tuple[int, ...]:
+    """The CHW shape a transformed sample has (the first decodable one), for the dummy forward."""
+    for i in range(min(len(dataset), 16)):
+        item = dataset[(0, i)]
+        if type(item).__name__ == "Failed":
+            continue
+        image = item[0][0] if isinstance(item[0], list) else item[0]
+        return tuple(image.shape)
+    if image_size:
+        return (in_chans, image_size, image_size)
+    raise PlugtrainError("[data] none of the first training samples could be read; cannot infer the image size")
+
+
+def output_dim(backbone: Any, shape: tuple[int, ...], in_chans: int, channels_last: bool = False) -> int:
+    """The width of the backbone's output, by one dummy forward (eval mode, no grad) on zeros of ``shape``."""
+    import torch
+
+    was_training = backbone.training
+    backbone.eval()
+    x = torch.zeros((2, *shape))
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            out = backbone(x)
+    except Exception as exc:  # noqa: BLE001
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = ""
+        if shape[0] != in_chans or "channels" in msg:
+            hint = f" The images have {shape[0]} channel(s): does [backbone] in_chans match?"
+        raise PlugtrainError(f"[backbone] a forward pass on a batch of shape {tuple(x.shape)} failed: "
+                             f"{type(exc).__name__}: {msg}.{hint}") from exc
+    finally:
+        backbone.train(was_training)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not hasattr(out, "shape") or out.ndim != 2:
+        raise PlugtrainError(f"[backbone] returns {getattr(out, 'shape', type(out).__name__)}; expected (N, features)")
+    return int(out.shape[-1])
+
+
+def param_groups(backbone: Any, criterion: Any, spec: RunSpec, loss_separately: bool) -> list[dict[str, Any]]:
+    """Parameter groups: the backbone (decay / no-decay on norm and bias when asked) and the loss's own."""
+    groups: list[dict[str, Any]] = []
+    params = [p for p in backbone.parameters() if p.requires_grad]
+    if spec.optimizer.no_decay_norm_bias:
+        decay = [p for n, p in backbone.named_parameters() if p.requires_grad and p.ndim > 1 and not n.endswith(".bias")]
+        ids = {id(p) for p in decay}
+        no_decay = [p for p in params if id(p) not in ids]
+        groups.append({"params": decay})
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+    else:
+        groups.append({"params": params})
+    loss_params = [p for p in criterion.parameters() if p.requires_grad]
+    if loss_params and not loss_separately:
+        groups.append({"params": loss_params})
+    return groups
+
+
+def is_sam(optimizer: Any) -> bool:
+    return callable(getattr(optimizer, "first_step", None)) and callable(getattr(optimizer, "second_step", None))
+
+
+def build_metrics(spec: RunSpec, num_classes: int) -> dict[str, Any]:
+    """``{"accuracy": Metric, ...}`` (keys without the ``val/`` prefix); accuracy is always there for classification."""
+    specs = list(spec.metric_specs)
+    if spec.run.task == "classification" and not any(m.name == "accuracy" for m in specs):
+        if "accuracy" in get_registry().names("metrics"):
+            specs.insert(0, ComponentSpec("accuracy"))
+    out: dict[str, Any] = {}
+    for m in specs:
+        key = m.name.split(":")[-1]
+        n = 2
+        while key in out:
+            key, n = f"{m.name.split(':')[-1]}_{n}", n + 1
+        out[key] = component("metrics", m, "metrics", num_classes=num_classes, task=spec.run.task)
+    return out
+
+
+def metric_keys(spec: RunSpec, metric_names: list[str]) -> list[str]:
+    keys = ["train/loss", "val/loss"] + [f"val/{k}" for k in metric_names]
+    if spec.trainer.ema:
+        keys += ["val_ema/loss"] + [f"val_ema/{k}" for k in metric_names]
+    if spec.trainer.swa:
+        keys += ["val_swa/loss"] + [f"val_swa/{k}" for k in metric_names]
+    return keys
+
+
+@attrs.define
+class Built:
+    """Everything a run is made of, built and checked, before the run directory exists."""
+
+    spec: RunSpec
+    splits: DatasetSplits
+    class_names: list[str]
+    in_chans: int
+    num_classes: int  # for loss and metrics (the backbone gets 0 for metric learning)
+    embedding_dim: int
+    input_shape: tuple[int, ...]
+    backbone: Any
+    criterion: Any
+    metrics: dict[str, Any]
+    callbacks: list[Any]
+    train_data: Any  # AugmentedDataset
+    val_data: Any
+    test_data: Any | None
+    train_transform: Any
+    val_transform: Any
+    train_order: Any = None  # m-per-class ordering, or None
+    optimizer: Any = None
+    loss_optimizer: Any = None
+    scheduler: Any = None
+    scheduler_interval: str = "epoch"
+    warmup_steps: int = 0
+    steps_per_epoch: int = 0
+    batches_per_epoch: int = 0
+    mixup: Any = None
+    sam: bool = False
+
+    @property
+    def primary_metric(self) -> str:
+        return self.spec.primary_metric
+
+
+def build_run(spec: RunSpec, dist: DistEnv, purpose: str = "train") -> Built:
+    """Build everything of ``spec`` but the loggers; ``purpose`` ``"eval"`` skips optimizer and scheduler."""
+    import torch
+
+    from plugtrain.core.runtime.loader import AugmentedDataset
+
+    splits = build_dataset(spec)
+    subsets, label_map, class_names = class_subset(spec, splits)
+    in_chans = int(splits.in_chans)
+    backbone_classes, num_classes = head_size(spec, splits, class_names)
+    train_tf = build_transform(spec, "train", in_chans)
+    val_tf = build_transform(spec, "val", in_chans)
+    to_tensor = spec.augmentations.normalize
+    seed = spec.run.seed
+    train_data = AugmentedDataset(splits.train, train_tf, seed, "train", spec.data.num_views, subsets["train"],
+                                  label_map, to_tensor)
+    val_data = AugmentedDataset(splits.val, val_tf, seed, "val", 1, subsets["val"], label_map, to_tensor)
+    test_data = None
+    if splits.test is not None:
+        test_data = AugmentedDataset(splits.test, val_tf, seed, "test", 1, subsets["test"], label_map, to_tensor)
+    order = None
+    if spec.data.sampler == "m_per_class":
+        from plugtrain.core.runtime.loader import m_per_class_order
+
+        order = m_per_class_order(split_targets(splits.train, subsets["train"], label_map), spec.data.m_per_class)
+
+    shape = sample_shape(val_data, in_chans, spec.data.image_size)
+    torch.manual_seed(seed)  # model initialisation depends on the seed only
+    backbone = component("backbones", spec.backbone, "backbone", num_classes=backbone_classes)
+    if not isinstance(backbone, torch.nn.Module):
+        raise PlugtrainError(f"[backbone] {spec.backbone.name!r} returned {type(backbone).__name__}, not a torch Module")
+    emb = output_dim(backbone, shape, in_chans)
+    if spec.run.task == "classification" and emb != num_classes:
+        raise PlugtrainError(f"[backbone] outputs {emb} values per image but the dataset has {num_classes} classes")
+    criterion = component("losses", spec.loss, "loss", num_classes=num_classes, embedding_dim=emb)
+    if not isinstance(criterion, torch.nn.Module):
+        if not callable(criterion):
+            raise PlugtrainError(f"[loss] {spec.loss.name!r} returned {type(criterion).__name__}, not a callable")
+        criterion = _LossModule(criterion)
+    metrics = build_metrics(spec, num_classes)
+    keys = metric_keys(spec, list(metrics))
+    if spec.primary_metric not in keys:
+        raise PlugtrainError(f"[run] primary_metric = {spec.primary_metric!r} is not a metric of this run."
+                             + did_you_mean(spec.primary_metric, keys) + f" Known: {', '.join(keys)}")
+    callbacks = [component("callbacks", c, "callbacks") for c in spec.callbacks]
+    built = Built(spec=spec, splits=splits, class_names=class_names, in_chans=in_chans, num_classes=num_classes,
+                  embedding_dim=emb, input_shape=shape, backbone=backbone, criterion=criterion, metrics=metrics,
+                  callbacks=callbacks, train_data=train_data, val_data=val_data, test_data=test_data,
+                  train_transform=train_tf, val_transform=val_tf, train_order=order)
+    if purpose == "train":
+        build_training(built, dist)
+    return built
+
+
+def _loss_module_class() -> type:
+    import torch
+
+    class LossModule(torch.nn.Module):
+        """A plain callable loss as a Module (so that it can be moved, wrapped and saved like any other)."""
+
+        def __init__(self, fn: Any) -> None:
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, outputs: Any, targets: Any) -> Any:
+            return self.fn(outputs, targets)
+
+    return LossModule
+
+
+def _LossModule(fn: Any) -> Any:  # noqa: N802
+    return _loss_module_class()(fn)
+
+
+def train_sampler(built: Built, dist: DistEnv) -> Any:
+    from plugtrain.core.runtime.loader import GlobalBatchSampler
+
+    spec = built.spec
+    t = spec.trainer
+    max_batches = t.max_steps_per_epoch * t.grad_accum if t.max_steps_per_epoch else None
+    return GlobalBatchSampler(len(built.train_data), spec.data.batch_size, spec.run.seed, dist.rank, dist.world_size,
+                              shuffle=True, drop_last=spec.data.drop_last, max_batches=max_batches,
+                              order=built.train_order)
+
+
+def build_training(built: Built, dist: DistEnv) -> None:
+    """Optimizer(s), scheduler, warmup, mixup: what training needs beyond evaluation."""
+    spec = built.spec
+    t = spec.trainer
+    batches = train_sampler(built, dist).batches_per_epoch()
+    if batches == 0:
+        global_batch = spec.data.batch_size * dist.world_size
+        raise PlugtrainError(f"[data] the train split has {len(built.train_data)} samples, fewer than one global batch "
+                             f"of {global_batch} (batch_size x processes) with drop_last = true")
+    steps = math.ceil(batches / t.grad_accum)
+    built.batches_per_epoch, built.steps_per_epoch = batches, steps
+
+    loss_separately = spec.loss.optimizer is not None
+    groups = param_groups(built.backbone, built.criterion, spec, loss_separately)
+    built.optimizer = component("optimizers", spec.optimizer, "optimizer", params=groups, model=built.backbone)
+    loss_params = [p for p in built.criterion.parameters() if p.requires_grad]
+    if loss_separately:
+        if not loss_params:
+            raise PlugtrainError(f"[loss.optimizer] is set but loss {spec.loss.name!r} has no parameters to train")
+        built.loss_optimizer = component("optimizers", spec.loss.optimizer, "loss.optimizer", params=loss_params,
+                                         model=built.criterion)
+    built.sam = is_sam(built.optimizer)
+    if built.sam and (t.grad_accum > 1 or t.precision == "fp16" or loss_separately):
+        raise PlugtrainError(f"[optimizer] {spec.optimizer.name!r} takes two steps per batch (SAM); it cannot be "
+                             "combined with trainer.grad_accum > 1, precision = 'fp16' or a [loss.optimizer]")
+
+    if spec.scheduler is not None:
+        epochs = spec.run.epochs
+        built.scheduler = component("schedulers", spec.scheduler, "scheduler", optimizer=built.optimizer,
+                                    epochs=epochs, steps_per_epoch=steps, total_steps=epochs * steps)
+        built.scheduler_interval = spec.scheduler.interval or getattr(built.scheduler, "interval", None) or "epoch"
+        if built.scheduler_interval not in ("epoch", "step"):
+            built.scheduler_interval = "epoch"
+        built.warmup_steps = spec.scheduler.warmup_steps or round(spec.scheduler.warmup_epochs * steps)
+    if spec.mixup is not None:
+        if spec.run.task != "classification":
+            raise PlugtrainError("[mixup] works for classification runs only")
+        from timm.data import Mixup
+
+        m = spec.mixup
+        built.mixup = Mixup(mixup_alpha=m.mixup_alpha, cutmix_alpha=m.cutmix_alpha, prob=m.prob,
+                            switch_prob=m.switch_prob, mode=m.mode, label_smoothing=m.label_smoothing,
+                            num_classes=built.num_classes)
+        if spec.data.batch_size % 2:
+            raise PlugtrainError("[mixup] needs an even data.batch_size")
+
+
+def build_loggers(spec: RunSpec, run_dir: Path, rank: int, spec_dict: dict[str, Any]) -> list[Any]:
+    """The loggers (rank 0 only), with the csv logger added when the spec left it out (metrics.csv always exists)."""
+    loggers = list(spec.loggers)
+    csv_name = _csv_logger_name()
+    if csv_name and not any(c.name.split(":")[-1] == csv_name for c in loggers):
+        loggers.append(ComponentSpec(csv_name))
+    return [component("loggers", c, "loggers", run_dir=run_dir, spec=spec_dict, rank=rank) for c in loggers]
+
+
+def _csv_logger_name() -> str | None:
+    """The logger that writes ``metrics.csv`` (the run-directory contract): registered as ``csv``."""
+    names = get_registry().names("loggers")
+    return "csv" if "csv" in names else None
+
+
+def check_loggers(spec: RunSpec) -> None:
+    """Resolve every logger name before the run directory exists (their factories run after)."""
+    for c in spec.loggers:
+        get_registry().get("loggers", c.name)

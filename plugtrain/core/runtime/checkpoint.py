@@ -1,0 +1,155 @@
+"""Checkpoints: written atomically, holding only tensors and plain types, read with ``weights_only=True``.
+
+A checkpoint is a dict (see :meth:`plugtrain.core.runtime.trainer.Trainer.state_dict`) with ``format`` set to
+:data:`FORMAT`. It is written to a temporary file in the same directory, flushed and fsync'ed, then renamed over the
+target with :func:`os.replace`, and the directory is fsync'ed: a crash at any moment leaves either the previous file
+or the new one, never a torn one. Copies (``best.pt``, ``epoch-NNNN.pt``) are hard links to the file just written
+when the filesystem allows it, so that a checkpoint is serialised once per save.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plugtrain.core.errors import PlugtrainError
+from plugtrain.core.weights import safe_torch_load
+
+FORMAT = "plugtrain-checkpoint"
+FORMAT_VERSION = 1
+
+
+def check_plain(obj: Any, where: str = "checkpoint") -> None:
+    """Raise PlugtrainError when ``obj`` holds anything but tensors, plain scalars, strings and containers of them."""
+    import torch
+
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.Tensor, torch.Size)):
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int, float, bool, type(None))):
+                raise PlugtrainError(f"{where}: key {k!r} of type {type(k).__name__} cannot be saved in a checkpoint")
+            check_plain(v, f"{where}.{k}")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
+        return
+    raise PlugtrainError(
+        f"{where} is a {type(obj).__module__}.{type(obj).__name__}: checkpoints hold only tensors and plain types "
+        "(so that they load with torch.load(weights_only=True)); the component that owns it needs a plain state_dict"
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file, fsync, ``os.replace`` onto ``path``, fsync the directory."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    """``dst`` becomes a hard link to ``src`` (a byte copy where links are not possible), atomically."""
+    import shutil
+
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
+
+
+def load(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A plugtrain checkpoint, loaded with ``weights_only=True`` and checked for its format."""
+    state = safe_torch_load(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise PlugtrainError(f"{path}: not a plugtrain checkpoint (no 'format': {FORMAT!r} key); to start from "
+                             "weights only, set [backbone] pretrained to the file")
+    if int(state.get("format_version", 0)) > FORMAT_VERSION:
+        raise PlugtrainError(f"{path}: checkpoint format {state['format_version']} is newer than this plugtrain "
+                             f"understands ({FORMAT_VERSION})")
+    return state
+
+
+# -- random number generators ------------------------------------------------------------------------------------------
+def rng_state(device: Any = None) -> dict[str, Any]:
+    """Python, numpy, torch (and this process's CUDA device) generator states, as plain types and tensors."""
+    import torch
+
+    py = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np.asarray(np_state["state"]["key"], dtype=np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if device is not None and getattr(device, "type", None) == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: Any = None) -> None:
+    import torch
+
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state({
+        "bit_generator": n["bit_generator"],
+        "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+        "has_gauss": n["has_gauss"],
+        "gauss": n["gauss"],
+    })
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device is not None and getattr(device, "type", None) == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every device) from one integer."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
