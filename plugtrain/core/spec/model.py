@@ -19,7 +19,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_METRICS: dict[str, list[str]] = {
     "classification": ["accuracy", "top5", "f1_macro"],
     "regression": ["mae", "rmse", "r2"],
-    "metric_learning": [],
+    "metric_learning": ["precision_at_1", "recall_at_1", "map_at_r"],
 }
 DEFAULT_PRIMARY: dict[str, tuple[str, str]] = {
     "classification": ("val/accuracy", "max"),
