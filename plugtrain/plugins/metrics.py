@@ -6,11 +6,18 @@ Classification metrics are updated with logits ``(N, C)`` and class indices, reg
 embedding (torchmetrics ``cat`` states, gathered from every rank before ``compute()``) and score leave-one-out
 retrieval over the whole validation set with pytorch-metric-learning's ``AccuracyCalculator`` (cosine similarity,
 each sample queried against all the others).
+
+Visual metrics (``confusion_matrix``, ``parity_plot``, ``embeddings``) add no scalar: their ``compute()`` returns an
+empty dict, so nothing of theirs reaches ``metrics.csv``. After ``compute()`` they offer what the runtime hands to the
+loggers at each validation: ``image()`` an ``HxWx3`` uint8 array (``log_image(tag, image, step)``, tag
+``val/<name>``), ``embeddings()`` ``(tensor (N, D), labels)`` (``log_embedding``: TensorBoard's projector). Images
+are drawn with numpy and Pillow (no plotting library needed).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from plugtrain import Component, hookimpl
 
@@ -121,6 +128,280 @@ def map_at_r():
     return _retrieval_class()("mean_average_precision_at_r")
 
 
+
+# -- visual metrics --------------------------------------------------------------------------------------------------
+_WHITE = (255, 255, 255)
+_DARK = (8, 48, 107)  # the darkest blue of the colour scale
+_POINT = (31, 119, 180)
+_LINE = (214, 39, 40)
+_INK = (0, 0, 0)
+
+
+def _font(size: int = 11) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _text_size(draw: Any, text: str, font: Any) -> tuple[int, int]:
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return right - left, bottom - top
+
+
+def confusion_matrix_geometry(num_classes: int) -> tuple[int, int, int]:
+    """``(left, top, cell)``: where cell ``(true i, predicted j)`` of :func:`render_confusion_matrix` starts, as
+    ``(left + j * cell, top + i * cell)``, and its size in pixels."""
+    cell = max(6, min(48, 480 // max(num_classes, 1)))
+    return 48, 44, cell
+
+
+def render_confusion_matrix(matrix: Any) -> Any:
+    """An ``HxWx3`` uint8 picture of a confusion matrix (rows: true class, columns: predicted class).
+
+    A cell's colour is its share of the row (white 0 to dark blue 1: the per-class recall on the diagonal); the counts
+    are written in the cells while they fit.
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    m = np.asarray(matrix, dtype=np.float64)
+    c = int(m.shape[0])
+    left, top, cell = confusion_matrix_geometry(c)
+    size = c * cell
+    width = max(left + size + 16, 360)
+    height = top + size + 28
+    img = Image.new("RGB", (width, height), _WHITE)
+    draw = ImageDraw.Draw(img)
+    font = _font(11)
+    rows = m.sum(axis=1, keepdims=True)
+    share = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    white, dark = np.asarray(_WHITE, dtype=np.float64), np.asarray(_DARK, dtype=np.float64)
+    show_counts = cell >= 20
+    for i in range(c):
+        for j in range(c):
+            colour = tuple(int(round(v)) for v in white + share[i, j] * (dark - white))
+            x, y = left + j * cell, top + i * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour, outline=(220, 220, 220))
+            if show_counts and m[i, j]:
+                text = str(int(m[i, j]))
+                tw, th = _text_size(draw, text, font)
+                if tw < cell - 2:
+                    ink = _WHITE if share[i, j] > 0.5 else _INK
+                    draw.text((x + (cell - tw) / 2, y + (cell - th) / 2 - 2), text, fill=ink, font=font)
+    step = max(1, int(np.ceil(16 / cell)))
+    for k in range(0, c, step):
+        text = str(k)
+        tw, th = _text_size(draw, text, font)
+        draw.text((left + k * cell + (cell - tw) / 2, top - th - 6), text, fill=_INK, font=font)
+        draw.text((left - tw - 6, top + k * cell + (cell - th) / 2 - 2), text, fill=_INK, font=font)
+    total = m.sum()
+    acc = float(np.trace(m) / total) if total else float("nan")
+    draw.text((4, 4), f"confusion matrix (n = {int(total)}, accuracy {acc:.3f})", fill=_INK, font=font)
+    draw.text((left, top + size + 8), "columns: predicted class, rows: true class", fill=_INK, font=font)
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def parity_geometry(lo: float, hi: float) -> tuple[Any, int]:
+    """``(to_pixel, size)`` of :func:`render_parity_plot` for axis limits ``lo..hi``: ``to_pixel(target,
+    prediction)`` is the ``(x, y)`` pixel of a point; ``size`` the image's width and height."""
+    size, margin = 420, 56
+    span = (hi - lo) or 1.0
+    inner = size - 2 * margin
+
+    def to_pixel(t: float, p: float) -> tuple[int, int]:
+        x = margin + (t - lo) / span * inner
+        y = size - margin - (p - lo) / span * inner
+        return int(round(x)), int(round(y))
+
+    return to_pixel, size
+
+
+def parity_limits(targets: Any, preds: Any) -> tuple[float, float]:
+    """The common axis limits of a parity plot: the range of targets and predictions, 5 % wider on each side."""
+    import numpy as np
+
+    both = np.concatenate([np.asarray(targets, dtype=np.float64).ravel(), np.asarray(preds, dtype=np.float64).ravel()])
+    both = both[np.isfinite(both)]
+    if not both.size:
+        return 0.0, 1.0
+    lo, hi = float(both.min()), float(both.max())
+    pad = (hi - lo) * 0.05 or 0.5
+    return lo - pad, hi + pad
+
+
+def render_parity_plot(targets: Any, preds: Any) -> Any:
+    """An ``HxWx3`` uint8 parity plot: prediction against target for every validation sample, and the line
+    ``prediction = target``; the title gives n, MAE and R2."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    t = np.asarray(targets, dtype=np.float64).ravel()
+    p = np.asarray(preds, dtype=np.float64).ravel()
+    keep = np.isfinite(t) & np.isfinite(p)
+    t, p = t[keep], p[keep]
+    lo, hi = parity_limits(t, p)
+    to_pixel, size = parity_geometry(lo, hi)
+    img = Image.new("RGB", (size, size), _WHITE)
+    draw = ImageDraw.Draw(img)
+    font = _font(11)
+    (x0, y0), (x1, y1) = to_pixel(lo, lo), to_pixel(hi, hi)
+    draw.rectangle([x0, y1, x1, y0], outline=_INK)
+    draw.line([x0, y0, x1, y1], fill=_LINE, width=1)
+    for value in (lo, (lo + hi) / 2, hi):
+        label = f"{value:.3g}"
+        tw, th = _text_size(draw, label, font)
+        x, _ = to_pixel(value, lo)
+        draw.line([x, y0, x, y0 + 4], fill=_INK)
+        draw.text((x - tw / 2, y0 + 6), label, fill=_INK, font=font)
+        _, y = to_pixel(lo, value)
+        draw.line([x0 - 4, y, x0, y], fill=_INK)
+        draw.text((x0 - tw - 7, y - th / 2 - 2), label, fill=_INK, font=font)
+    for a, b in zip(t.tolist(), p.tolist(), strict=True):
+        x, y = to_pixel(a, b)
+        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=_POINT)
+    tw, _ = _text_size(draw, "target", font)
+    draw.text(((x0 + x1) / 2 - tw / 2, y0 + 24), "target", fill=_INK, font=font)
+    draw.text((4, y1 - 24), "prediction", fill=_INK, font=font)
+    n = int(t.size)
+    mae_value = float(np.abs(p - t).mean()) if n else float("nan")
+    ss_tot = float(((t - t.mean()) ** 2).sum()) if n else 0.0
+    r2_value = 1.0 - float(((p - t) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
+    draw.text((4, 4), f"parity plot (n = {n}, MAE {mae_value:.4g}, R2 {r2_value:.4f})", fill=_INK, font=font)
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+@functools.cache
+def _visual_classes() -> dict[str, type]:
+    import torch
+    import torchmetrics
+    from torchmetrics.utilities import dim_zero_cat
+
+    def cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor | None:
+        # a list on one process; one tensor once torchmetrics has gathered it from every rank
+        if isinstance(state, torch.Tensor):
+            return state
+        return dim_zero_cat(state) if len(state) else None
+
+    def class_indices(target: torch.Tensor) -> torch.Tensor:
+        if target.is_floating_point() and target.ndim == 2:
+            target = target.argmax(dim=1)
+        return target.long().reshape(-1)
+
+    class ConfusionMatrix(torchmetrics.classification.MulticlassConfusionMatrix):
+        """torchmetrics' multiclass confusion matrix, drawn as an image; no scalar."""
+
+        def __init__(self, num_classes: int) -> None:
+            super().__init__(num_classes=num_classes)
+            self._image = None
+            self.matrix = None
+
+        def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+            super().update(preds, class_indices(target))
+
+        def compute(self) -> dict[str, Any]:
+            self.matrix = super().compute().detach().cpu()
+            self._image = render_confusion_matrix(self.matrix.numpy())
+            return {}
+
+        def image(self) -> Any:
+            return self._image
+
+    class ParityPlot(torchmetrics.Metric):
+        """Every validation prediction against its target, drawn as a parity plot; no scalar."""
+
+        is_differentiable = False
+        full_state_update = False
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_state("preds", default=[], dist_reduce_fx="cat")
+            self.add_state("target", default=[], dist_reduce_fx="cat")
+            self._image = None
+
+        def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+            preds = preds.detach().float()
+            target = target.detach().float()
+            if preds.numel() != target.numel():
+                raise ValueError(f"parity_plot needs one prediction per target, got {tuple(preds.shape)} predictions "
+                                 f"for {tuple(target.shape)} targets")
+            self.preds.append(preds.reshape(-1))
+            self.target.append(target.reshape(-1))
+
+        def compute(self) -> dict[str, Any]:
+            preds, target = cat(self.preds), cat(self.target)
+            if preds is None or target is None:
+                preds = target = torch.zeros(0)
+            self._image = render_parity_plot(target.cpu().numpy(), preds.cpu().numpy())
+            return {}
+
+        def image(self) -> Any:
+            return self._image
+
+    class Embeddings(torchmetrics.Metric):
+        """The validation embeddings and labels, for TensorBoard's projector; no scalar."""
+
+        is_differentiable = False
+        full_state_update = False
+
+        def __init__(self, max_points: int) -> None:
+            super().__init__()
+            self.max_points = max_points
+            self.add_state("vectors", default=[], dist_reduce_fx="cat")
+            self.add_state("labels", default=[], dist_reduce_fx="cat")
+            self._last = None
+
+        def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+            if preds.ndim != 2:
+                raise ValueError(f"embeddings needs embeddings (N, D), got shape {tuple(preds.shape)}")
+            self.vectors.append(preds.detach().float())
+            self.labels.append(class_indices(target.detach()))
+
+        def compute(self) -> dict[str, Any]:
+            vectors, labels = cat(self.vectors), cat(self.labels)
+            if vectors is None or labels is None or not len(vectors):
+                self._last = None
+            else:
+                n = min(len(vectors), self.max_points)
+                self._last = (vectors[:n].cpu(), [int(v) for v in labels[:n].tolist()])
+            return {}
+
+        def embeddings(self) -> tuple[Any, list[int]] | None:
+            return self._last
+
+    return {"ConfusionMatrix": ConfusionMatrix, "ParityPlot": ParityPlot, "Embeddings": Embeddings}
+
+
+def confusion_matrix(num_classes: int):
+    """Confusion-matrix image (torchmetrics) in TensorBoard at each validation; no scalar in metrics.csv.
+
+    Tag ``val/confusion_matrix``: rows are true classes, columns predicted ones, a cell's colour its share of the row.
+    """
+    return _visual_classes()["ConfusionMatrix"](num_classes)
+
+
+def parity_plot():
+    """Parity-plot image (prediction vs target) in TensorBoard at each validation; no scalar in metrics.csv.
+
+    Tag ``val/parity_plot``; the title gives n, MAE and R2 of the validation set.
+    """
+    return _visual_classes()["ParityPlot"]()
+
+
+def embeddings(max_points: int = 10000):
+    """Validation embeddings and labels to TensorBoard's projector at each validation; no scalar in metrics.csv.
+
+    Tag ``val/embeddings``; at most ``max_points`` of them (the first ones of the validation set).
+    """
+    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
+        from plugtrain.core.errors import PlugtrainError
+
+        raise PlugtrainError(f"metric embeddings: max_points must be a positive integer, got {max_points!r}")
+    return _visual_classes()["Embeddings"](max_points)
+
+
 @hookimpl
 def plugtrain_metrics():
     return [
@@ -133,4 +414,7 @@ def plugtrain_metrics():
         Component("precision_at_1", precision_at_1),
         Component("recall_at_1", recall_at_1),
         Component("map_at_r", map_at_r),
+        Component("confusion_matrix", confusion_matrix),
+        Component("parity_plot", parity_plot),
+        Component("embeddings", embeddings),
     ]

@@ -466,13 +466,31 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         out, skipped = evaluate_model(self.backbone, self.criterion, self.val_loader, self.val_metrics, self.device,
                                       self.autocast, self.dist, "val", self.memory_format)
+        self._log_visuals("val", self.val_metrics)
         if self.ema is not None:
             ema_out, _ = evaluate_model(self.ema.module, self.criterion, self.val_loader, self.ema_metrics,
                                         self.device, self.autocast, self.dist, "val_ema", self.memory_format)
             out.update(ema_out)
+            self._log_visuals("val_ema", self.ema_metrics)
         if skipped:
             out["data/skipped_val"] = skipped
         return out
+
+    def _log_visuals(self, prefix: str, metrics: dict[str, Any]) -> None:
+        """What metrics drew in ``compute()``: ``image()`` (HxWx3 uint8) to each logger's ``log_image`` and
+        ``embeddings()`` (``(tensor, labels)``) to ``log_embedding``, tagged ``<prefix>/<metric>`` (rank 0)."""
+        for name, m in metrics.items() if self.loggers else ():
+            for method, hook in (("image", "log_image"), ("embeddings", "log_embedding")):
+                fn = getattr(m, method, None)
+                value = fn() if callable(fn) else None
+                if value is None:
+                    continue
+                for logger in self.loggers:
+                    log = getattr(logger, hook, None)
+                    if callable(log):
+                        args = (value,) if method == "image" else tuple(value)
+                        log(f"{prefix}/{name}", *args, self.global_step)
+
 
     def _evaluate_swa(self) -> dict[str, float]:
         if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.swa.modules()):

@@ -17,9 +17,9 @@ TASKS = ("classification", "regression", "metric_learning")
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 DEFAULT_METRICS: dict[str, list[str]] = {
-    "classification": ["accuracy", "top5", "f1_macro"],
-    "regression": ["mae", "rmse", "r2"],
-    "metric_learning": ["precision_at_1", "recall_at_1", "map_at_r"],
+    "classification": ["accuracy", "top5", "f1_macro", "confusion_matrix"],
+    "regression": ["mae", "rmse", "r2", "parity_plot"],
+    "metric_learning": ["precision_at_1", "recall_at_1", "map_at_r", "embeddings"],
 }
 DEFAULT_PRIMARY: dict[str, tuple[str, str]] = {
     "classification": ("val/accuracy", "max"),
