@@ -192,11 +192,15 @@ def output_dim(backbone: Any, shape: tuple[int, ...], in_chans: int, channels_la
 
 
 def param_groups(backbone: Any, criterion: Any, spec: RunSpec, loss_separately: bool) -> list[dict[str, Any]]:
-    """Parameter groups: the backbone (decay / no-decay on norm and bias when asked) and the loss's own."""
+    """Parameter groups: the backbone (decay / no-decay on norm and bias when asked) and the loss's own.
+
+    Every backbone parameter is in a group, frozen ones (``requires_grad = False``) included: they get no gradient,
+    so optimizers skip them, and unfreezing them later (:meth:`Trainer.requires_grad_changed`) needs no new group.
+    """
     groups: list[dict[str, Any]] = []
-    params = [p for p in backbone.parameters() if p.requires_grad]
+    params = list(backbone.parameters())
     if spec.optimizer.no_decay_norm_bias:
-        decay = [p for n, p in backbone.named_parameters() if p.requires_grad and p.ndim > 1 and not n.endswith(".bias")]
+        decay = [p for n, p in backbone.named_parameters() if p.ndim > 1 and not n.endswith(".bias")]
         ids = {id(p) for p in decay}
         no_decay = [p for p in params if id(p) not in ids]
         groups.append({"params": decay})
@@ -319,7 +323,8 @@ def build_run(spec: RunSpec, dist: DistEnv, purpose: str = "train") -> Built:
     if spec.primary_metric not in keys:
         raise PlugtrainError(f"[run] primary_metric = {spec.primary_metric!r} is not a metric of this run."
                              + did_you_mean(spec.primary_metric, keys) + f" Known: {', '.join(keys)}")
-    callbacks = [component("callbacks", c, "callbacks") for c in spec.callbacks]
+    callbacks = [component("callbacks", c, "callbacks") for c in spec.callbacks + requested_callbacks(spec, backbone,
+                                                                                                      criterion)]
     built = Built(spec=spec, splits=splits, class_names=class_names, in_chans=in_chans, num_classes=num_classes,
                   embedding_dim=emb, input_shape=shape, backbone=backbone, criterion=criterion, metrics=metrics,
                   callbacks=callbacks, train_data=train_data, val_data=val_data, test_data=test_data,
@@ -327,6 +332,19 @@ def build_run(spec: RunSpec, dist: DistEnv, purpose: str = "train") -> Built:
     if purpose == "train":
         build_training(built, dist)
     return built
+
+
+def requested_callbacks(spec: RunSpec, *components: Any) -> list[ComponentSpec]:
+    """Callbacks that built components ask for, by name, in a ``plugtrain_requires_callbacks`` attribute (a backbone
+    that unfreezes its layers after some epochs asks for the callback that does it), unless the spec lists them."""
+    listed = {c.name.split(":")[-1] for c in spec.callbacks}
+    out: list[ComponentSpec] = []
+    for obj in components:
+        for name in getattr(obj, "plugtrain_requires_callbacks", None) or []:
+            if name.split(":")[-1] not in listed:
+                listed.add(name.split(":")[-1])
+                out.append(ComponentSpec(name))
+    return out
 
 
 def _loss_module_class() -> type:
@@ -394,6 +412,9 @@ def build_training(built: Built, dist: DistEnv) -> None:
         if built.scheduler_interval not in ("epoch", "step"):
             built.scheduler_interval = "epoch"
         built.warmup_steps = spec.scheduler.warmup_steps or round(spec.scheduler.warmup_epochs * steps)
+        set_run_mode = getattr(built.scheduler, "set_run_mode", None)
+        if callable(set_run_mode):  # a scheduler fed the primary metric learns its direction (ReduceLROnPlateau)
+            set_run_mode(spec.mode)
     if spec.mixup is not None:
         if spec.run.task != "classification":
             raise PlugtrainError("[mixup] works for classification runs only")

@@ -154,12 +154,7 @@ class Trainer:
         forward_backbone = torch.compile(self.backbone) if t.compile else self.backbone
         self.net = Network(forward_backbone, self.criterion)
         self.ddp = None
-        if dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.net, device_ids=ids)
-        self.train_net = self.ddp if self.ddp is not None else self.net
+        self._wrap()
         self.optimizer = built.optimizer
         self.optimizers = [o for o in (built.optimizer, built.loss_optimizer) if o is not None]
         self.scheduler = built.scheduler
@@ -168,7 +163,6 @@ class Trainer:
             self.swa_scheduler = torch.optim.swa_utils.SWALR(self.optimizer, swa_lr=t.swa_lr)
         self.swa_start = t.swa_start_epoch if t.swa_start_epoch is not None else max(1, (self.epochs * 3) // 4)
         self.mixup = built.mixup
-        self._params = [p for p in self.net.parameters() if p.requires_grad]
 
         # -- data ----------------------------------------------------------------------------------------------------
         d = spec.data
@@ -214,6 +208,42 @@ class Trainer:
     def handle_signal(self, signum: int) -> None:
         """From a signal handler: write last.pt at the next step boundary and stop."""
         self._signal = signum
+
+    def requires_grad_changed(self) -> None:
+        """After a callback froze or unfroze parameters (between steps): collect the trainable parameters again and
+        rebuild the DDP wrapper, which reduces only the parameters that required gradients when it was built.
+        Every backbone parameter is in the optimizer already (see :func:`build.param_groups`); a trainable one that
+        is not (an optimizer that picked its own parameters) gets a parameter group of its own."""
+        self._add_missing_to_optimizer()
+        self._wrap()
+
+    def _wrap(self) -> None:
+        """``train_net``: the network, in a DDP wrapper when distributed; ``_params``: its trainable parameters."""
+        self._params = [p for p in self.net.parameters() if p.requires_grad]
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = None  # the old wrapper's hooks go with it
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.net, device_ids=ids)
+        self.train_net = self.ddp if self.ddp is not None else self.net
+
+    def _add_missing_to_optimizer(self) -> None:
+        if self.optimizer is None:
+            return
+        known = {id(p) for opt in self.optimizers for g in opt.param_groups for p in g["params"]}
+        missing = [p for p in self.backbone.parameters() if p.requires_grad and id(p) not in known]
+        if not missing:
+            return
+        group = {"params": missing}
+        self.optimizer.add_param_group(group)
+        new = self.optimizer.param_groups[-1]
+        new.setdefault("initial_lr", new["lr"])
+        base_lrs = getattr(self.scheduler, "base_lrs", None)
+        if isinstance(base_lrs, list) and len(base_lrs) == len(self.optimizer.param_groups) - 1:
+            base_lrs.append(new["initial_lr"])
+        self.progress.message(f"note: {len(missing)} newly trainable parameter tensor(s) were not in the optimizer; "
+                              "they were added as a parameter group of their own")
 
     # -- the loop --------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
@@ -491,7 +521,6 @@ class Trainer:
                         args = (value,) if method == "image" else tuple(value)
                         log(f"{prefix}/{name}", *args, self.global_step)
 
-
     def _evaluate_swa(self) -> dict[str, float]:
         if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.swa.modules()):
             self._update_swa_bn()
@@ -608,6 +637,7 @@ class Trainer:
             "global_step": self.global_step,
             "model": self.backbone.state_dict(),
             "loss": self.criterion.state_dict(),
+            "frozen": [n for n, p in self._named_parameters() if not p.requires_grad],
             "optimizers": [o.state_dict() for o in self.optimizers],
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "swa_scheduler": self.swa_scheduler.state_dict() if self.swa_scheduler is not None else None,
@@ -643,6 +673,11 @@ class Trainer:
         }
         return state
 
+    def _named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """``backbone.*`` and ``loss.*`` parameters by name (whatever wraps the backbone)."""
+        return [(f"{prefix}.{n}", p) for prefix, module in (("backbone", self.backbone), ("loss", self.criterion))
+                for n, p in module.named_parameters()]
+
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
         """Continue from a checkpoint: every state, the position in the epoch, and (at fit) the RNG states."""
         def fail(what: str, exc: BaseException | None = None) -> PlugtrainError:
@@ -654,6 +689,15 @@ class Trainer:
             self.criterion.load_state_dict(state["loss"])
         except (RuntimeError, KeyError) as exc:
             raise fail("the checkpoint's model does not fit this spec's model", exc) from None
+        if state.get("frozen") is not None:  # parameters frozen or unfrozen by callbacks stay so
+            frozen = set(state["frozen"])
+            changed = False
+            for name, p in self._named_parameters():
+                if p.requires_grad == (name in frozen):
+                    p.requires_grad_(name not in frozen)
+                    changed = True
+            if changed:
+                self.requires_grad_changed()
         if len(state["optimizers"]) != len(self.optimizers):
             raise fail(f"the checkpoint has {len(state['optimizers'])} optimizer(s), this spec {len(self.optimizers)}")
         try:

@@ -1,0 +1,159 @@
+"""Shared helpers for the runtime tests: a tiny real run spec, the CLI in-process and as a subprocess, free ports.
+
+The tiny spec trains timm's ``test_efficientnet`` (0.1M parameters) on scikit-learn's digits at 16x16 for a few
+steps: a real run end to end (dataset, albumentations, timm, optimizer, scheduler, loggers) that takes a second or two.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "specs" / "quickstart.toml"
+
+TINY_SPEC = """\
+[run]
+name = "{name}"
+output_dir = "{output_dir}"
+seed = {seed}
+epochs = {epochs}
+
+[data]
+dataset = "sklearn-digits"
+image_size = 16
+batch_size = {batch_size}
+num_workers = {num_workers}
+
+[backbone]
+name = "{backbone}"
+in_chans = 1
+{backbone_params}
+
+[loss]
+name = "CrossEntropy"
+
+[optimizer]
+name = "AdamW"
+lr = 3e-3
+weight_decay = 0.05
+
+[scheduler]
+name = "CosineAnnealingLR"
+warmup_steps = 2
+
+[augmentations]
+train = [{{ name = "Affine", translate_percent = [-0.1, 0.1], rotate = [-10, 10], p = 0.8 }}]
+
+[trainer]
+max_steps_per_epoch = {steps}
+log_every_steps = {log_every}
+{extra}
+"""
+
+
+def tiny_spec(path: Path, name: str = "tiny", output_dir: Path | str | None = None, *, seed: int = 0, epochs: int = 2,
+              batch_size: int = 16, num_workers: int = 0, backbone: str = "test_efficientnet", steps: int = 3,
+              log_every: int = 1, backbone_params: str = "", extra: str = "") -> Path:
+    """Write a tiny real run spec to ``path`` (a file, or a directory to put ``<name>.toml`` in); returns the file.
+
+    ``backbone_params`` are TOML lines added to ``[backbone]``; ``extra`` is appended at the end of the
+    ``[trainer]`` section (it may open further sections).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / f"{name}.toml"
+    out = Path(output_dir) if output_dir is not None else path.parent / "runs"
+    path.write_text(TINY_SPEC.format(name=name, output_dir=out.as_posix(), seed=seed, epochs=epochs,
+                                     batch_size=batch_size, num_workers=num_workers, backbone=backbone, steps=steps,
+                                     log_every=log_every, backbone_params=backbone_params,
+                                     extra=extra), encoding="utf-8")
+    return path
+
+
+def cli(*args: Any) -> int:
+    """The real command line, in this process (``plugtrain ARGS...``); returns the exit code."""
+    from plugtrain.entrypoints.cli import main
+
+    return main([str(a) for a in args])
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a CLI subprocess: one thread per process (2 shared cores), no torchrun variables."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def run_cli(*args: Any, timeout: float = 300, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m plugtrain ARGS...`` as a subprocess (stdout is a pipe, so output is plain)."""
+    return subprocess.run([sys.executable, "-m", "plugtrain", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env or subprocess_env(), cwd=cwd)
+
+
+def run_torchrun(nproc: int, *args: Any, timeout: float = 300,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m torch.distributed.run --nproc_per_node=N -m plugtrain ARGS...`` on a free port (gloo on CPU)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master-addr=127.0.0.1",
+           f"--master-port={free_port()}", "-m", "plugtrain", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or subprocess_env())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def model_state(checkpoint: Path) -> dict[str, Any]:
+    """The model state of a checkpoint, loaded the safe way."""
+    import torch
+
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+
+
+def max_rel_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """The largest relative difference ``||a - b|| / ||b||`` over the floating tensors (keys must match; the other
+    tensors must be equal)."""
+    import torch
+
+    assert a.keys() == b.keys()
+    worst = 0.0
+    for k in a:
+        x, y = a[k], b[k]
+        if not torch.is_floating_point(x):
+            assert torch.equal(x, y), k
+            continue
+        x, y = x.double(), y.double()
+        worst = max(worst, float((x - y).norm() / y.norm().clamp_min(1e-12)))
+    return worst
+
+
+@pytest.fixture
+def spec_factory(tmp_path: Path):
+    """``spec_factory(name="tiny", **options)`` -> the path of a tiny spec under ``tmp_path`` (runs in tmp/runs)."""
+
+    def make(name: str = "tiny", **options: Any) -> Path:
+        return tiny_spec(tmp_path, name, tmp_path / "runs", **options)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run in-process training on one intra-op thread (the 2 cores are shared; OpenMP spinning on a busy core
+    costs more than it gains), as the CLI subprocesses do with OMP_NUM_THREADS=1."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
