@@ -26,6 +26,8 @@ and ``head``. Every returned model carries these attributes for the runtime:
   feature width); the runtime passes it to losses as their ``embedding_dim`` context;
 * ``plugtrain_frozen`` — the freeze prefixes (``[]`` when none), ``plugtrain_unfreeze_after`` — the epoch count
   after which they are unfrozen (``None``: never);
+* ``plugtrain_requires_callbacks`` — callback names the runtime adds to the run unless its spec lists them
+  (``["unfreeze"]`` when ``unfreeze_after_epochs`` is set);
 * ``plugtrain_pretrained_report`` — ``None``, or ``{"path", "loaded", "skipped", "adapted"}`` after loading a file.
 """
 
@@ -184,6 +186,7 @@ def timm_backbone(
         model.plugtrain_pretrained_report = load_pretrained(model, str(pretrained), model_name=model_name)
     model.plugtrain_frozen = list(freeze or [])
     model.plugtrain_unfreeze_after = unfreeze_after_epochs
+    model.plugtrain_requires_callbacks = ["unfreeze"] if unfreeze_after_epochs is not None else []
     if freeze:
         freeze_prefixes(model, freeze)
     return model
