@@ -334,3 +334,86 @@ def test_plain_output_when_stdout_is_not_a_terminal(spec_factory):
     epochs = [ln for ln in lines if re.match(r"epoch \d/2  train/loss=", ln)]
     assert len(epochs) == 2 and all("val/accuracy=" in ln for ln in epochs)
     assert lines[0].startswith("tiny: starting;") and re.match(r"tiny: done in [\d.]+ s; best val/accuracy", lines[-1])
+
+
+# -- each dataset kind, on small real files written here ---------------------------------------------------------------
+def write_images(folder: Path, count: int, mode: str, start: int) -> list[Path]:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(start)
+    paths = []
+    for i in range(count):
+        shape = (12, 12, 3) if mode == "RGB" else (12, 12)
+        p = folder / f"{start + i}.png"
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(p)
+        paths.append(p)
+    return paths
+
+
+def write_idx(path: Path, array) -> None:
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def dataset_files(kind: str, root: Path) -> tuple[dict, dict, int]:
+    """``(data section, extra sections, test samples)`` for a small real data set of ``kind`` under ``root``."""
+    import numpy as np
+
+    if kind == "imagefolder":
+        for split, n in (("train", 8), ("val", 3), ("test", 2)):
+            for c, cls in enumerate(("cat", "dog", "owl")):
+                write_images(root / split / cls, n, "RGB", 100 * c + 10 * len(split))
+        return {"dataset": "imagefolder", "root": str(root)}, {}, 6
+    if kind == "csv":
+        paths = write_images(root / "img", 32, "L", 0)
+        lines = ["path,target"] + [f"img/{p.name},{i % 7 / 2}" for i, p in enumerate(paths)]
+        (root / "train.csv").write_text("\n".join(lines) + "\n")
+        return ({"dataset": "csv", "csv": str(root / "train.csv"), "channels": 1, "val_fraction": 0.25},
+                {"run": {"task": "regression"}, "loss": {"name": "MSE"}}, 0)
+    root.mkdir(parents=True)  # idx
+    rng = np.random.default_rng(0)
+    write_idx(root / "train-images-idx3-ubyte", rng.integers(0, 256, (40, 10, 10)))
+    write_idx(root / "train-labels-idx1-ubyte", np.arange(40) % 4)
+    write_idx(root / "t10k-images-idx3-ubyte", rng.integers(0, 256, (12, 10, 10)))
+    write_idx(root / "t10k-labels-idx1-ubyte", np.arange(12) % 4)
+    return {"dataset": "idx", "root": str(root), "channels": 1}, {}, 12
+
+
+@pytest.mark.parametrize("kind", [pytest.param("imagefolder", marks=pytest.mark.slow), "csv", "idx"])
+def test_each_dataset_kind_trains_evaluates_and_predicts(kind, tmp_path, capsys):
+    import tomli_w
+
+    data, extra, test_samples = dataset_files(kind, tmp_path / "data")
+    in_chans = 3 if kind == "imagefolder" else 1
+    spec = {
+        "run": {"name": kind, "output_dir": str(tmp_path / "runs"), "epochs": 1, **extra.get("run", {})},
+        "data": {**data, "image_size": 16, "batch_size": 8, "num_workers": 2 if kind == "imagefolder" else 0},
+        "backbone": {"name": "test_efficientnet", "in_chans": in_chans},
+        "loss": extra.get("loss", {"name": "CrossEntropy"}),
+        "optimizer": {"name": "AdamW", "lr": 1e-3},
+        "augmentations": {"train": [{"name": "HorizontalFlip"}]},
+        "trainer": {"max_steps_per_epoch": 2},
+    }
+    path = tmp_path / f"{kind}.toml"
+    path.write_text(tomli_w.dumps(spec))
+    assert cli("train", path) == 0
+    run_dir = tmp_path / "runs" / kind
+    row = read_csv(run_dir / "metrics.csv")[0]
+    assert float(row["train/loss"]) == float(row["train/loss"]) and float(row["val/loss"]) >= 0
+    capsys.readouterr()
+    if test_samples:
+        assert cli("evaluate", run_dir, "--split", "test", "--json") == 0
+        record = json.loads(capsys.readouterr().out)
+        assert record["samples"] == test_samples and 0 <= record["metrics"]["test/accuracy"] <= 1
+    image = next((tmp_path / "data").rglob("*.png"), None) or write_images(tmp_path / "png", 1, "L", 7)[0]
+    assert cli("predict", run_dir, image, "--json") == 0
+    result = json.loads(capsys.readouterr().out)[0]
+    if kind == "csv":
+        assert isinstance(result["prediction"], float)  # a regression run predicts a value
+    else:
+        assert abs(sum(t["probability"] for t in result["top_k"]) - 1) < 1e-5  # every class (top-k >= classes)
