@@ -667,11 +667,13 @@ def idx(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def sklearn_digits(val_fraction: float = 0.2, upscale: int = 4, seed: int = 0):
+def sklearn_digits(val_fraction: float = 0.2, upscale: int = 4, target: Literal["class", "value"] = "class",
+                   seed: int = 0):
     """scikit-learn's handwritten digits: 1,797 real 8x8 grayscale images of 10 classes, shipped in the wheel.
 
     Images are scaled from 0..16 to 0..255 and upscaled ``upscale`` times (nearest) so that CNNs have room to work.
-    ``val_fraction`` is held out for validation, stratified, with the run's seed.
+    ``val_fraction`` is held out for validation, stratified, with the run's seed. ``target = "value"`` makes it a
+    regression data set: the target is the digit's value as a float (one output, named ``digit``).
     """
     import numpy as np
     from sklearn.datasets import load_digits
@@ -688,13 +690,33 @@ def sklearn_digits(val_fraction: float = 0.2, upscale: int = 4, seed: int = 0):
         images = images.repeat(upscale, axis=1).repeat(upscale, axis=2)
     images = np.ascontiguousarray(images[..., None])  # N x H x W x 1
     targets = digits.target.astype(np.int64)
+    if target not in ("class", "value"):
+        raise _error(f"sklearn-digits: target must be 'class' or 'value', not {target!r}")
     tr, va = split_indices(targets, val_fraction, seed)
-    return DatasetSplits(
-        train=ArraySplit(images, targets, tr, source="sklearn digits"),
-        val=ArraySplit(images, targets, va, source="sklearn digits"),
-        class_names=[str(d) for d in range(10)],
-        in_chans=1,
-    )
+    train = ArraySplit(images, targets, tr, source="sklearn digits")
+    val = ArraySplit(images, targets, va, source="sklearn digits")
+    if target == "value":
+        return DatasetSplits(train=_FloatTargets(train), val=_FloatTargets(val), class_names=["digit"], in_chans=1,
+                             task="regression")
+    return DatasetSplits(train=train, val=val, class_names=[str(d) for d in range(10)], in_chans=1)
+
+
+class _FloatTargets:
+    """A split whose integer targets are served as floats (regression on the digit's value)."""
+
+    def __init__(self, split: Any) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[Any, float]:
+        image, value = self.split[i]
+        return image, float(value)
+
+    @property
+    def targets(self) -> list[float]:
+        return [float(v) for v in self.split.targets]
 
 
 @hookimpl

@@ -1,0 +1,167 @@
+"""Every ready-to-run spec in ``specs/`` passes ``plugtrain check`` and trains a few steps through the real CLI.
+
+The tests are parametrised over the files in ``specs/``, so a new spec is covered by itself. The specs are trained
+as one queue (``plugtrain train A.toml B.toml ...``) in a child process run in a temporary directory, with the
+example third-party plugin installed the way pip leaves it (a ``*.dist-info`` with its entry point, see
+``helpers_plugins``), cut short with ``--set``: ``trainer.max_steps_per_epoch=2``, ``run.epochs=1``,
+``data.num_workers=0``, ``data.batch_size=16``.
+
+Paths in a spec are relative to the directory plugtrain runs in, as for a user in the repository root. A spec whose
+``backbone.pretrained`` points into another spec's run directory (``runs/<run.name>/...``: a second stage) is queued
+after that spec; any other ``pretrained`` file is written first by the test (the spec's own backbone, saved with a
+1000-class head as a stand-in for downloaded weights). The run's checkpoint must then show that the weights were
+loaded, and frozen layers must not have moved.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers_plugins import EXAMPLE_PLUGIN_SRC, make_example_dist, plugin_env, run_plugtrain
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = sorted((REPO / "specs").glob("*.toml"))
+SHORT = ["--set", "trainer.max_steps_per_epoch=2", "--set", "run.epochs=1", "--set", "data.num_workers=0",
+         "--set", "data.batch_size=16"]
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def _spec(path: Path) -> dict[str, Any]:
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def plugin_paths(tmp_path_factory) -> list[Path]:
+    """The example plugin, installed as pip would install it, for the child processes' PYTHONPATH."""
+    return [make_example_dist(tmp_path_factory.mktemp("example-plugin")), EXAMPLE_PLUGIN_SRC]
+
+
+def _queue(specs: list[Path], work: Path) -> list[Path]:
+    """The specs in an order where a stage comes after the spec whose run directory holds its pretrained file; the
+    other pretrained files are written under ``work``."""
+    producers = {_spec(p)["run"]["name"]: p for p in specs}
+    order: list[Path] = []
+
+    def visit(path: Path, seen: tuple[Path, ...] = ()) -> None:
+        if path in order:
+            return
+        assert path not in seen, f"pretrained files form a cycle: {seen}"
+        spec = _spec(path)
+        pretrained = spec["backbone"].get("pretrained")
+        if pretrained:
+            output_dir = Path(spec["run"].get("output_dir", "runs"))
+            rel = Path(pretrained).relative_to(output_dir) if Path(pretrained).is_relative_to(output_dir) else None
+            if rel is not None and rel.parts and rel.parts[0] in producers:
+                visit(producers[rel.parts[0]], (*seen, path))
+            else:
+                _write_weights(spec, work / pretrained)
+        order.append(path)
+
+    for path in specs:
+        visit(path)
+    return order
+
+
+def _write_weights(spec: dict[str, Any], path: Path) -> None:
+    """The spec's own backbone with a 1000-class head (like downloaded weights) saved at ``path``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from plugtrain.core.registry import get_registry
+
+    params = {k: v for k, v in spec["backbone"].items()
+              if k not in ("name", "pretrained", "freeze", "unfreeze_after_epochs")}
+    torch.manual_seed(1)
+    model = get_registry().get("backbones", spec["backbone"]["name"]).build(params, num_classes=1000)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, plugin_paths) -> tuple[Path, str]:
+    """Every spec trained a few steps, as one queue in a temporary working directory: ``(workdir, output)``."""
+    work = tmp_path_factory.mktemp("spec-runs")
+    order = _queue(SPECS, work)
+    proc = subprocess.run([sys.executable, "-m", "plugtrain", "train", *map(str, order), *SHORT],
+                          env=plugin_env(plugin_paths, **ENV), capture_output=True, text=True, timeout=900, cwd=work)
+    output = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, output
+    return work, output
+
+
+def test_specs_dir_holds_the_issue_list():
+    names = {p.stem for p in SPECS}
+    assert {"quickstart", "bioencoder-supcon", "bioencoder-arcface", "dkfz-classification", "regression-digits",
+            "finetune-freeze", "example-plugin"} <= names
+    for path in SPECS:  # every spec says in its first lines what it is
+        assert path.read_text(encoding="utf-8").startswith("# "), f"{path.name} has no header comment"
+
+
+def test_every_spec_passes_check(plugin_paths):
+    proc = run_plugtrain("check", *[str(p) for p in SPECS], paths=plugin_paths, **ENV)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for path in SPECS:
+        assert re.search(rf"{re.escape(path.name)}: OK", proc.stdout), proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec_path", SPECS, ids=[p.stem for p in SPECS])
+def test_spec_trains_a_few_steps(spec_path, trained):
+    import torch
+
+    work, output = trained
+    spec = _spec(spec_path)
+    run_dir = work / spec["run"].get("output_dir", "runs") / spec["run"]["name"]
+    assert re.search(rf"^{re.escape(spec['run']['name'])}: done in", output, re.M), output
+    assert (run_dir / "metrics.csv").is_file(), output
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert len(rows) == 1 and rows[0]["epoch"] == "1"
+    assert math.isfinite(float(rows[0]["train/loss"])) and math.isfinite(float(rows[0]["val/loss"]))
+    primary = spec["run"].get("primary_metric") or {"classification": "val/accuracy", "regression": "val/mae",
+                                                      "metric_learning": "val/precision_at_1"}[spec["run"]["task"]]
+    assert math.isfinite(float(rows[0][primary]))
+    assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "checkpoints" / "best.pt").is_file()
+    assert (run_dir / "spec.toml").is_file() and list((run_dir / "tb").glob("events.out.tfevents.*"))
+    state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2
+    for logger in spec.get("loggers", []):  # a third-party logger wrote its file too
+        if logger["name"] == "example-jsonl":
+            assert (run_dir / "metrics.jsonl").read_text().count("\n") == 1
+    if spec["backbone"].get("pretrained"):
+        _assert_started_from_pretrained(spec, work / spec["backbone"]["pretrained"], state["model"])
+
+
+def _assert_started_from_pretrained(spec: dict[str, Any], pretrained: Path, model: dict[str, Any]) -> None:
+    """Two small steps cannot move loaded weights far; frozen ones must not move at all."""
+    from plugtrain.core.weights import load_state_dict_file
+
+    source = load_state_dict_file(pretrained)
+    shared = [k for k, v in model.items() if k in source and source[k].shape == v.shape
+              and v.is_floating_point() and "running_" not in k]
+    assert len(shared) > 10, f"too few weights in common with {pretrained}: {shared}"
+    frozen = spec["backbone"].get("freeze", [])
+    for key in shared:
+        diff = float((model[key].float() - source[key].float()).abs().max())
+        if any(key == p or key.startswith(p + ".") for p in frozen):
+            assert diff == 0.0, f"frozen {key} moved by {diff}"
+        else:
+            assert diff < 0.05, f"{key} is {diff} away from the pretrained weights: were they loaded?"
+    if frozen:  # and something else did train
+        assert any(float((model[k].float() - source[k].float()).abs().max()) > 0 for k in shared
+                   if not any(k.startswith(p + ".") for p in frozen)), "nothing trained"
