@@ -125,6 +125,23 @@ def test_tensorboard_event_files_hold_the_epoch_scalars_and_hparams(quick_run):
     assert [e.value for e in final] == pytest.approx([float(rows[-1]["val/accuracy"])])
 
 
+def test_resume_from_a_given_checkpoint_into_a_new_run_directory(quick_run, tmp_path, capsys):
+    """``--resume PATH``: an epoch checkpoint of the quick run, continued in another directory, ends where the quick
+    run ended, bit for bit."""
+    run_dir, overrides = quick_run
+    early = min(p for p in (run_dir / "checkpoints").glob("epoch-*.pt") if p.name != "epoch-0003.pt")
+    start = load_ckpt(early)["epoch"]
+    moved = [*overrides[:-2], "--set", f'run.output_dir="{tmp_path.as_posix()}"']
+    capsys.readouterr()
+    assert cli("train", QUICKSTART, *moved, "--resume", early) == 0
+    assert f"resuming from {early} at epoch {start + 1}, batch 0" in capsys.readouterr().out
+    got, want = load_ckpt(tmp_path / "quickstart" / "checkpoints" / "last.pt"), load_ckpt(
+        run_dir / "checkpoints" / "last.pt")
+    assert got["global_step"] == want["global_step"] == 6
+    assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"])
+    assert [int(r["epoch"]) for r in read_csv(tmp_path / "quickstart" / "metrics.csv")] == list(range(start + 1, 4))
+
+
 # -- evaluate and predict ----------------------------------------------------------------------------------------------
 def test_evaluate_best_last_and_path(quick_run, capsys):
     run_dir, _ = quick_run
