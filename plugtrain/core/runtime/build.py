@@ -157,6 +157,9 @@ def sample_shape(dataset: Any, in_chans: int, image_size: int | None) -> tuple[i
         if type(item).__name__ == "Failed":
             continue
         image = item[0][0] if isinstance(item[0], list) else item[0]
+        if not hasattr(image, "dim"):  # an HWC array (normalize = false): the collate stacks it as CHW
+            h, w, c = image.shape if image.ndim == 3 else (*image.shape, 1)
+            return (c, h, w)
         return tuple(image.shape)
     if image_size:
         return (in_chans, image_size, image_size)
