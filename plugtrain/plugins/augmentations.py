@@ -37,6 +37,8 @@ def _summary(name: str, obj: type, volume: bool) -> str:
         return f"(3D volumes only: not usable on images) {doc}"
     if name in NEEDS_OTHER_TARGETS:
         return f"(needs {NEEDS_OTHER_TARGETS[name]}: not usable on images alone) {doc}"
+    if name == "ToTensorV2":
+        return f"(not needed: plugtrain converts images to tensors itself, after Normalize) {doc}"
     return doc
 
 
