@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICKSTART, cli, max_rel_diff, model_state, run_cli
+from conftest import QUICKSTART, cli, max_rel_diff, model_state
 
 from plugtrain.core.spec import load_spec, to_dict
 
@@ -262,7 +262,7 @@ def model_for_spec():
 
 # -- precision, accumulation, callbacks --------------------------------------------------------------------------------
 def test_bf16_autocast_on_cpu_trains(spec_factory, tmp_path):
-    spec = spec_factory(extra='precision = "bf16"', epochs=1, steps=3)
+    spec = spec_factory(extra='precision = "bf16"\nchannels_last = true', epochs=1, steps=3)
     assert cli("train", spec) == 0
     run_dir = tmp_path / "runs" / "tiny"
     row = read_csv(run_dir / "metrics.csv")[0]
@@ -338,19 +338,21 @@ def test_reduce_lr_on_plateau_follows_the_primary_metric_direction(spec_factory)
 
 
 # -- output ------------------------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_plain_output_when_stdout_is_not_a_terminal(spec_factory):
+def test_plain_output_when_stdout_is_not_a_terminal(spec_factory, capfd):
     spec = spec_factory(epochs=2, steps=3)
-    proc = run_cli("train", spec)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "\x1b" not in proc.stdout and "\x1b" not in proc.stderr  # no ANSI escapes, no bar redraws
-    assert "\r" not in proc.stdout
-    lines = proc.stdout.splitlines()
-    steps = [ln for ln in lines if re.match(r"epoch \d/2  step \d/3  global_step \d+  loss [\d.]+  lr ", ln)]
+    capfd.readouterr()
+    assert cli("train", spec) == 0
+    out, err = capfd.readouterr()
+    assert "\x1b" not in out and "\x1b" not in err  # no ANSI escapes, no bar redraws
+    assert "\r" not in out
+    lines = out.splitlines()
+    steps = [ln for ln in lines if re.match(r"epoch \d/2  step \d/3  global_step \d+  loss [\d.]+  lr [\d.e-]+  "
+                                            r"\d+ img/s  eta \d+:\d\d$", ln)]
     assert len(steps) == 6  # one line per logged step (log_every_steps = 1)
     epochs = [ln for ln in lines if re.match(r"epoch \d/2  train/loss=", ln)]
     assert len(epochs) == 2 and all("val/accuracy=" in ln for ln in epochs)
     assert lines[0].startswith("tiny: starting;") and re.match(r"tiny: done in [\d.]+ s; best val/accuracy", lines[-1])
+    assert len(lines) == 1 + 6 + 2 + 1  # nothing else
 
 
 # -- each dataset kind, on small real files written here ---------------------------------------------------------------
@@ -434,3 +436,41 @@ def test_each_dataset_kind_trains_evaluates_and_predicts(kind, tmp_path, capsys)
         assert isinstance(result["prediction"], float)  # a regression run predicts a value
     else:
         assert abs(sum(t["probability"] for t in result["top_k"]) - 1) < 1e-5  # every class (top-k >= classes)
+
+
+@pytest.mark.slow
+def test_rich_progress_bar_in_a_terminal(spec_factory):
+    """Under a pseudo-terminal: a rich bar (epoch, step/total, loss, lr, img/s, ETA), the per-epoch summary lines,
+    and the cursor shown again at the end."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    spec = spec_factory(epochs=2, steps=3)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "plugtrain", "train", str(spec)], stdout=slave,
+                            stderr=subprocess.PIPE, env=subprocess_env(COLUMNS="200", TERM="xterm"))
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+    proc.stderr.close()
+    out = b"".join(chunks).decode()
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    assert "\x1b[" in out  # styled, redrawn in place
+    assert re.search(r"epoch 1/2 \S* ?━+ ?\S* ?\d/3 loss \S+  lr \S+  \S+ img/s \S+", plain), plain[-2000:]
+    assert re.search(r"epoch 2/2 .*━+.*loss [\d.]+  lr [\d.e-]+  \d+ img/s", plain), plain[-2000:]
+    assert len(re.findall(r"epoch \d/2  train/loss=", plain)) == 2
+    assert out.rstrip().count("\x1b[?25l") == out.count("\x1b[?25h") >= 1  # the cursor is shown again
+    assert re.search(r"tiny: done in [\d.]+ s", plain)
