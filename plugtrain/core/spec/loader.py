@@ -23,7 +23,7 @@ import attrs
 from plugtrain.core.errors import PlugtrainError, did_you_mean
 from plugtrain.core.spec.model import SECTIONS, RunSpec, from_dict, to_dict
 from plugtrain.core.spec.overrides import OverrideError, apply, normalize, parse_override
-from plugtrain.core.spec.tomlpos import Pos, format_path, locate
+from plugtrain.core.spec.tomlpos import Pos, format_path, locate, open_string, unclosed
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,14 +60,15 @@ class Resolved:
     problems: list[str] = attrs.Factory(list)
     warnings: list[str] = attrs.Factory(list)
     files: list[str] = attrs.Factory(list)  # the spec and the files it extends, most derived first
+    overrides: list[str] = attrs.Factory(list)  # the --set texts, in order
 
 
 def _display(path: Path) -> str:
     try:
         rel = os.path.relpath(path)
     except ValueError:  # another drive (Windows)
-        return str(path)
-    return str(path) if rel.startswith("..") else rel
+        return os.path.normpath(path)
+    return os.path.normpath(path) if rel.startswith("..") else rel
 
 
 _AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
@@ -76,10 +77,28 @@ _AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 def _syntax(display: str, exc: Exception, text: str) -> str:
     msg = re.sub(r"\(((?:'[^']*', ?)+)\)", lambda m: "[" + ".".join(re.findall(r"'([^']*)'", m.group(1))) + "]",
                  str(exc))
+    lines = text.splitlines() or [""]
     m = _AT.search(msg)
+    at_end = "(at end of document)" in msg
+    if m or at_end:  # a one-line string left open: point at its opening quote
+        what = msg[: m.start()] if m else msg
+        if what.startswith(("Illegal character '\\n'", "Illegal character '\\r'", 'Expected "\'"')):
+            # tomllib reports a basic string at its line's end, a literal one at the end of the file
+            candidates = [int(m.group(1))] if m else range(1, len(lines) + 1)
+            line, start = next(((n, c) for n in candidates if n <= len(lines)
+                                for c in [open_string(lines[n - 1])] if c is not None), (0, None))
+            if start is not None:
+                return f"{display}:{line}:{start}: TOML syntax error: this string is never closed: a one-line " \
+                       "string must end on its line (use \"\"\" for several lines)"
     if m:
         return f"{display}:{m.group(1)}:{m.group(2)}: TOML syntax error: {msg[: m.start()]}"
-    if "(at end of document)" in msg:
+    if at_end:
+        opened = unclosed(text)
+        if opened is not None:
+            line, col, bracket = opened
+            what = "array" if bracket == "[" else "inline table"
+            return f"{display}:{line}:{col}: TOML syntax error: this {what} is never closed (the file ends inside " \
+                   f"it): close it with {']' if bracket == '[' else '}'}"
         lines = text.split("\n")
         return f"{display}:{len(lines)}:{len(lines[-1]) + 1}: TOML syntax error: " \
                f"{msg.replace('(at end of document)', '').strip()} at the end of the file"
@@ -177,7 +196,7 @@ def _read(path: Path, display: str, chain: tuple[Path, ...], res: Resolved) -> t
 def resolve(path: str | Path, overrides: list[str] | tuple[str, ...] = (), validate: bool = True) -> Resolved:
     """Read, compose, override and (unless ``validate`` is false) validate the spec at ``path``."""
     display = str(path)
-    res = Resolved(display)
+    res = Resolved(display, overrides=list(overrides))
     got = _read(Path(path), display, (), res)
     if got is None:
         return res
@@ -225,7 +244,8 @@ def _place(res: Resolved, path: tuple, at: str) -> tuple[tuple, str]:
         top = res.files[0] if res.files else res.path
         return ("0000", 0, 0), f"{top}:1:1"
     if origin.override:
-        return ("~", 0, 0), f"{res.path}: --set {origin.override}"
+        order = res.overrides.index(origin.override) if origin.override in res.overrides else 0
+        return ("~", order, 0), f"{res.path}: --set {origin.override}"
     pos = origin.pos
     line, col = (pos.value_line, pos.value_col) if at == "value" and exact else (pos.line, pos.col)
     order = res.files.index(origin.file) if origin.file in res.files else 0

@@ -260,6 +260,62 @@ def locate(src: str) -> dict[tuple, Pos]:
     return _Scanner(src).document()
 
 
+def unclosed(src: str) -> tuple[int, int, str] | None:
+    """(line, col, "[" or "{") of the innermost bracket that ``src`` opens and never closes, or None.
+
+    For a syntax error at the end of a document: the place to fix is where the array or inline table was opened.
+    Strings and comments are skipped; the document need not be valid TOML.
+    """
+    sc = _Scanner(src)
+    stack: list[tuple[int, str]] = []
+    while sc.i < sc.n:
+        c = sc.s[sc.i]
+        if c == "#":
+            sc.skip_comment()
+        elif c in "\"'":
+            start = sc.i
+            sc.string()
+            if sc.s.startswith('"""', start) or sc.s.startswith("'''", start):
+                continue
+            nl = sc.s.find("\n", start, sc.i)  # a one-line string left open ends at its line's end
+            if nl != -1:
+                sc.i = nl
+        elif c in "[{":
+            stack.append((sc.i, c))
+            sc.i += 1
+        elif c in "]}":
+            if stack:
+                stack.pop()
+            sc.i += 1
+        else:
+            sc.i += 1
+    if not stack:
+        return None
+    off, c = stack[-1]
+    line, col = sc.lc(off)
+    return line, col, c
+
+
+def open_string(line: str) -> int | None:
+    """The 1-based column of a one-line string that ``line`` opens and never closes, or None."""
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if c == "#":
+            return None
+        if c in "\"'":
+            if line.startswith(c * 3, i):
+                return None  # a multi-line string may go on
+            j = i + 1
+            while j < len(line) and line[j] != c:
+                j += 2 if c == '"' and line[j] == "\\" else 1
+            if j >= len(line):
+                return i + 1
+            i = j
+        i += 1
+    return None
+
+
 def format_path(path: tuple) -> str:
     """``augmentations.train[1].transforms[0].size`` for ``("augmentations", "train", 1, "transforms", 0, "size")``."""
     out = ""

@@ -204,19 +204,24 @@ class Validator:
         trainer = d.get("trainer") if isinstance(d.get("trainer"), dict) else {}
         epochs = run.get("epochs")
         start = trainer.get("swa_start_epoch")
-        if (isinstance(epochs, int) and isinstance(start, int) and not isinstance(start, bool)
+        if (isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1  # else reported already
+                and isinstance(start, int) and not isinstance(start, bool)
                 and trainer.get("swa") is True and start >= epochs):
             self.add(("trainer", "swa_start_epoch"),
                      f"trainer.swa_start_epoch ({start}) must be below run.epochs ({epochs}) for SWA to run")
 
     # -- plain sections ------------------------------------------------------------------------------------------
     def plain(self, cls: type, d: dict[str, Any], path: tuple, skip: tuple[str, ...] = ()) -> None:
-        fields = {k: f for k, f in section_fields(cls).items() if k not in skip}
+        """Check a plain section's keys; keys in ``skip`` are the caller's to check (still known, for hints)."""
+        known = section_fields(cls)
+        fields = {k: f for k, f in known.items() if k not in skip}
         where = _where(path)
         for key, value in d.items():
+            if key in skip:
+                continue
             if key not in fields:
-                hint = did_you_mean(key, fields) or _belongs(key, path[0] if path else "")
-                listing = f" Keys: {', '.join(fields)}." if not hint else ""
+                hint = did_you_mean(key, known) or _belongs(key, path[0] if path else "")
+                listing = f" Keys: {', '.join(known)}." if not hint else ""
                 self.add((*path, key), f"unknown key {key!r} in {where}.{hint}{listing}", at="key")
                 continue
             self.field(fields[key], value, (*path, key))
@@ -234,8 +239,7 @@ class Validator:
                 self.add(path, f"{format_path(path)}: {exc}")
 
     def augmentations(self, d: dict[str, Any], path: tuple) -> None:
-        self.plain(model.AugmentationsSection, {k: v for k, v in d.items() if k not in ("train", "val")}, path,
-                   skip=("train", "val"))
+        self.plain(model.AugmentationsSection, d, path, skip=("train", "val"))
         for split in ("train", "val"):
             if split not in d:
                 continue
