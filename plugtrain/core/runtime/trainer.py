@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,8 @@ class Trainer:
         self.criterion = built.criterion.to(self.device)
         self.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(t.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        if self.scaler.is_enabled():  # a step the scaler skips (inf gradients) still advances the schedule, by design
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
         self.ema = None
         if t.ema:
             from timm.utils import ModelEmaV3
