@@ -310,15 +310,15 @@ class Trainer:
             return
         self._unscale_and_clip()
         with self._warmup_lr():
-            if self.built.sam:  # sharpness-aware: step to the worst point nearby, recompute the gradient there
+            if not self.built.sam:
+                for opt in self.optimizers:
+                    self.scaler.step(opt)
+            elif images is not None:  # sharpness-aware: step to the worst point nearby, recompute the gradient there
                 self.optimizer.first_step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self._forward_backward(images, targets, 1, sync=True)
                 self._unscale_and_clip()
                 self.optimizer.second_step()
-            else:
-                for opt in self.optimizers:
-                    self.scaler.step(opt)
         self.scaler.update()
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
