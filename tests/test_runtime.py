@@ -329,6 +329,20 @@ def test_frozen_layers_unfreeze_after_epochs(spec_factory, tmp_path):
     assert load_ckpt(ckpts / "last.pt")["frozen"] == []
 
 
+def test_requested_callbacks_are_added_once(spec_factory):
+    from plugtrain.core.runtime import build
+    from plugtrain.core.runtime.distributed import DistEnv
+
+    cpu = DistEnv(device=torch.device("cpu"))
+    freeze = 'freeze = ["conv_stem"]\nunfreeze_after_epochs = 1'
+    assert build.build_run(load_spec(spec_factory()), cpu).callbacks == []
+    callbacks = build.build_run(load_spec(spec_factory(backbone_params=freeze)), cpu).callbacks
+    assert [type(c).__name__ for c in callbacks] == ["Unfreeze"] and callbacks[0].after_epochs is None
+    listed = spec_factory(backbone_params=freeze, extra='\n[[callbacks]]\nname = "unfreeze"\nafter_epochs = 2\n')
+    callbacks = build.build_run(load_spec(listed), cpu).callbacks
+    assert [(type(c).__name__, c.after_epochs) for c in callbacks] == [("Unfreeze", 2)]  # the spec's, not twice
+
+
 def test_reduce_lr_on_plateau_follows_the_primary_metric_direction(spec_factory):
     from plugtrain.core.runtime import build
     from plugtrain.core.runtime.distributed import DistEnv
