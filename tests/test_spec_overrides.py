@@ -183,6 +183,21 @@ def test_a_component_renamed_by_an_override_blames_the_override_for_what_no_long
     assert len(probs) == 1 and "--set backbone.name=\"example-missing\": backbone.name: unknown backbone" in probs[0]
 
 
+def test_a_file_problem_caused_by_an_overridden_name_points_at_the_file_and_names_the_override():
+    probs = _problems(BASE, ['augmentations.train[0].name="Affine"', 'augmentations.train[0].name="RandomResizedCrop"',
+                             'data.dataset="imagefolder"'])
+    assert probs == [
+        f"{BASE}:8:1: [data] (dataset 'imagefolder') is missing required parameter 'root' (str) "
+        '(dataset from --set data.dataset="imagefolder")',
+        f"{BASE}:29:10: augmentations.train[0] (augmentation 'RandomResizedCrop') is missing required parameter "
+        "'size' (tuple[int, int]) (name from --set augmentations.train[0].name=\"RandomResizedCrop\")",
+    ]
+    probs = _problems(FULL, ['optimizer.name="Adam"'])
+    assert [p.split(": ", 1)[0] for p in probs] == [f"{FULL}:35:1", f"{FULL}:36:1"]  # momentum, nesterov
+    assert all(p.endswith(' (name from --set optimizer.name="Adam")') for p in probs)
+    assert "unknown key 'momentum' in [optimizer] (optimizer 'Adam')" in probs[0]
+
+
 def test_a_section_created_by_an_override_is_checked_like_one_in_a_file():
     probs = _problems(BASE, ["scheduler.step_size=2"])
     assert probs == [f"{BASE}: --set scheduler.step_size=2: [scheduler] is missing 'name': which scheduler? "

@@ -220,14 +220,18 @@ def resolve(path: str | Path, overrides: list[str] | tuple[str, ...] = (), valid
 
     found = run_validation(res.data)
     located = sorted(((_place(res, pr.path, pr.at), pr) for pr in found), key=lambda x: x[0])
-    for (_, where), pr in located:
+    for (_, where, note), pr in located:
         (res.warnings if pr.warning else res.problems).append(
-            f"{where}: {'warning: ' if pr.warning else ''}{pr.message}")
+            f"{where}: {'warning: ' if pr.warning else ''}{pr.message}{note}")
     return res
 
 
-def _place(res: Resolved, path: tuple, at: str) -> tuple[tuple, str]:
-    """(sort key, ``file:line:col`` or ``spec: --set ...``) for a problem about ``path``."""
+def _place(res: Resolved, path: tuple, at: str) -> tuple[tuple, str, str]:
+    """(sort key, ``file:line:col`` or ``spec: --set ...``, note) for a problem about ``path``.
+
+    When the component that a table names was named by an override, the override is part of the cause: a problem
+    located in a file gets a note naming it; a problem with no place of its own in a file is the override's.
+    """
     origin, exact = None, True
     p = path
     while True:
@@ -235,21 +239,28 @@ def _place(res: Resolved, path: tuple, at: str) -> tuple[tuple, str]:
         if origin is not None or not p:
             break
         p, exact = p[:-1], False
-    # a table whose component name came from an override: the override is what to blame
-    for key in ("name", "dataset"):
-        named = res.origins.get((*path, key))
-        if named is not None and named.override and (origin is None or not exact or at == "key"):
-            origin = named
+    note = ""
+    for table in (path, path[:-1]) if path else ():
+        for key in ("name", "dataset"):
+            named = res.origins.get((*table, key))
+            if named is None or not named.override or (*table, key) == path:
+                continue
+            if origin is None or (not exact and table == path):
+                origin = named
+            elif not origin.override:
+                note = f" ({key} from --set {named.override})"
+        if note or (origin is not None and origin.override):
+            break
     if origin is None:
         top = res.files[0] if res.files else res.path
-        return ("0000", 0, 0), f"{top}:1:1"
+        return ("0000", 0, 0), f"{top}:1:1", note
     if origin.override:
         order = res.overrides.index(origin.override) if origin.override in res.overrides else 0
-        return ("~", order, 0), f"{res.path}: --set {origin.override}"
+        return ("~", order, 0), f"{res.path}: --set {origin.override}", ""
     pos = origin.pos
     line, col = (pos.value_line, pos.value_col) if at == "value" and exact else (pos.line, pos.col)
     order = res.files.index(origin.file) if origin.file in res.files else 0
-    return (f"{order:04d}", line, col), f"{origin.file}:{line}:{col}"
+    return (f"{order:04d}", line, col), f"{origin.file}:{line}:{col}", note
 
 
 def _warn(res: Resolved) -> None:

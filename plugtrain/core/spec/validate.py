@@ -314,8 +314,11 @@ class Validator:
             return
         for p in comp.params:
             if p.required and p.name not in d and p.name not in own:
-                t = toml_view(from_annotation(p.annotation, self.namespace(comp)))
-                self.add(path, f"{label} is missing required parameter {p.name!r} ({describe(t)})")
+                if kind == "augmentations" and p.name == "transforms":
+                    what = 'an array of augmentation tables, e.g. transforms = [{ name = "HorizontalFlip" }]'
+                else:
+                    what = describe(toml_view(from_annotation(p.annotation, self.namespace(comp))))
+                self.add(path, f"{label} is missing required parameter {p.name!r} ({what})")
         if not any(pr.path[: len(path)] == path and not pr.warning for pr in self.problems):
             self.init_schema(comp, given, path, label)
 
