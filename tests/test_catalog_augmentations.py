@@ -80,6 +80,17 @@ ARGS = {
 COMPOSITIONS = {"Compose", "OneOf", "OneOrOther", "RandomOrder", "SelectiveChannelTransform", "Sequential", "SomeOf"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: the machine's two cores are shared, and spinning threads slow everyone down."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def write_spec(tmp_path: Path, body: str, name: str = "aug") -> Path:
     path = tmp_path / f"{name}.toml"
     path.write_text(BASE.format(name=name, out=(tmp_path / "runs").as_posix()) + body, encoding="utf-8")
@@ -316,7 +327,6 @@ train = [
 
 
 # -- a real run: nested compositions, random erasing, mixup / cutmix, samples ----------------------------------------
-@pytest.mark.slow
 def test_run_with_compositions_erasing_mixup_and_samples(tmp_path, capsys):
     from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
