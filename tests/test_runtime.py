@@ -246,9 +246,16 @@ def test_queue_reports_a_bad_spec_and_runs_the_others(spec_factory, tmp_path, ca
 def test_dry_run_writes_nothing_and_prints_shapes(spec_factory, tmp_path, capsys):
     spec = spec_factory()
     capsys.readouterr()
-    assert cli("train", spec, "--dry-run") == 0
+    assert cli("train", spec, "--dry-run", "--set", "augmentations.save_samples=4") == 0
     out = capsys.readouterr().out
     assert not (tmp_path / "runs").exists()
+    samples = Path(re.search(r"augmented samples: (\S+\.png)", out)[1])  # in a fresh temporary directory
+    from PIL import Image
+
+    assert Image.open(samples).size[0] > 2 * 16 and tmp_path not in samples.parents
+    import shutil
+
+    shutil.rmtree(samples.parent)
     assert "images (16, 1, 16, 16) torch.float32" in out and "targets (16,) torch.int64" in out
     params = sum(p.numel() for p in model_for_spec().parameters())
     assert f"{params:,} parameters" in out and "output (16, 10)" in out
