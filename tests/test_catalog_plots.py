@@ -245,3 +245,51 @@ def test_metric_learning_run_puts_embeddings_in_the_projector(tmp_path, capsys):
     assert labels == [str(t) for t in targets[:50]]
     assert "val/precision_at_1" in csv_columns(tmp_path / "runs" / "ml")
     assert not [c for c in csv_columns(tmp_path / "runs" / "ml") if "embedding" in c]
+
+
+@pytest.mark.slow
+def test_visual_metrics_gather_every_rank_under_torchrun(tmp_path):
+    """Two processes (gloo): the picture is the whole validation set's matrix, the projector holds every sample."""
+    import contextlib
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from plugtrain.core.runtime.build import build_run
+    from plugtrain.core.runtime.distributed import DistEnv
+    from plugtrain.core.runtime.loader import ShardedBatchSampler, make_loader
+    from plugtrain.core.runtime.trainer import evaluate_model
+    from plugtrain.core.spec import load_spec
+
+    body = '[loss]\nname = "CrossEntropy"\n\n[[metrics]]\nname = "accuracy"\n\n[[metrics]]\nname = ' \
+           '"confusion_matrix"\n\n[[metrics]]\nname = "embeddings"\n'
+    path = write_spec(tmp_path, "ddp", "classification", body)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "plugtrain", "train", str(path)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dir = tmp_path / "runs" / "ddp"
+    (step, image), = tb_images(run_dir, "val/confusion_matrix")
+    assert step == 2  # trainer.max_steps_per_epoch
+    spec = load_spec(path)
+    built = build_run(spec, DistEnv(), purpose="eval")
+    built.backbone.load_state_dict(torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu",
+                                              weights_only=True)["model"])
+    loader = make_loader(built.val_data, ShardedBatchSampler(len(built.val_data), 16), 0, "raise", 0,
+                         persistent_workers=False)
+    m = metric("confusion_matrix", num_classes=10)
+    evaluate_model(built.backbone, built.criterion, loader, {"confusion_matrix": m}, torch.device("cpu"),
+                   contextlib.nullcontext, DistEnv(), "val")
+    np.testing.assert_array_equal(image, m.image())
+    tb = run_dir / "tb"
+    config = (tb / "projector_config.pbtxt").read_text()
+    vectors = np.loadtxt(tb / re.search(r'tensor_path: "([^"]+)"', config).group(1), delimiter="\t", ndmin=2)
+    labels = (tb / re.search(r'metadata_path: "([^"]+)"', config).group(1)).read_text().split()
+    assert vectors.shape == (len(built.val_data), 10)
+    assert sorted(labels) == sorted(str(t) for t in built.splits.val.targets)
