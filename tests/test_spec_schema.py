@@ -22,6 +22,11 @@ from helpers_plugins import REPO, make_example_dist, run_plugtrain
 from plugtrain.core.registry import get_registry, reset_registry
 from plugtrain.core.schema import build_schema
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 TAPLO = Path(sys.executable).parent / "taplo"
 SPECS = REPO / "tests" / "specs"
 SHIPPED = sorted((REPO / "specs").glob("*.toml"))
@@ -263,3 +268,63 @@ def test_the_repository_taplo_config_validates_specs_with_the_generated_schema(c
     (tmp_path / "specs" / "zz-bad.toml").write_text(SPEC_HEAD.replace('"resnet18"', '"resnet19"'))
     proc = taplo(cwd=tmp_path, config=True)
     assert proc.returncode != 0 and '"resnet19" is not one of' in proc.stdout + proc.stderr
+
+
+# -- a plugin's components: taplo and `plugtrain check` agree -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clash_registry(tmp_path_factory):
+    """Built-ins plus two plugins that both register a loss ``Shared`` and one whose loss takes context and
+    ``**kwargs``: a Registry of their real entry points (the process-wide one is left alone)."""
+    import importlib.metadata
+
+    from helpers_plugins import build_plugin_dists
+
+    from plugtrain.core import hookspecs
+    from plugtrain.core.registry import Registry
+
+    dists = build_plugin_dists(tmp_path_factory.mktemp("plugins"))
+    paths = [str(p) for p in dists["clash"] + dists["context"]]
+    saved = list(sys.path)
+    sys.path[:0] = paths
+    try:
+        eps = [ep for ep in importlib.metadata.distribution("plugtrain").entry_points
+               if ep.group == hookspecs.ENTRY_POINT_GROUP]
+        for dist in importlib.metadata.distributions(path=paths):
+            eps += [ep for ep in dist.entry_points if ep.group == hookspecs.ENTRY_POINT_GROUP]
+        registry = Registry(entry_points=eps, warn=lambda _: None)
+        registry.components("losses")  # import the plugin modules while they are on the path
+        yield registry
+    finally:
+        sys.path[:] = saved
+
+
+LOSSES = {  # loss table -> whether it is valid
+    '{ name = "clasha:Shared", alpha = 2 }': True,
+    '{ name = "clashb:Shared", beta = 2.5 }': True,
+    '{ name = "clashb:Shared", alpha = 2 }': False,  # alpha is plugin A's parameter
+    '{ name = "Shared" }': False,  # ambiguous: check says which to write, the schema lists only the qualified names
+    '{ name = "ctx-loss", scale = 1.0, mode = "b" }': True,
+    '{ name = "ctx-loss" }': False,  # scale is required
+    '{ name = "ctx-loss", scale = 1.0, mode = "c" }': False,
+    '{ name = "ctx-loss", scale = 1.0, num_classes = 3 }': False,  # context: supplied at run time
+    '{ name = "kwargs-loss", anything = [1, "a"] }': True,  # **kwargs takes any key
+    '{ name = "kwargs-loss", weight = "heavy" }': False,
+}
+
+
+def test_taplo_and_check_agree_on_plugin_parameters(clash_registry, tmp_path):
+    from plugtrain.core.spec.validate import validate
+
+    schema_file = tmp_path / "schema.json"
+    schema_file.write_text(json.dumps(build_schema(clash_registry)))
+    head = tomllib.loads(SPEC_HEAD)
+    for i, (table, valid) in enumerate(LOSSES.items()):
+        loss = tomllib.loads(f"loss = {table}")["loss"]
+        by_check = [p.message for p in validate({**head, "loss": loss}, clash_registry) if not p.warning]
+        assert (not by_check) is valid, (table, by_check)
+        spec = tmp_path / f"loss{i}.toml"
+        spec.write_text(f"loss = {table}\n" + SPEC_HEAD.replace('[loss]\nname = "CrossEntropy"\n', ""))
+        proc = taplo("--schema", schema_file.as_uri(), spec.name, cwd=tmp_path)
+        assert (proc.returncode == 0) is valid, (table, proc.stdout + proc.stderr)

@@ -74,6 +74,7 @@ class _Builder:
     def __init__(self, registry: Any) -> None:
         self.registry = registry
         self.definitions: dict[str, Any] = {}
+        self._counts: dict[str, dict[str, int]] = {}
 
     # -- plain sections ----------------------------------------------------------------------------------------------
     def plain(self, cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -82,14 +83,20 @@ class _Builder:
                 "description": (cls.__doc__ or cls.__name__).strip().split("\n")[0]}
 
     # -- components --------------------------------------------------------------------------------------------------
+    def spec_name(self, kind: str, comp: Any) -> str:
+        """The name a spec gives ``comp``: its own, or ``PLUGIN:name`` where plugins clash on the name (plain
+        ``name`` is then ambiguous, and ``plugtrain check`` rejects it)."""
+        if kind not in self._counts:
+            counts: dict[str, int] = {}
+            for c in self.registry.components(kind):
+                counts[c.name] = counts.get(c.name, 0) + 1
+            self._counts[kind] = counts
+        return comp.qualified_name if self._counts[kind][comp.name] > 1 else comp.name
+
     def names(self, kind: str) -> list[str]:
         comps = self.registry.components(kind)
-        names = sorted({c.name for c in comps}, key=str.lower)
-        counts: dict[str, int] = {}
-        for c in comps:
-            counts[c.name] = counts.get(c.name, 0) + 1
-        names += sorted(c.qualified_name for c in comps if counts[c.name] > 1)
-        return names
+        unique = sorted({c.name for c in comps if self.spec_name(kind, c) == c.name}, key=str.lower)
+        return unique + sorted(c.qualified_name for c in comps if self.spec_name(kind, c) != c.name)
 
     def param_schema(self, kind: str, comp: Any, p: Any) -> dict[str, Any] | bool:
         if kind == "augmentations" and p.name == "transforms":
@@ -126,9 +133,10 @@ class _Builder:
             if not comp.accepts_any_kwargs:
                 then["additionalProperties"] = False
             key = json.dumps(then, sort_keys=True, default=repr)
-            by_then.setdefault(key, (then, []))[1].append(comp.name)
+            name = self.spec_name(kind, comp)
+            by_then.setdefault(key, (then, []))[1].append(name)
             if required:
-                by_req.setdefault(json.dumps(required), (required, []))[1].append(comp.name)
+                by_req.setdefault(json.dumps(required), (required, []))[1].append(name)
 
         def cond(names: list[str]) -> dict[str, Any]:
             return {"properties": {name_key: {"enum": sorted(set(names))}}, "required": [name_key]}
