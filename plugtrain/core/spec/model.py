@@ -21,6 +21,8 @@ DEFAULT_METRICS: dict[str, list[str]] = {
     "regression": ["mae", "rmse", "r2", "parity_plot"],
     "metric_learning": ["precision_at_1", "recall_at_1", "map_at_r", "embeddings"],
 }
+#: Metrics that are better when lower: a primary metric named so defaults to ``mode = "min"``.
+MIN_METRICS = frozenset({"loss", "mae", "mse", "rmse", "error", "epoch_time"})
 DEFAULT_PRIMARY: dict[str, tuple[str, str]] = {
     "classification": ("val/accuracy", "max"),
     "regression": ("val/mae", "min"),
@@ -207,7 +209,13 @@ class RunSpec:
 
     @property
     def mode(self) -> str:
-        return self.run.mode or DEFAULT_PRIMARY[self.run.task][1]
+        """``run.mode``, else guessed from the primary metric: ``min`` for losses and errors, ``max`` otherwise."""
+        if self.run.mode:
+            return self.run.mode
+        if self.run.primary_metric is None:
+            return DEFAULT_PRIMARY[self.run.task][1]
+        leaf = self.run.primary_metric.rsplit("/", 1)[-1].lower()
+        return "min" if leaf in MIN_METRICS or leaf.endswith(("loss", "error")) else "max"
 
     @property
     def metric_specs(self) -> list[ComponentSpec]:
