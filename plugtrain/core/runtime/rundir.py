@@ -184,4 +184,6 @@ def write_env(run_dir: Path, env: dict[str, Any], resumed_from: Path | None = No
         if isinstance(old, dict):
             old.setdefault("resumes", []).append({**env, "checkpoint": str(resumed_from)})
             env = old
+    elif resumed_from is not None:  # --resume PATH into a new run directory: say where it started from
+        env = {**env, "resumed_from": str(resumed_from)}
     _write_text(path, json.dumps(env, indent=2, default=str) + "\n")

@@ -1,0 +1,25 @@
+"""The optimisation direction of the primary metric when the spec does not say (``run.mode`` unset)."""
+
+from pathlib import Path
+
+import pytest
+
+from plugtrain.core.spec import load_spec
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "specs" / "quickstart.toml"
+
+
+@pytest.mark.parametrize(
+    ("metric", "mode"),
+    [("val/loss", "min"), ("val/mae", "min"), ("val/rmse", "min"), ("val_ema/loss", "min"),
+     ("val/accuracy", "max"), ("val/f1_macro", "max"), ("val/r2", "max")],
+)
+def test_mode_follows_the_primary_metric(metric: str, mode: str) -> None:
+    spec = load_spec(QUICKSTART, [f'run.primary_metric="{metric}"'])
+    spec.run.mode = None  # the quickstart says mode = "max"; here the spec leaves it out
+    assert spec.mode == mode
+
+
+def test_an_explicit_mode_wins() -> None:
+    spec = load_spec(QUICKSTART, ['run.primary_metric="val/loss"', 'run.mode="max"'])
+    assert spec.mode == "max"
