@@ -153,16 +153,16 @@ def _text_size(draw: Any, text: str, font: Any) -> tuple[int, int]:
 
 def confusion_matrix_geometry(num_classes: int) -> tuple[int, int, int]:
     """``(left, top, cell)``: where cell ``(true i, predicted j)`` of :func:`render_confusion_matrix` starts, as
-    ``(left + j * cell, top + i * cell)``, and its size in pixels."""
-    cell = max(6, min(48, 480 // max(num_classes, 1)))
+    ``(left + j * cell, top + i * cell)``, and its size in pixels (480 pixels in all, at most 48 a cell)."""
+    cell = max(1, min(48, 480 // max(num_classes, 1)))
     return 48, 44, cell
 
 
 def render_confusion_matrix(matrix: Any) -> Any:
     """An ``HxWx3`` uint8 picture of a confusion matrix (rows: true class, columns: predicted class).
 
-    A cell's colour is its share of the row (white 0 to dark blue 1: the per-class recall on the diagonal); the counts
-    are written in the cells while they fit.
+    A cell's colour is its share of the row (white 0 to dark blue 1: the per-class recall on the diagonal); cells are
+    outlined from 6 pixels and hold their counts from 20 pixels up (24 classes or fewer).
     """
     import numpy as np
     from PIL import Image, ImageDraw
@@ -171,27 +171,29 @@ def render_confusion_matrix(matrix: Any) -> Any:
     c = int(m.shape[0])
     left, top, cell = confusion_matrix_geometry(c)
     size = c * cell
-    width = max(left + size + 16, 360)
-    height = top + size + 28
-    img = Image.new("RGB", (width, height), _WHITE)
-    draw = ImageDraw.Draw(img)
-    font = _font(11)
+    canvas = np.full((top + size + 28, max(left + size + 16, 360), 3), 255, dtype=np.uint8)
     rows = m.sum(axis=1, keepdims=True)
     share = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
     white, dark = np.asarray(_WHITE, dtype=np.float64), np.asarray(_DARK, dtype=np.float64)
-    show_counts = cell >= 20
-    for i in range(c):
-        for j in range(c):
-            colour = tuple(int(round(v)) for v in white + share[i, j] * (dark - white))
-            x, y = left + j * cell, top + i * cell
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour, outline=(220, 220, 220))
-            if show_counts and m[i, j]:
-                text = str(int(m[i, j]))
-                tw, th = _text_size(draw, text, font)
-                if tw < cell - 2:
-                    ink = _WHITE if share[i, j] > 0.5 else _INK
-                    draw.text((x + (cell - tw) / 2, y + (cell - th) / 2 - 2), text, fill=ink, font=font)
-    step = max(1, int(np.ceil(16 / cell)))
+    colours = np.rint(white + share[..., None] * (dark - white)).astype(np.uint8)  # (c, c, 3)
+    cells = np.broadcast_to(colours[:, None, :, None, :], (c, cell, c, cell, 3)).copy()
+    if cell >= 6:
+        for edge in (0, -1):
+            cells[:, edge] = 220
+            cells[:, :, :, edge] = 220
+    canvas[top:top + size, left:left + size] = cells.reshape(size, size, 3)
+    img = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(img)
+    font = _font(11)
+    if cell >= 20:
+        for i, j in zip(*np.nonzero(m), strict=True):
+            text = str(int(m[i, j]))
+            tw, th = _text_size(draw, text, font)
+            if tw < cell - 2:
+                x, y = left + j * cell, top + i * cell
+                ink = _WHITE if share[i, j] > 0.5 else _INK
+                draw.text((x + (cell - tw) / 2, y + (cell - th) / 2 - 2), text, fill=ink, font=font)
+    step = max(1, int(np.ceil(16 / cell)), int(np.ceil(c / 30)))
     for k in range(0, c, step):
         text = str(k)
         tw, th = _text_size(draw, text, font)
@@ -259,7 +261,8 @@ def render_parity_plot(targets: Any, preds: Any) -> Any:
         _, y = to_pixel(lo, value)
         draw.line([x0 - 4, y, x0, y], fill=_INK)
         draw.text((x0 - tw - 7, y - th / 2 - 2), label, fill=_INK, font=font)
-    for a, b in zip(t.tolist(), p.tolist(), strict=True):
+    drawn = np.linspace(0, t.size - 1, min(t.size, 20000)).astype(int) if t.size else np.zeros(0, dtype=int)
+    for a, b in zip(t[drawn].tolist(), p[drawn].tolist(), strict=True):  # at most 20,000 points drawn
         x, y = to_pixel(a, b)
         draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=_POINT)
     tw, _ = _text_size(draw, "target", font)
