@@ -211,16 +211,12 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def rss_mb(pid: int, tree: bool = False) -> float:
-    """Resident memory of ``pid`` in MB (``tree``: plus its descendants, e.g. DataLoader workers; pages shared
-    after fork are counted once per process, so this over-counts, the same way for every sample)."""
-    total = _status_kb(pid, "VmRSS")
-    if tree:
-        for c in _children(pid):
-            total += rss_mb(c, tree=True) * 1024
-    return total / 1024
-
-
-def peak_rss_mb(pid: int) -> float:
-    """The high-water mark of ``pid``'s resident memory (``VmHWM``), in MB."""
-    return _status_kb(pid, "VmHWM") / 1024
+def tree_rss(pid: int) -> tuple[float, float, int]:
+    """``(RSS of pid, RSS of pid and its descendants (DataLoader workers), number of processes)``, in MB. Pages
+    shared after fork count once per process, so the tree over-counts, the same way for every sample."""
+    main = _status_kb(pid, "VmRSS") / 1024
+    total, count = main, 1
+    for c in _children(pid):
+        _, sub, n = tree_rss(c)
+        total, count = total + sub, count + n
+    return main, total, count

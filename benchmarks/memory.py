@@ -21,22 +21,22 @@ import subprocess
 import sys
 import time
 
-from _common import BENCH_DIR, ROOT, VENV_BIN, child_env, finish, machine, main_args, row, rss_mb, temp_dir
+from _common import BENCH_DIR, ROOT, VENV_BIN, child_env, finish, machine, main_args, row, temp_dir, tree_rss
 
 GOAL = 1.02
 
 
-def run_sampled(argv: list[str], env: dict[str, str]) -> tuple[float, list[tuple[float, float]], float]:
-    """Run ``argv``; at each ``epoch N/M ... train/loss=`` line sample RSS (main, tree).
-    Returns ``(peak MB, [(main MB, tree MB) per epoch], seconds)``."""
+def run_sampled(argv: list[str], env: dict[str, str]) -> tuple[float, list[tuple[float, float, int]], float]:
+    """Run ``argv``; at each ``epoch N/M ... train/loss=`` line sample RSS.
+    Returns ``(peak MB, [(main MB, tree MB, processes) per epoch], seconds)``."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, float, int]] = []
     lines: list[str] = []
     for line in proc.stdout:
         lines.append(line)
         if line.startswith("epoch ") and "train/loss=" in line:
-            samples.append((rss_mb(proc.pid), rss_mb(proc.pid, tree=True)))
+            samples.append(tree_rss(proc.pid))
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read()
@@ -45,10 +45,14 @@ def run_sampled(argv: list[str], env: dict[str, str]) -> tuple[float, list[tuple
     return usage.ru_maxrss / 1024, samples, time.perf_counter() - t0
 
 
-def growth(samples: list[tuple[float, float]], which: int) -> float:
-    """RSS after the last epoch / RSS after epoch 2 (epoch 1 when there is only one more)."""
+def growth(samples: list[tuple[float, float, int]], which: int) -> float:
+    """RSS after the last epoch / RSS after epoch 2 (epoch 1 when there are only 2). For the tree, the last sample
+    with as many processes as at epoch 2 (after its last line a process may already be stopping its workers)."""
     base = samples[1] if len(samples) > 2 else samples[0]
-    return samples[-1][which] / base[which]
+    last = samples[-1]
+    if which == 1:
+        last = next(s for s in reversed(samples) if s[2] == base[2])
+    return last[which] / base[which]
 
 
 def main() -> None:
@@ -67,7 +71,7 @@ def main() -> None:
         p_peak, p_samples, p_s = run_sampled(ours, env)
     for name, samples, seconds in (("bare", b_samples, b_s), ("plugtrain", p_samples, p_s)):
         print(f"  {name} ({seconds:.0f} s): RSS per epoch, main / with workers (MB): "
-              + ", ".join(f"{m:.0f}/{t:.0f}" for m, t in samples), flush=True)
+              + ", ".join(f"{m:.0f}/{t:.0f} ({n} processes)" for m, t, n in samples), flush=True)
     if len(p_samples) != epochs or len(b_samples) != epochs:
         raise RuntimeError(f"expected {epochs} epoch lines, got {len(b_samples)} (bare) and {len(p_samples)}")
     rows = [row("memory", "peak RSS, quickstart (largest process)", b_peak, p_peak, "MB", None)]
