@@ -123,8 +123,9 @@ def _train_one(path: str, overrides: list[str], resume: str | None, overwrite: b
             return _dry_run(trainer)
         if plan.note:
             console.echo(f"note: {plan.note}")
-        _open_run_dir(trainer, plan, spec)
+        _open_run_dir(trainer, plan, spec, state)
         _banner(trainer, plan)
+        _report_data_problems(built)
         with _signals(trainer):
             final = trainer.fit()
     finally:
@@ -133,8 +134,11 @@ def _train_one(path: str, overrides: list[str], resume: str | None, overwrite: b
     return 0
 
 
-def _open_run_dir(trainer: Any, plan: rundir.Plan, spec: Any) -> None:
-    """Create the run directory (rank 0), write spec.toml and env.json, build the loggers; undo on failure."""
+def _open_run_dir(trainer: Any, plan: rundir.Plan, spec: Any, state: dict[str, Any] | None = None) -> None:
+    """Create the run directory (rank 0), write spec.toml and env.json, build the loggers; undo on failure.
+
+    On a resume, rank 0 first cleans up after a process that was killed while saving: temporary files of dead
+    processes are removed and ``best.pt`` / ``epoch-NNNN.pt`` re-linked when they missed the last save."""
     dist = trainer.dist
     created = False
     dist.barrier()  # every rank has planned against the same directory state
@@ -142,6 +146,8 @@ def _open_run_dir(trainer: Any, plan: rundir.Plan, spec: Any) -> None:
         spec_dict = to_dict(spec)
         if dist.is_main:
             created = rundir.prepare(plan)
+            if plan.mode == "resume":
+                _repair_after_crash(plan, state)
             rundir.write_spec(plan.run_dir, spec_dict)
             env = rundir.environment(dist.world_size, spec.source)
             rundir.write_env(plan.run_dir, env, plan.checkpoint if plan.mode == "resume" else None)
@@ -156,6 +162,41 @@ def _open_run_dir(trainer: Any, plan: rundir.Plan, spec: Any) -> None:
         if created:
             rundir.discard(plan.run_dir)
         raise
+
+
+def _repair_after_crash(plan: rundir.Plan, state: dict[str, Any] | None) -> None:
+    ckpt_dir = plan.run_dir / rundir.CHECKPOINTS
+    removed = ckpt.remove_stale_temporaries(ckpt_dir) + ckpt.remove_stale_temporaries(plan.run_dir)
+    if removed:
+        console.echo(f"note: removed {len(removed)} partial checkpoint file(s) left by an interrupted save: "
+                     + ", ".join(removed))
+    last = ckpt_dir / "last.pt"
+    if state is not None and plan.checkpoint is not None and last.is_file() and Path(plan.checkpoint).is_file() \
+            and os.path.samefile(plan.checkpoint, last):
+        repaired = ckpt.repair_copies(last, state)
+        if repaired:
+            console.echo(f"note: {', '.join(repaired)} missed the last save before the interruption; re-linked to "
+                         "last.pt")
+
+
+def _report_data_problems(built: Any) -> None:
+    """What the dataset dropped or noticed while indexing (``on_error = "skip"``): never silent."""
+    splits = built.splits
+    shown = 0
+    for name in ("train", "val", "test"):
+        split = getattr(splits, name, None)
+        if split is None:
+            continue
+        skipped = int(getattr(split, "skipped", 0) or 0)
+        problems = list(getattr(split, "problems", None) or [])
+        if skipped:
+            console.echo(f"data: {name} split: {skipped} sample(s) skipped while indexing (data.on_error = \"skip\")")
+        for where, what in problems:
+            if shown < 20:
+                console.echo(f"data: {name} split: {where}: {what}")
+            shown += 1
+    if shown > 20:
+        console.echo(f"data: ... and {shown - 20} more problem(s)")
 
 
 def _banner(trainer: Any, plan: rundir.Plan) -> None:

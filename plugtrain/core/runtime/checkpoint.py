@@ -5,12 +5,18 @@ A checkpoint is a dict (see :meth:`plugtrain.core.runtime.trainer.Trainer.state_
 target with :func:`os.replace`, and the directory is fsync'ed: a crash at any moment leaves either the previous file
 or the new one, never a torn one. Copies (``best.pt``, ``epoch-NNNN.pt``) are hard links to the file just written
 when the filesystem allows it, so that a checkpoint is serialised once per save.
+
+A process killed in the middle of a save leaves its temporary file (``.last.pt.tmp-<pid>``) behind and the previous
+checkpoint untouched; :func:`remove_stale_temporaries` deletes such files of dead processes when a run resumes, and
+:func:`repair_copies` re-links ``best.pt`` / ``epoch-NNNN.pt`` when the process died between writing ``last.pt`` and
+linking its copies.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +98,72 @@ def copy_atomic(src: Path, dst: Path) -> None:
             os.fsync(f.fileno())
     os.replace(tmp, dst)
     _fsync_dir(dst.parent)
+
+
+_TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: Path) -> list[str]:
+    """Delete ``.NAME.tmp-PID`` files (from :func:`save_atomic` / :func:`copy_atomic`) of processes that are gone.
+
+    Such a file is what a process killed in the middle of a save leaves behind; it was never renamed over its
+    target, so it holds nothing that a checkpoint does not. Returns the names removed.
+    """
+    removed = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for p in sorted(entries):
+        m = _TEMPORARY.match(p.name)
+        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        try:
+            p.unlink()
+        except OSError:
+            continue
+        removed.append(p.name)
+    return removed
+
+
+def repair_copies(last: Path, state: dict[str, Any]) -> list[str]:
+    """Re-link ``best.pt`` and the newest ``epoch-NNNN.pt`` to ``last`` when ``state`` (loaded from ``last``) says
+    they must be the same checkpoint but they are not: the process died after writing ``last.pt`` at the end of an
+    epoch and before linking its copies. Returns the names repaired."""
+    last = Path(last)
+    step = state.get("global_step")
+    if int(state.get("batch_in_epoch", 0) or 0) != 0:  # a mid-epoch last.pt has no copies
+        return []
+    names = []
+    if (state.get("best") or {}).get("global_step") == step:
+        names.append("best.pt")
+    epoch_files = state.get("epoch_checkpoints") or []
+    if epoch_files and epoch_files[-1][0] == f"epoch-{int(state.get('epoch', 0)):04d}.pt":
+        names.append(epoch_files[-1][0])
+    repaired = []
+    for name in names:
+        dst = last.with_name(name)
+        if dst.is_file():
+            if os.path.samefile(dst, last):
+                continue
+            try:
+                if load(dst).get("global_step") == step:
+                    continue
+            except PlugtrainError:
+                pass  # unreadable: replace it
+        copy_atomic(last, dst)
+        repaired.append(name)
+    return repaired
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:

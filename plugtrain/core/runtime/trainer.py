@@ -284,6 +284,7 @@ class Trainer:
         for batch in self.train_loader:
             b = self.batch_in_epoch
             self._epoch_skipped += len(batch["skipped"])
+            self._skipped_files += batch["skipped"][:max(5 - len(self._skipped_files), 0)]
             images = batch_images(batch, "train")
             group = b - b % accum
             group_size = min(accum, n - group)
@@ -387,6 +388,7 @@ class Trainer:
         self._loss_count = torch.zeros((), dtype=torch.float64, device=self.device)
         self._epoch_samples = 0
         self._epoch_skipped = 0
+        self._skipped_files: list[str] = []  # the first few, for the end-of-epoch message (this rank's)
         self._train_time = 0.0
 
     def _reset_interval(self) -> None:
@@ -481,7 +483,9 @@ class Trainer:
         self.epoch, self.batch_in_epoch = e, 0
         self.history.append(metrics)
         if skipped:
-            self.progress.message(f"epoch {e}: skipped {skipped} unreadable sample(s) (data.on_error = \"skip\")")
+            files = ", ".join(self._skipped_files) + (", ..." if skipped > len(self._skipped_files) else "")
+            self.progress.message(f"epoch {e}: skipped {int(skipped)} unreadable sample(s) (data.on_error = \"skip\")"
+                                  + (f": {files}" if self._skipped_files else ""))
         for logger in self.loggers:
             logger.log_metrics(dict(metrics), self.global_step)
         self._save_epoch_checkpoints(metrics)
