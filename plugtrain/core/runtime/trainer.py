@@ -619,20 +619,28 @@ class Trainer:
             return None
         if not checked:
             self._check_interval()  # no NaN since the last check
-        rngs = self.dist.gather_objects(ckpt.rng_state(self.device))
+        per_rank = self.dist.gather_objects({"rng": ckpt.rng_state(self.device), "epoch_state": self._epoch_state()})
         if not self.dist.is_main:
             return None
         finite = torch.stack([torch.isfinite(p).all() for p in self.backbone.parameters()]).all()
         if not bool(finite):
             self._fail_non_finite("the model's parameters became non-finite")
         path = self._ckpt_dir / "last.pt"
-        state = self.state_dict(rngs)
+        state = self.state_dict([r["rng"] for r in per_rank], [r["epoch_state"] for r in per_rank])
         ckpt.check_plain(state)
         ckpt.save_atomic(state, path)
         return path
 
-    def state_dict(self, rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def _epoch_state(self) -> dict[str, Any]:
+        """This rank's running sums of the epoch in progress (each rank has its own; all are checkpointed)."""
+        return {"loss_sum": self._loss_sum.detach().cpu(), "loss_count": self._loss_count.detach().cpu(),
+                "samples": self._epoch_samples, "skipped": self._epoch_skipped, "train_time": self._train_time}
+
+    def state_dict(self, rngs: list[dict[str, Any]] | None = None,
+                   epoch_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         from plugtrain import __version__
+
+        epoch_states = epoch_states or [self._epoch_state()]
 
         b = self.built
         state: dict[str, Any] = {
@@ -656,13 +664,8 @@ class Trainer:
             "rng": rngs or [ckpt.rng_state(self.device)],
             "sampler": {"seed": self.spec.run.seed, "batch_size": self.spec.data.batch_size,
                         "world_size": self.dist.world_size},
-            "epoch_state": {
-                "loss_sum": self._loss_sum.detach().cpu(),
-                "loss_count": self._loss_count.detach().cpu(),
-                "samples": self._epoch_samples,
-                "skipped": self._epoch_skipped,
-                "train_time": self._train_time,
-            },
+            "epoch_state": epoch_states[0],
+            "epoch_states": epoch_states,  # per rank: a mid-epoch resume continues every rank's own sums
             "best": self.best,
             "epoch_checkpoints": self.epoch_checkpoints,
             "history": self.history,
@@ -733,8 +736,8 @@ class Trainer:
         self.epoch_checkpoints = [list(e) for e in state.get("epoch_checkpoints") or []]
         self.history = list(state.get("history") or [])
         self.metrics = dict(self.history[-1]) if self.history else {}
-        es = state.get("epoch_state") or {}
         self._reset_epoch_state()
+        es = self._rank_epoch_state(state)
         if self.batch_in_epoch and es:
             self._loss_sum = es["loss_sum"].to(self.device, torch.float64)
             self._loss_count = es["loss_count"].to(self.device, torch.float64)
@@ -755,6 +758,20 @@ class Trainer:
             same_world = int((state.get("meta") or {}).get("world_size", 1)) == self.dist.world_size
             self._rng_to_restore = rngs[self.dist.rank] if same_world and self.dist.rank < len(rngs) else None
         self.resumed_from = source
+
+    def _rank_epoch_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """This rank's share of the checkpoint's epoch-in-progress sums: its own when the world size is the same;
+        otherwise rank 0 takes the totals and the other ranks start from zero (the epoch's totals stay right)."""
+        states = state.get("epoch_states") or ([state["epoch_state"]] if state.get("epoch_state") else [])
+        if not states:
+            return {}
+        if len(states) == self.dist.world_size:
+            return states[self.dist.rank]
+        if self.dist.rank:
+            return {}
+        return {"loss_sum": sum(e["loss_sum"] for e in states), "loss_count": sum(e["loss_count"] for e in states),
+                "samples": sum(int(e["samples"]) for e in states), "skipped": sum(int(e["skipped"]) for e in states),
+                "train_time": max(float(e["train_time"]) for e in states)}
 
     # -- callbacks and loggers -------------------------------------------------------------------------------------
     def _call(self, hook: str, *args: Any) -> None:
