@@ -256,8 +256,12 @@ def test_same_key_same_augmentation(tmp_path):
 
 # -- train / val pipelines, resize and normalize ---------------------------------------------------------------------
 def test_train_and_val_pipelines_resize_and_normalize(tmp_path):
+    import torch
+
     from plugtrain.core.runtime.build import build_run
     from plugtrain.core.runtime.distributed import DistEnv
+    from plugtrain.core.runtime.loader import Collate
+    from plugtrain.core.runtime.trainer import ModelInput
     from plugtrain.core.spec import load_spec
 
     body = """[augmentations]
@@ -267,16 +271,21 @@ val = [{ name = "VerticalFlip", p = 1.0 }]
     path = write_spec(tmp_path, body)
     built = build_run(load_spec(path), DistEnv(), purpose="eval")
     names = [type(t).__name__ for t in built.train_transform.transforms]
-    assert names == ["HorizontalFlip", "Resize", "Normalize"]
-    assert [type(t).__name__ for t in built.val_transform.transforms] == ["VerticalFlip", "Resize", "Normalize"]
+    assert names == ["HorizontalFlip", "Resize"]  # normalisation is per batch, on the device
+    assert [type(t).__name__ for t in built.val_transform.transforms] == ["VerticalFlip", "Resize"]
     raw, _ = built.splits.val[0]  # 32x32x1 uint8 (digits upscaled 4x)
     x, _ = built.val_data[(0, 0)]
-    assert tuple(x.shape) == (1, 16, 16) and x.dtype.is_floating_point
+    assert tuple(x.shape) == (1, 16, 16) and x.dtype == torch.uint8  # raw pixels up to the collate
     import albumentations as A
 
-    expected = A.Resize(16, 16)(image=raw[::-1].copy())["image"].astype(np.float32) / 255.0
-    np.testing.assert_allclose(x.numpy()[0], (expected[..., 0] - 0.5) / 0.5, atol=1e-5)  # flipped, resized, scaled
+    expected = A.Resize(16, 16)(image=raw[::-1].copy())["image"]
+    np.testing.assert_array_equal(x.numpy()[0], expected[..., 0])  # flipped, resized
+    model_input = ModelInput.for_spec(built.spec, built.in_chans, torch.device("cpu"))
+    batch = model_input(x[None])
+    assert batch.dtype == torch.float32
+    np.testing.assert_allclose(batch.numpy()[0, 0], (expected[..., 0] / 255.0 - 0.5) / 0.5, atol=1e-5)  # scaled
     t, _ = built.train_data[(0, 0)]
+    t = model_input(t[None])
     assert float(t.min()) >= -1.0 and float(t.max()) <= 1.0
 
     built = build_run(load_spec(path, ["augmentations.resize=false", "augmentations.normalize=false"]), DistEnv(),
@@ -288,6 +297,31 @@ val = [{ name = "VerticalFlip", p = 1.0 }]
     np.testing.assert_array_equal(v, raw[::-1])
     t, _ = built.train_data[(0, 0)]
     np.testing.assert_array_equal(t, built.splits.train[0][0][:, ::-1])
+    images = Collate()([built.val_data[(0, 0)]])["images"]  # the model gets the raw values as float
+    x = ModelInput.for_spec(built.spec, built.in_chans, torch.device("cpu"))(images)
+    assert x.dtype == torch.float32 and x.shape == (1, 1, 32, 32)
+    np.testing.assert_array_equal(x.numpy()[0, 0], raw[::-1, :, 0].astype(np.float32))
+
+
+def test_no_pipeline_when_there_is_nothing_to_do(tmp_path):
+    """No transforms and no resize: no pipeline at all (nothing seeded or called per sample); the sample is the
+    decoded image as a uint8 CHW tensor, normalised per batch like any other."""
+    import torch
+
+    from plugtrain.core.runtime.build import build_run
+    from plugtrain.core.runtime.distributed import DistEnv
+    from plugtrain.core.runtime.trainer import ModelInput
+    from plugtrain.core.spec import load_spec
+
+    body = '[augmentations]\nresize = false\nmean = [0.25]\nstd = [0.125]\ntrain = [{ name = "HorizontalFlip" }]\n'
+    built = build_run(load_spec(write_spec(tmp_path, body, "plain")), DistEnv(), purpose="eval")
+    assert built.val_transform is None and built.train_transform is not None
+    raw, _ = built.splits.val[3]
+    x, _ = built.val_data[(5, 3)]
+    assert x.dtype == torch.uint8 and tuple(x.shape) == (1, 32, 32)
+    np.testing.assert_array_equal(x.numpy()[0], raw[..., 0])
+    y = ModelInput.for_spec(built.spec, 1, torch.device("cpu"))(x[None])
+    np.testing.assert_allclose(y.numpy()[0, 0], (raw[..., 0] / 255.0 - 0.25) / 0.125, rtol=1e-6, atol=1e-5)
 
 
 # -- albumentations 1.x names --------------------------------------------------------------------------------------
@@ -380,6 +414,7 @@ def test_mixup_section_builds_timm_mixup_on_the_batches(tmp_path):
     from plugtrain.core.runtime.build import build_run
     from plugtrain.core.runtime.distributed import DistEnv
     from plugtrain.core.runtime.loader import Collate
+    from plugtrain.core.runtime.trainer import ModelInput
     from plugtrain.core.spec import load_spec
 
     body = "[mixup]\nmixup_alpha = 0.4\ncutmix_alpha = 0.0\nprob = 1.0\nlabel_smoothing = 0.0\n"
@@ -387,11 +422,12 @@ def test_mixup_section_builds_timm_mixup_on_the_batches(tmp_path):
     assert isinstance(built.mixup, Mixup)
     assert (built.mixup.mixup_alpha, built.mixup.cutmix_alpha, built.mixup.mix_prob) == (0.4, 0.0, 1.0)
     batch = Collate()([built.train_data[(0, i)] for i in range(16)])
+    normalised = ModelInput.for_spec(built.spec, built.in_chans, torch.device("cpu"))(batch["images"])
     torch.manual_seed(0)
-    images, targets = built.mixup(batch["images"].clone(), batch["targets"].clone())
+    images, targets = built.mixup(normalised.clone(), batch["targets"].clone())  # as the trainer: after normalising
     assert targets.shape == (16, 10) and torch.allclose(targets.sum(1), torch.ones(16))
     assert ((targets > 0).sum(1) >= 1).all() and (targets.max(1).values < 1).any()  # soft, mixed labels
-    assert not torch.equal(images, batch["images"])
+    assert not torch.equal(images, normalised)
 
 
 # -- dry run ---------------------------------------------------------------------------------------------------------

@@ -184,7 +184,7 @@ def test_classification_run_logs_a_confusion_matrix_each_validation(tmp_path, ca
     from plugtrain.core.runtime.build import build_run
     from plugtrain.core.runtime.distributed import DistEnv
     from plugtrain.core.runtime.loader import ShardedBatchSampler, make_loader
-    from plugtrain.core.runtime.trainer import evaluate_model
+    from plugtrain.core.runtime.trainer import ModelInput, evaluate_model
     from plugtrain.core.spec import load_spec
 
     body = '[loss]\nname = "CrossEntropy"\n'
@@ -205,8 +205,9 @@ def test_classification_run_logs_a_confusion_matrix_each_validation(tmp_path, ca
     loader = make_loader(built.val_data, ShardedBatchSampler(len(built.val_data), 16), 0, "raise", 0,
                          persistent_workers=False)
     m = metric("confusion_matrix", num_classes=10)
-    evaluate_model(built.backbone, built.criterion, loader, {"confusion_matrix": m}, torch.device("cpu"),
-                   __import__("contextlib").nullcontext, DistEnv(), "val")
+    evaluate_model(built.backbone, built.criterion, loader, {"confusion_matrix": m},
+                   ModelInput.for_spec(spec, built.in_chans, torch.device("cpu")), __import__("contextlib").nullcontext,
+                   DistEnv(), "val")
     assert int(m.matrix.sum()) == len(built.val_data)
     np.testing.assert_array_equal(images[-1][1], m.image())
 
@@ -259,7 +260,7 @@ def test_visual_metrics_gather_every_rank_under_torchrun(tmp_path):
     from plugtrain.core.runtime.build import build_run
     from plugtrain.core.runtime.distributed import DistEnv
     from plugtrain.core.runtime.loader import ShardedBatchSampler, make_loader
-    from plugtrain.core.runtime.trainer import evaluate_model
+    from plugtrain.core.runtime.trainer import ModelInput, evaluate_model
     from plugtrain.core.spec import load_spec
 
     body = '[loss]\nname = "CrossEntropy"\n\n[[metrics]]\nname = "accuracy"\n\n[[metrics]]\nname = ' \
@@ -284,8 +285,9 @@ def test_visual_metrics_gather_every_rank_under_torchrun(tmp_path):
     loader = make_loader(built.val_data, ShardedBatchSampler(len(built.val_data), 16), 0, "raise", 0,
                          persistent_workers=False)
     m = metric("confusion_matrix", num_classes=10)
-    evaluate_model(built.backbone, built.criterion, loader, {"confusion_matrix": m}, torch.device("cpu"),
-                   contextlib.nullcontext, DistEnv(), "val")
+    evaluate_model(built.backbone, built.criterion, loader, {"confusion_matrix": m},
+                   ModelInput.for_spec(spec, built.in_chans, torch.device("cpu")), contextlib.nullcontext, DistEnv(),
+                   "val")
     np.testing.assert_array_equal(image, m.image())
     tb = run_dir / "tb"
     config = (tb / "projector_config.pbtxt").read_text()

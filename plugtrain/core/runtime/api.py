@@ -244,8 +244,9 @@ def _signals(trainer: Any):  # noqa: ANN202
 
 
 # -- samples and dry run -----------------------------------------------------------------------------------------------
-def sample_grid(dataset: Any, count: int, mean: list[float], std: list[float], normalized: bool) -> Any:
-    """An ``HxWx3`` uint8 grid of the first ``count`` augmented training samples (epoch 0's augmentations)."""
+def sample_grid(dataset: Any, count: int) -> Any:
+    """An ``HxWx3`` uint8 grid of the first ``count`` augmented training samples (epoch 0's augmentations), drawn from
+    the raw pixel values the dataset yields (normalisation happens later, per batch on the device)."""
     import numpy as np
 
     from plugtrain.core.runtime.loader import Failed
@@ -257,15 +258,10 @@ def sample_grid(dataset: Any, count: int, mean: list[float], std: list[float], n
             continue
         image = item[0][0] if isinstance(item[0], list) else item[0]
         if hasattr(image, "detach"):  # a CHW tensor
-            x = image.detach().cpu().float().numpy().transpose(1, 2, 0)
-        else:  # an HWC array (normalize = false and no to-tensor step)
-            x = np.atleast_3d(np.asarray(image, dtype=np.float32))
-        if normalized:
-            c = x.shape[-1]
-            m = np.asarray((mean * c)[:c] if len(mean) == 1 else mean, dtype=np.float32)
-            s = np.asarray((std * c)[:c] if len(std) == 1 else std, dtype=np.float32)
-            x = (x * s + m) * 255.0
-        x = np.clip(x, 0, 255).astype(np.uint8)
+            x = image.detach().cpu().numpy().transpose(1, 2, 0)
+        else:  # an HWC array (normalize = false: no to-tensor step)
+            x = np.atleast_3d(np.asarray(image))
+        x = x if x.dtype == np.uint8 else np.clip(x, 0, 255).astype(np.uint8)
         if x.shape[-1] == 1:
             x = np.repeat(x, 3, axis=-1)
         tiles.append(x[..., :3])
@@ -289,8 +285,7 @@ def _save_samples(trainer: Any, where: Path) -> Path:
 
     b = trainer.built
     spec = b.spec
-    mean, std = build.normalization(spec, b.in_chans)
-    grid = sample_grid(b.train_data, spec.augmentations.save_samples, mean, std, spec.augmentations.normalize)
+    grid = sample_grid(b.train_data, spec.augmentations.save_samples)
     path = where / "samples-train.png"
     Image.fromarray(grid).save(path)
     for logger in trainer.loggers:
@@ -315,7 +310,7 @@ def _dry_run(trainer: Any) -> int:
     if images is None:
         raise PlugtrainError("[data] every sample of the first batch was skipped")
     targets = batch["targets"].to(trainer.device)
-    images = images.to(trainer.device, memory_format=trainer.memory_format)
+    images = trainer.model_input(images)
     trainer.train_net.train()
     with trainer.autocast():
         outputs, loss = trainer.train_net(images, targets)
@@ -380,7 +375,7 @@ def evaluate_command(run_dir: str, checkpoint: str = "best", split: str = "val",
     import torch
 
     from plugtrain.core.runtime.loader import ShardedBatchSampler, make_loader
-    from plugtrain.core.runtime.trainer import evaluate_model
+    from plugtrain.core.runtime.trainer import ModelInput, evaluate_model
 
     root, spec = _run_spec(run_dir)
     path = _checkpoint_path(root, checkpoint)
@@ -407,13 +402,14 @@ def evaluate_command(run_dir: str, checkpoint: str = "best", split: str = "val",
         return torch.autocast(env.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
     metrics = {k: m.to(env.device) for k, m in built.metrics.items()}
-    results, skipped = evaluate_model(model, criterion, loader, metrics, env.device, autocast, env, split)
+    model_input = ModelInput.for_spec(spec, built.in_chans, env.device)
+    results, skipped = evaluate_model(model, criterion, loader, metrics, model_input, autocast, env, split)
     if state.get("ema"):
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model)
         ema.load_state_dict(state["ema"])
-        ema_results, _ = evaluate_model(ema.module, criterion, loader, metrics, env.device, autocast, env,
+        ema_results, _ = evaluate_model(ema.module, criterion, loader, metrics, model_input, autocast, env,
                                         f"{split}_ema")
         results.update(ema_results)
     record = {"run_dir": str(root), "checkpoint": str(path), "epoch": state.get("epoch"),
@@ -454,6 +450,7 @@ def predict_command(run_dir: str, images: list[str], checkpoint: str = "best", t
     import torch
 
     from plugtrain.core.runtime.loader import AugmentedDataset, Collate
+    from plugtrain.core.runtime.trainer import ModelInput
 
     if top_k < 1:
         raise PlugtrainError(f"--top-k must be >= 1, got {top_k}")
@@ -480,8 +477,9 @@ def predict_command(run_dir: str, images: list[str], checkpoint: str = "best", t
     transform = build.build_transform(spec, "val", in_chans)
     data = AugmentedDataset(decoded, transform, spec.run.seed, "predict", to_tensor=spec.augmentations.normalize)
     batch = Collate("raise")([data[(0, i)] for i in range(len(data))])
+    model_input = ModelInput.for_spec(spec, in_chans, env.device)
     with torch.no_grad():
-        outputs = model(batch["images"].to(env.device)).float().cpu()
+        outputs = model(model_input(batch["images"])).float().cpu()
     results = []
     for img_path, out in zip(images, outputs, strict=True):
         if task == "regression":

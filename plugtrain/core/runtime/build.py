@@ -106,7 +106,9 @@ def build_augmentation(a: AugmentationSpec, where: str) -> Any:
 
 
 def build_transform(spec: RunSpec, split: str, in_chans: int) -> Any:
-    """The albumentations pipeline of ``split``: the spec's transforms, then Resize, Normalize (unless turned off)."""
+    """The albumentations pipeline of ``split``: the spec's transforms, then Resize (unless turned off); ``None`` when
+    that leaves nothing to do. Normalisation is not part of it: the trainer normalises whole batches on the device
+    (:class:`plugtrain.core.runtime.trainer.ModelInput`), so samples stay raw pixel values (``uint8``)."""
     import albumentations as A
 
     aug = spec.augmentations
@@ -116,8 +118,9 @@ def build_transform(spec: RunSpec, split: str, in_chans: int) -> Any:
     if aug.resize and size:
         transforms.append(A.Resize(height=size, width=size))
     if aug.normalize:
-        mean, std = normalization(spec, in_chans)
-        transforms.append(A.Normalize(mean=mean, std=std, max_pixel_value=255.0))
+        normalization(spec, in_chans)  # a mean / std that does not fit the images fails here, before anything runs
+    if not transforms:
+        return None
     try:
         return A.Compose(transforms, seed=spec.run.seed)
     except Exception as exc:  # noqa: BLE001
@@ -125,6 +128,8 @@ def build_transform(spec: RunSpec, split: str, in_chans: int) -> Any:
 
 
 def normalization(spec: RunSpec, in_chans: int) -> tuple[list[float], list[float]]:
+    """``augmentations.mean`` and ``std`` as fractions of 255 (0.5 per channel by default), checked against the
+    number of channels."""
     aug = spec.augmentations
     mean = list(aug.mean) if aug.mean is not None else [0.5] * in_chans
     std = list(aug.std) if aug.std is not None else [0.5] * in_chans

@@ -7,9 +7,12 @@ Every random choice of an epoch is a pure function of ``(seed, epoch, sample ind
   union of the ranks' batches is the batch one process with the whole global batch would see, so a 2-process run
   matches a 1-process run with the doubled batch. Starting at batch ``k`` of an epoch (mid-epoch resume) just skips
   the first ``k`` batches of the same order.
-* The sampler yields ``(epoch, index)`` keys and :class:`AugmentedDataset` seeds the albumentations pipeline of each
-  sample from ``(seed, epoch, index, view)``, so a sample's augmentation does not depend on which worker draws it, on
-  how many workers there are, or on whether the run was interrupted.
+* The sampler yields ``(epoch, index)`` keys and :class:`AugmentedDataset` sets the state of the albumentations
+  pipeline's generators from ``(seed, epoch, index, view)`` before each sample, so a sample's augmentation does not
+  depend on which worker draws it, on how many workers there are, or on whether the run was interrupted.
+
+Samples leave the dataset as raw pixel values (``uint8`` CHW tensors, or float where a transform made them float):
+normalisation is one tensor operation per batch on the device (:class:`plugtrain.core.runtime.trainer.ModelInput`).
 
 So resuming needs only the epoch and the batch position, never the state of a worker.
 """
@@ -25,6 +28,7 @@ import numpy as np
 from plugtrain.core.data import SampleError
 
 _MASK64 = (1 << 64) - 1
+_PCG_INC = 0x194A2C8E6D1F0B3A5C7E9D2F4B6A8C1F  # the (odd) stream increment of the per-sample PCG64 states
 
 
 def mix_seed(*parts: int) -> int:
@@ -162,10 +166,15 @@ class Failed:
 
 
 class AugmentedDataset:
-    """A torch map-style dataset over a split: decode (the split's ``__getitem__``), augment, to tensor.
+    """A torch map-style dataset over a split: decode (the split's ``__getitem__``), augment, to a CHW tensor.
 
-    Keys are ``(epoch, index)``. ``transform`` is an albumentations-compatible callable; before each call it gets
-    fresh generators seeded from ``(seed, epoch, index, view)`` through ``set_random_state`` (albumentations 2.x).
+    Keys are ``(epoch, index)``. ``transform`` is an albumentations-compatible callable, or ``None`` (nothing to do).
+    The first time a process augments, the dataset attaches one numpy ``Generator`` (PCG64) and one ``random.Random``
+    of its own to the pipeline with ``set_random_state`` (albumentations 2.x keeps them by reference, in nested
+    compositions too); before each sample it only sets their state from ``(seed, epoch, index, view)``. A worker
+    forked or spawned later has its own copies, so the augmentation stays a pure function of the key.
+    ``to_tensor`` turns an HWC array into a CHW tensor of the same values (``uint8`` stays ``uint8``; any other
+    dtype becomes ``float32``); without it the pipeline's output is returned as it is.
     A :class:`SampleError` becomes a :class:`Failed` marker, which the collate function skips or reports.
     """
 
@@ -189,6 +198,7 @@ class AugmentedDataset:
         self.label_map = label_map
         self.to_tensor = to_tensor
         self._seedable = transform is not None and hasattr(transform, "set_random_state")
+        self._rngs: tuple[np.random.Generator, random.Random] | None = None  # made on first use, in each process
 
     def __len__(self) -> int:
         return len(self.indices) if self.indices is not None else len(self.split)
@@ -213,18 +223,22 @@ class AugmentedDataset:
     def _augment(self, image: np.ndarray, epoch: int, index: int, view: int) -> Any:
         if self.transform is not None:
             if self._seedable:
-                s = mix_seed(self.seed, epoch, index, view)
-                self.transform.set_random_state(np.random.default_rng(s), random.Random(s))
+                self._seed(mix_seed(self.seed, epoch, index, view))
             image = self.transform(image=image)["image"]
         if self.to_tensor and isinstance(image, np.ndarray):
-            import torch
-
-            if image.ndim == 2:
-                image = image[..., None]
-            image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-            if not image.is_floating_point():
-                image = image.float()
+            image = chw_tensor(image)
         return image
+
+    def _seed(self, s: int) -> None:
+        """Put the pipeline's generators in the state that ``s`` names (a few microseconds; no new objects)."""
+        if self._rngs is None:
+            self._rngs = (np.random.Generator(np.random.PCG64()), random.Random())
+        gen, py = self._rngs
+        if getattr(self.transform, "random_generator", None) is not gen:  # first use, or another dataset shares it
+            self.transform.set_random_state(gen, py)
+        gen.bit_generator.state = {"bit_generator": "PCG64", "state": {"state": s, "inc": _PCG_INC},
+                                   "has_uint32": 0, "uinteger": 0}
+        py.seed(s)
 
 
 class Collate:
@@ -267,9 +281,19 @@ class Collate:
 def _stack(images: list[Any]) -> Any:
     import torch
 
-    if isinstance(images[0], np.ndarray):
-        images = [torch.from_numpy(np.ascontiguousarray(np.atleast_3d(im).transpose(2, 0, 1))).float() for im in images]
-    return torch.stack(images)
+    images = [chw_tensor(im) if isinstance(im, np.ndarray) else im for im in images]  # HWC: no to-tensor step
+    return torch.stack(images)  # uint8 with float samples mixed in: float32 (the model input normalises either)
+
+
+def chw_tensor(image: np.ndarray) -> Any:
+    """An HWC (or HW) array as a CHW tensor of the same values: ``uint8`` and ``float32`` kept, others ``float32``."""
+    import torch
+
+    a = np.ascontiguousarray(np.atleast_3d(image).transpose(2, 0, 1))
+    if not a.flags.writeable:  # a read-only view of the split's memory (no transform, one channel)
+        a = a.copy()
+    x = torch.from_numpy(a)
+    return x if x.dtype in (torch.uint8, torch.float32) else x.float()
 
 
 def _targets(targets: list[Any]) -> Any:

@@ -17,6 +17,7 @@ import contextlib
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 
 from plugtrain.core.errors import PlugtrainError, TrainingFailed
 from plugtrain.core.runtime import checkpoint as ckpt
-from plugtrain.core.runtime.build import Built, train_sampler
+from plugtrain.core.runtime.build import Built, normalization, train_sampler
 from plugtrain.core.runtime.distributed import DistEnv
 from plugtrain.core.runtime.loader import ShardedBatchSampler, make_loader, mix_seed
 from plugtrain.core.runtime.progress import Progress
@@ -53,6 +54,35 @@ class Network(torch.nn.Module):
         return outputs, (loss if loss.ndim == 0 else loss.mean())
 
 
+class ModelInput:
+    """A collated batch of raw images -> the float32 tensor the model takes, on the device.
+
+    Samples reach the collate as raw pixel values (``uint8`` CHW; float where a transform made them float), so that
+    workers, pinning and the host-to-device copy move a quarter of the bytes. The batch is moved first, then
+    normalised on the device in one operation, ``(x - 255 * mean) / (255 * std)`` per channel: what albumentations'
+    ``Normalize(max_pixel_value=255)`` did to each sample, for uint8 and float images alike. With
+    ``augmentations.normalize = false`` the batch is only made float.
+    """
+
+    def __init__(self, mean: Sequence[float] | None, std: Sequence[float] | None, device: torch.device,
+                 memory_format: torch.memory_format = torch.preserve_format) -> None:
+        self.device, self.memory_format = device, memory_format
+        self.mean = self.std = None
+        if mean is not None and std is not None:
+            self.mean = torch.tensor([m * 255.0 for m in mean], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            self.std = torch.tensor([s * 255.0 for s in std], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+    @classmethod
+    def for_spec(cls, spec: Any, in_chans: int, device: torch.device,
+                 memory_format: torch.memory_format = torch.preserve_format) -> ModelInput:
+        mean, std = normalization(spec, in_chans) if spec.augmentations.normalize else (None, None)
+        return cls(mean, std, device, memory_format)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True, memory_format=self.memory_format).float()
+        return x if self.mean is None else (x - self.mean) / self.std
+
+
 def batch_images(batch: dict[str, Any], split: str) -> torch.Tensor | None:
     """The batch's images (None when every sample was skipped); a sample error becomes one readable message."""
     if batch["error"] is not None:
@@ -77,9 +107,11 @@ def _scalars(name: str, value: Any) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, criterion: torch.nn.Module, loader: Any, metrics: dict[str, Any],
-                   device: torch.device, autocast: Any, dist: DistEnv, prefix: str = "val",
-                   memory_format: torch.memory_format = torch.preserve_format) -> tuple[dict[str, float], int]:
-    """Loss and metrics of ``model`` over ``loader`` (reduced across ranks); returns ``(metrics, skipped)``."""
+                   model_input: ModelInput, autocast: Any, dist: DistEnv,
+                   prefix: str = "val") -> tuple[dict[str, float], int]:
+    """Loss and metrics of ``model`` over ``loader`` (reduced across ranks); returns ``(metrics, skipped)``.
+    ``model_input`` moves and normalises the batches (its device is the evaluation's)."""
+    device = model_input.device
     was_training = model.training
     model.eval()
     criterion.eval()
@@ -91,7 +123,7 @@ def evaluate_model(model: torch.nn.Module, criterion: torch.nn.Module, loader: A
         images = batch_images(batch, prefix)
         if images is None:
             continue
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        images = model_input(images)
         targets = batch["targets"].to(device, non_blocking=True)
         with autocast():
             outputs = model(images)
@@ -166,6 +198,7 @@ class Trainer:
             self.swa_scheduler = torch.optim.swa_utils.SWALR(self.optimizer, swa_lr=t.swa_lr)
         self.swa_start = t.swa_start_epoch if t.swa_start_epoch is not None else max(1, (self.epochs * 3) // 4)
         self.mixup = built.mixup
+        self.model_input = ModelInput.for_spec(spec, built.in_chans, self.device, self.memory_format)
 
         # -- data ----------------------------------------------------------------------------------------------------
         d = spec.data
@@ -301,7 +334,7 @@ class Trainer:
                     stepping: bool) -> None:
         """One micro-batch: forward and backward; on the last micro-batch of its group, the optimizer step."""
         if images is not None:
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            images = self.model_input(images)  # on the device, normalised (mixup mixes normalised images)
             targets = targets.to(self.device, non_blocking=True)
             if self.mixup is not None:
                 images, targets = self.mixup(images, targets)
@@ -501,12 +534,12 @@ class Trainer:
         return float(self.dist.all_reduce(self.dist.collective_tensor([float(value)]))[0].item())
 
     def validate(self) -> dict[str, float]:
-        out, skipped = evaluate_model(self.backbone, self.criterion, self.val_loader, self.val_metrics, self.device,
-                                      self.autocast, self.dist, "val", self.memory_format)
+        out, skipped = evaluate_model(self.backbone, self.criterion, self.val_loader, self.val_metrics,
+                                      self.model_input, self.autocast, self.dist, "val")
         self._log_visuals("val", self.val_metrics)
         if self.ema is not None:
             ema_out, _ = evaluate_model(self.ema.module, self.criterion, self.val_loader, self.ema_metrics,
-                                        self.device, self.autocast, self.dist, "val_ema", self.memory_format)
+                                        self.model_input, self.autocast, self.dist, "val_ema")
             out.update(ema_out)
             self._log_visuals("val_ema", self.ema_metrics)
         if skipped:
@@ -532,8 +565,8 @@ class Trainer:
         if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.swa.modules()):
             self._update_swa_bn()
         metrics = {k: m.clone() for k, m in self.val_metrics.items()}
-        out, _ = evaluate_model(self.swa.module, self.criterion, self.val_loader, metrics, self.device,
-                                self.autocast, self.dist, "val_swa", self.memory_format)
+        out, _ = evaluate_model(self.swa.module, self.criterion, self.val_loader, metrics, self.model_input,
+                                self.autocast, self.dist, "val_swa")
         self.progress.message("SWA  " + "  ".join(f"{k}={v:.4f}" for k, v in out.items()))
         return out
 
@@ -548,7 +581,7 @@ class Trainer:
         self.sampler.set_epoch(self.epochs, 0)
         for batch in self.train_loader:
             if batch["images"] is not None:
-                self.swa(batch["images"].to(self.device, memory_format=self.memory_format))
+                self.swa(self.model_input(batch["images"]))
         self.swa.eval()
 
     def _step_epoch_scheduler(self, epoch: int, metrics: dict[str, float]) -> None:
