@@ -96,9 +96,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print(format_table(rows), flush=True)
 
 
-def main_args(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+def main_args(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None,
+              repeats: int = 5) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=5, help="runs of each side (alternating); medians are reported")
+    p.add_argument("--repeats", type=int, default=repeats,
+                   help=f"runs of each side (alternating); medians are reported (default {repeats})")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON here (run_all.py reads them)")
     p.add_argument("--quick", action="store_true", help="fewer repeats, steps and images (a smoke run)")
     if extra is not None:

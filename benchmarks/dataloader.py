@@ -163,10 +163,12 @@ def main() -> None:
         def bare_loop_epoch() -> float:
             order = rng.permutation(len(decoded))[:n]
             t = time.perf_counter()
+            count = 0
             for b in range(0, n, BATCH):
                 images = torch.stack([to_tensor(transform(image=decoded[i])["image"]) for i in order[b:b + BATCH]])
-                _ = torch.as_tensor([targets[i] for i in order[b:b + BATCH]])
-            return len(order) / (time.perf_counter() - t) if images.shape[0] else 0.0
+                torch.as_tensor([targets[i] for i in order[b:b + BATCH]])
+                count += images.shape[0]
+            return count / (time.perf_counter() - t)
 
         try:
             plugtrain_epoch(), bare_loader_epoch(), bare_loop_epoch()  # warm-up: workers started, caches warm

@@ -198,7 +198,7 @@ def main() -> None:
         p.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU")
         p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
 
-    args = main_args(__doc__, extra)
+    args = main_args(__doc__, extra, repeats=3)
     import torch
 
     if not torch.cuda.is_available() and not args.cpu_smoke:
