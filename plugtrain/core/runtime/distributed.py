@@ -123,10 +123,34 @@ def setup(device: str = "auto", backend: str = "auto") -> DistEnv:
             kwargs: dict[str, Any] = {"backend": backend, "timeout": timeout}
             if backend == "nccl":
                 kwargs["device_id"] = dev
+            store = _elastic_store(rank, world_size, timeout)
+            if store is not None:
+                kwargs.update(store=store, rank=rank, world_size=world_size)
             dist.init_process_group(**kwargs)
         env.backend = backend
     _ENV = env
     return env
+
+
+def _elastic_store(rank: int, world_size: int, timeout: datetime.timedelta) -> Any:
+    """The agent's store with a key prefix for this restart, for a restarted single-agent torchrun group.
+
+    torchrun's c10d rendezvous shares the agent's TCPStore with the workers and keeps it across restarts with no
+    per-restart key prefix (torch#135712, torch#167288): the workers of a restarted group may read the
+    connection addresses of the killed ones and hang or fail in ``init_process_group``. With one agent every
+    worker sees the same ``TORCHELASTIC_RESTART_COUNT``, so prefixing the keys with it separates the attempts.
+    Several agents count their restarts apart (a node that restarts for a peer's failure does not count it), so
+    there the default applies; for elastic multi-node runs start torchrun with
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (a new store per rendezvous round). ``None``: use the default."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or _int_env("GROUP_WORLD_SIZE", 1) != 1:
+        return None
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not addr or not port:
+        return None
+    from torch.distributed import PrefixStore, TCPStore
+
+    store = TCPStore(addr, int(port), world_size, is_master=False, timeout=timeout)
+    return PrefixStore(f"plugtrain/restart-{_int_env('TORCHELASTIC_RESTART_COUNT', 0)}/", store)
 
 
 def _pick_device(device: str, local_rank: int) -> Any:
