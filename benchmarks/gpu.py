@@ -15,6 +15,10 @@ device synchronisation and stops, synchronised, after the last batch. Optimizer:
 MFU = images/s x training FLOPs per image (forward + backward, counted by ``torch.utils.flop_counter`` on the
 eager model) / the device's dense bf16 peak (H100 SXM / H200: 989 TFLOPS, H100 PCIe: 756, A100: 312; or
 ``--peak-tflops``). Goal: plugtrain / bare >= 0.98 images/s (1.02 in time).
+
+During the timed batches ``torch.cuda.set_sync_debug_mode("warn")`` counts implicit device synchronisations
+(``.item()``, ``.cpu()``, ...): the bare loop has none; plugtrain may have one per log interval
+(``trainer.log_every_steps``, 50), never one per step.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +49,7 @@ class DeviceBatches:
         self.targets = torch.randint(0, classes, (batch,), generator=g).to(device)
         self.n, self.batch, self.warmup, self.device = n, batch, warmup, device
         self.seconds = float("nan")
+        self.syncs = 0
 
     def __len__(self) -> int:
         return self.n
@@ -55,14 +61,26 @@ class DeviceBatches:
             torch.cuda.synchronize(self.device)
 
     def __iter__(self):
+        import torch
+
+        count = self.device.type == "cuda"  # implicit device syncs (.item(), .cpu(), ...) in the timed steps
         t0 = time.perf_counter()
-        for i in range(self.n):
-            if i == self.warmup:
-                self._sync()
-                t0 = time.perf_counter()
-            yield {"images": self.images, "targets": self.targets, "skipped": [], "error": None}
-        self._sync()
-        self.seconds = time.perf_counter() - t0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                for i in range(self.n):
+                    if i == self.warmup:
+                        self._sync()
+                        t0 = time.perf_counter()
+                        if count:
+                            torch.cuda.set_sync_debug_mode("warn")
+                    yield {"images": self.images, "targets": self.targets, "skipped": [], "error": None}
+            finally:
+                if count:
+                    torch.cuda.set_sync_debug_mode("default")
+            self._sync()
+            self.seconds = time.perf_counter() - t0
+        self.syncs = sum("synchroniz" in str(w.message).lower() for w in caught)
 
     def pairs(self):
         for batch in self:
@@ -116,8 +134,8 @@ grad_accum = {cfg["accum"]}
 """
 
 
-def bare_run(cfg: dict[str, Any]) -> float:
-    """Images/s of a hand-written loop with the same settings."""
+def bare_run(cfg: dict[str, Any]) -> tuple[float, int]:
+    """``(images/s, implicit device syncs in the timed steps)`` of a hand-written loop with the same settings."""
     import timm
     import torch
     import torch.nn.functional as F
@@ -140,10 +158,11 @@ def bare_run(cfg: dict[str, Any]) -> float:
             opt.step()
             opt.zero_grad(set_to_none=True)
     del model, forward, opt
-    return batches.images_per_s
+    return batches.images_per_s, batches.syncs
 
 
-def plugtrain_run(cfg: dict[str, Any], spec: Path) -> float:
+def plugtrain_run(cfg: dict[str, Any], spec: Path) -> tuple[float, int]:
+    """``(images/s, implicit device syncs in the timed steps)`` of ``Trainer.fit()`` on the same batches."""
     import torch
 
     trainer = build_trainer(spec)
@@ -157,7 +176,7 @@ def plugtrain_run(cfg: dict[str, Any], spec: Path) -> float:
     if trainer.global_step != cfg["batches"] // cfg["accum"]:
         raise RuntimeError(f"plugtrain ran {trainer.global_step} optimizer steps, expected "
                            f"{cfg['batches'] // cfg['accum']}")
-    return batches.images_per_s
+    return batches.images_per_s, batches.syncs
 
 
 def train_flops_per_image(cfg: dict[str, Any]) -> float:
@@ -234,19 +253,24 @@ def main() -> None:
         for name, cfg in cases:
             spec = tmp / f"{len(rows)}.toml"
             spec.write_text(spec_text(cfg, tmp / "runs"))
-            b_all, p_all = [], []
+            b_all, p_all, syncs = [], [], {"bare": 0, "plugtrain": 0}
             for i in range(repeats):
                 order = ("bare", "plugtrain") if i % 2 == 0 else ("plugtrain", "bare")
                 for side in order:
-                    value = bare_run(cfg) if side == "bare" else plugtrain_run(cfg, spec)
+                    value, n_syncs = bare_run(cfg) if side == "bare" else plugtrain_run(cfg, spec)
                     (b_all if side == "bare" else p_all).append(value)
+                    syncs[side] = max(syncs[side], n_syncs)
                     cleanup()
             b, p = statistics.median(b_all), statistics.median(p_all)
             label = f"{base['model']} {name}"
-            rows.append(row("gpu", f"{label}, img/s", b, p, "img/s", GOAL, better="higher"))
+            timed = cfg["batches"] - cfg["warmup"]
+            note = (f"implicit device syncs in {timed} timed batches: bare {syncs['bare']}, plugtrain "
+                    f"{syncs['plugtrain']} (log interval: trainer.log_every_steps = 50)") if base["device"] == "cuda" else ""
+            rows.append(row("gpu", f"{label}, img/s", b, p, "img/s", GOAL, better="higher", note=note))
             if peak:
                 rows.append(row("gpu", f"{label}, MFU", 100 * b * flops / peak, 100 * p * flops / peak, "%", None))
-            print(f"  {label}: bare {b:.0f} img/s, plugtrain {p:.0f} img/s, ratio {p / b:.3f}", flush=True)
+            print(f"  {label}: bare {b:.0f} img/s, plugtrain {p:.0f} img/s, ratio {p / b:.3f}; device syncs in the "
+                  f"timed batches: bare {syncs['bare']}, plugtrain {syncs['plugtrain']}", flush=True)
     finish(rows, args)
 
 
