@@ -170,6 +170,9 @@ def test_state_dict_round_trip_gives_an_exact_resume(name, params):
     opt = build(name, params, model)
     for _ in range(5):
         train_step(model, opt, x, y)
+    from plugtrain.core.runtime.checkpoint import check_plain
+
+    check_plain({"optimizer": opt.state_dict()})  # what the trainer demands of a checkpoint: plain keys and values
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, buf)
     for _ in range(4):

@@ -26,11 +26,6 @@ from typing import Any
 import pytest
 from helpers_plugins import EXAMPLE_PLUGIN_SRC, make_example_dist, plugin_env, run_plugtrain
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
 REPO = Path(__file__).resolve().parent.parent
 SPECS = sorted((REPO / "specs").glob("*.toml"))
 SHORT = ["--set", "trainer.max_steps_per_epoch=2", "--set", "run.epochs=1", "--set", "data.num_workers=0",
@@ -39,7 +34,13 @@ ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def _spec(path: Path) -> dict[str, Any]:
-    return tomllib.loads(path.read_text(encoding="utf-8"))
+    """The spec as plugtrain composes it (``extends`` followed), not validated (the example plugin is not loaded
+    in this process)."""
+    from plugtrain.core.spec.loader import resolve
+
+    res = resolve(path, validate=False)
+    assert not res.problems, res.problems
+    return res.data
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +110,7 @@ def test_specs_dir_holds_the_issue_list():
     names = {p.stem for p in SPECS}
     assert {"quickstart", "bioencoder-supcon", "bioencoder-arcface", "dkfz-classification", "regression-digits",
             "finetune-freeze", "example-plugin"} <= names
+    assert len({_spec(p)["run"]["name"] for p in SPECS}) == len(SPECS), "two specs share a run.name"
     for path in SPECS:  # every spec says in its first lines what it is
         assert path.read_text(encoding="utf-8").startswith("# "), f"{path.name} has no header comment"
 
@@ -165,3 +167,53 @@ def _assert_started_from_pretrained(spec: dict[str, Any], pretrained: Path, mode
     if frozen:  # and something else did train
         assert any(float((model[k].float() - source[k].float()).abs().max()) > 0 for k in shared
                    if not any(k.startswith(p + ".") for p in frozen)), "nothing trained"
+
+
+#: What the issue's catalog asks to see used in at least one ready-to-run spec.
+CATALOG = {
+    "losses": {"CrossEntropy", "LabelSmoothing", "KLDiv", "SupCon", "ArcFace", "SubCenterArcFace", "CosFace",
+               "TripletMargin", "BCEWithLogits", "MSE", "L1"},
+    "optimizers": {"SGD", "Adam", "AdamW", "RAdam", "RMSprop", "Madgrad", "LookAhead", "Ranger", "SAM"},
+    "schedulers": {"ReduceLROnPlateau", "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "CyclicLR",
+                   "ExponentialLR", "StepLR", "MultiStepLR", "OneCycleLR"},
+    "metrics": {"accuracy", "top5", "f1_macro", "confusion_matrix", "mae", "rmse", "r2", "parity_plot",
+                "precision_at_1", "recall_at_1", "map_at_r", "embeddings"},
+}
+
+
+def test_specs_use_every_catalog_name():
+    from plugtrain.core.spec.model import DEFAULT_METRICS
+
+    used: dict[str, set[str]] = {k: set() for k in CATALOG}
+    features: set[str] = set()
+    for path in SPECS:
+        spec = _spec(path)
+        used["losses"].add(spec["loss"]["name"])
+        opt = spec["optimizer"]
+        used["optimizers"] |= {opt["name"], opt.get("base", opt["name"])}
+        if "optimizer" in spec["loss"]:
+            used["optimizers"].add(spec["loss"]["optimizer"]["name"])
+            features.add("loss.optimizer")
+        if spec.get("scheduler"):
+            used["schedulers"].add(spec["scheduler"]["name"])
+            if spec["scheduler"].get("warmup_epochs") or spec["scheduler"].get("warmup_steps"):
+                features.add("warmup")
+        task = spec["run"].get("task", "classification")
+        used["metrics"] |= {m["name"] for m in spec["metrics"]} if "metrics" in spec else set(DEFAULT_METRICS[task])
+        data, backbone, trainer = spec["data"], spec["backbone"], spec.get("trainer", {})
+        flags = {
+            "m_per_class": data.get("sampler") == "m_per_class", "class_subset": bool(data.get("class_subset")),
+            "num_views": data.get("num_views", 1) > 1, "mixup": "mixup" in spec, "ema": trainer.get("ema"),
+            "swa": trainer.get("swa"), "gem": backbone.get("global_pool") == "gem",
+            "embedding_dim": bool(backbone.get("embedding_dim")), "freeze": bool(backbone.get("freeze")),
+            "pretrained": bool(backbone.get("pretrained")), "no_decay_norm_bias": opt.get("no_decay_norm_bias"),
+            "OneOf": "OneOf" in path.read_text(), "Sequential": "Sequential" in path.read_text(),
+            "save_samples": spec.get("augmentations", {}).get("save_samples", 0) > 0,
+        }
+        features |= {k for k, v in flags.items() if v}
+    for kind, names in CATALOG.items():
+        assert names <= used[kind], f"{kind} no spec uses: {sorted(names - used[kind])}"
+    assert {"SmoothL1", "Huber"} & used["losses"]
+    expected = {"loss.optimizer", "warmup", "m_per_class", "class_subset", "num_views", "mixup", "ema", "swa", "gem",
+                "embedding_dim", "freeze", "pretrained", "no_decay_norm_bias", "OneOf", "Sequential", "save_samples"}
+    assert expected <= features, f"no spec uses: {sorted(expected - features)}"

@@ -107,8 +107,6 @@ def lookahead(params, model=None, base: str = "AdamW", k: int = 5, alpha: float 
     Every ``k`` steps of the base optimizer the slow weights move ``alpha`` of the way to the fast ones and the
     fast weights restart from there. ``lr`` is a shortcut for ``base_params.lr``.
     """
-    import pytorch_optimizer
-
     from plugtrain.core.errors import PlugtrainError
 
     comp, kwargs = _base("LookAhead", base, base_params, lr)
@@ -116,7 +114,26 @@ def lookahead(params, model=None, base: str = "AdamW", k: int = 5, alpha: float 
     if hasattr(inner, "first_step") and hasattr(inner, "second_step"):
         raise PlugtrainError(f"optimizer LookAhead cannot wrap the two-step optimizer {base}: "
                              f"use {base} with base = 'LookAhead' instead")
-    return pytorch_optimizer.Lookahead(inner, k=k, alpha=alpha, pullback_momentum=pullback_momentum)
+    return _lookahead_class()(inner, k=k, alpha=alpha, pullback_momentum=pullback_momentum)
+
+
+@functools.cache
+def _lookahead_class() -> type:
+    """pytorch-optimizer's ``Lookahead`` whose state dict keys its slow weights by ``"group.index"`` strings instead
+    of ``(group, index)`` tuples, so that it fits a checkpoint of plain types (loaded with ``weights_only=True``)."""
+    import pytorch_optimizer
+
+    class Lookahead(pytorch_optimizer.Lookahead):
+        def state_dict(self):
+            state = super().state_dict()
+            state["lookahead_state"] = {f"{g}.{i}": v for (g, i), v in state["lookahead_state"].items()}
+            return state
+
+        def load_state_dict(self, state):
+            slow = {tuple(int(x) for x in str(key).split(".")): v for key, v in state["lookahead_state"].items()}
+            super().load_state_dict({**state, "lookahead_state": slow})
+
+    return Lookahead
 
 
 @functools.cache
