@@ -209,6 +209,14 @@ class Validator:
                 and trainer.get("swa") is True and start >= epochs):
             self.add(("trainer", "swa_start_epoch"),
                      f"trainer.swa_start_epoch ({start}) must be below run.epochs ({epochs}) for SWA to run")
+        data = d.get("data") if isinstance(d.get("data"), dict) else {}
+        batch, m = data.get("batch_size"), data.get("m_per_class", 4)
+        if (data.get("sampler") == "m_per_class" and isinstance(batch, int) and isinstance(m, int)
+                and not isinstance(batch, bool) and not isinstance(m, bool) and batch >= 1 and m >= 1
+                and batch % m):
+            self.add(("data", "batch_size"),
+                     f"data.batch_size ({batch}) must be a multiple of data.m_per_class ({m}) with sampler = "
+                     "'m_per_class': every batch (on every process) holds whole groups of m samples of a class")
 
     # -- plain sections ------------------------------------------------------------------------------------------
     def plain(self, cls: type, d: dict[str, Any], path: tuple, skip: tuple[str, ...] = ()) -> None:
