@@ -70,3 +70,20 @@ def test_two_process_torchrun_equals_one_process_with_the_doubled_batch(tmp_path
         correct = float(r2["val/accuracy"]) * 359
         assert correct == pytest.approx(round(correct), abs=1e-3)  # a count out of 359, not 360
         assert float(r2["train/throughput"]) > 0
+
+
+
+@pytest.mark.slow
+def test_sync_batchnorm_on_cpu_is_refused_before_anything_is_written(tmp_path, one_torch_thread):
+    """torch's SyncBatchNorm runs on CUDA only: under torchrun on CPU the request is bad input (exit 2, one message
+    per rank, no run directory), not a crash in the first forward pass."""
+    from conftest import tiny_spec
+
+    spec = tiny_spec(tmp_path, "synced", tmp_path / "runs", backbone="test_efficientnet", batch_size=8, epochs=1,
+                     steps=2, extra="sync_batchnorm = true")
+    proc = run_torchrun(2, "train", spec, timeout=400)
+    assert proc.returncode != 0
+    assert "sync_batchnorm = true needs CUDA devices" in proc.stderr, proc.stderr[-3000:]
+    assert 'plugtrain/core' not in proc.stderr  # the workers print their line, no traceback (torchrun adds its own)
+    assert not (tmp_path / "runs" / "synced").exists()
+    assert cli("train", spec, "--set", "trainer.max_steps_per_epoch=1") == 0  # one process: nothing to sync

@@ -293,6 +293,9 @@ def build_run(spec: RunSpec, dist: DistEnv, purpose: str = "train") -> Built:
 
     from plugtrain.core.runtime.loader import AugmentedDataset
 
+    if spec.trainer.sync_batchnorm and dist.distributed and dist.device.type != "cuda":
+        raise PlugtrainError("[trainer] sync_batchnorm = true needs CUDA devices (torch's SyncBatchNorm has no CPU "
+                             "implementation); on CPU leave it false: each process normalises by its own batch")
     splits = build_dataset(spec)
     subsets, label_map, class_names = class_subset(spec, splits)
     in_chans = int(splits.in_chans)
