@@ -27,7 +27,7 @@ from typing import Any
 
 from plugtrain.core import console
 from plugtrain.core.errors import PlugtrainError
-from plugtrain.core.runtime import build, distributed, rundir
+from plugtrain.core.runtime import build, distributed, fsdp, rundir
 from plugtrain.core.runtime import checkpoint as ckpt
 from plugtrain.core.spec import load_spec, to_dict
 
@@ -103,8 +103,8 @@ def _train_one(path: str, overrides: list[str], resume: str | None, overwrite: b
 
     t0 = time.monotonic()
     spec = load_spec(path, overrides)
-    if spec.trainer.strategy != "ddp":
-        raise PlugtrainError(f"[trainer] strategy = {spec.trainer.strategy!r} is not supported yet; use 'ddp'")
+    if spec.trainer.strategy == "fsdp":
+        fsdp.check(spec)
     run_dir = rundir.run_dir_for(spec.run.output_dir, spec.run.name)
     if not dry_run and resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:
         resume = "auto"  # an elastic restart continues from the group's last checkpoint by itself
@@ -114,6 +114,11 @@ def _train_one(path: str, overrides: list[str], resume: str | None, overwrite: b
     configure_torch(spec)
     build.check_loggers(spec)
     built = build.build_run(spec, dist)
+    if spec.trainer.strategy == "fsdp":
+        if dist.distributed:
+            fsdp.shard(built, dist)
+        elif not dry_run:
+            console.echo('note: strategy = "fsdp" with one process: training unsharded')
     progress = Progress(spec.run.epochs)
     trainer = Trainer(built, dist, progress=progress)
     try:

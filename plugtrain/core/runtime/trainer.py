@@ -25,6 +25,7 @@ import torch
 
 from plugtrain.core.errors import PlugtrainError, TrainingFailed
 from plugtrain.core.runtime import checkpoint as ckpt
+from plugtrain.core.runtime import fsdp
 from plugtrain.core.runtime.build import Built, normalization, train_sampler
 from plugtrain.core.runtime.distributed import DistEnv
 from plugtrain.core.runtime.loader import ShardedBatchSampler, make_loader, mix_seed
@@ -189,6 +190,9 @@ class Trainer:
         forward_backbone = torch.compile(self.backbone) if t.compile else self.backbone
         self.net = Network(forward_backbone, self.criterion)
         self.ddp = None
+        self.sharded = t.strategy == "fsdp" and dist.distributed  # FSDP2: sharded by fsdp.shard before the trainer
+        self._fsdp_sync = fsdp.ForwardSync() if self.sharded else None
+        self._stale_shards = False  # resumed unsharded from an fsdp run's shards: delete them at the first save
         self._wrap()
         self.optimizer = built.optimizer
         self.optimizers = [o for o in (built.optimizer, built.loss_optimizer) if o is not None]
@@ -256,7 +260,7 @@ class Trainer:
     def _wrap(self) -> None:
         """``train_net``: the network, in a DDP wrapper when distributed; ``_params``: its trainable parameters."""
         self._params = [p for p in self.net.parameters() if p.requires_grad]
-        if self.dist.distributed:
+        if self.dist.distributed and not self.sharded:
             from torch.nn.parallel import DistributedDataParallel
 
             self.ddp = None  # the old wrapper's hooks go with it
@@ -364,6 +368,8 @@ class Trainer:
 
     def _forward_backward(self, images: torch.Tensor, targets: torch.Tensor, group_size: int,
                           sync: bool) -> torch.Tensor:
+        if self._fsdp_sync is not None:
+            self._fsdp_sync.before(self, sync)
         no_sync = self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
         with no_sync:
             with self.autocast():
@@ -534,8 +540,9 @@ class Trainer:
         return float(self.dist.all_reduce(self.dist.collective_tensor([float(value)]))[0].item())
 
     def validate(self) -> dict[str, float]:
-        out, skipped = evaluate_model(self.backbone, self.criterion, self.val_loader, self.val_metrics,
-                                      self.model_input, self.autocast, self.dist, "val")
+        with fsdp.unsharded(self) if self.sharded else contextlib.nullcontext():
+            out, skipped = evaluate_model(self.backbone, self.criterion, self.val_loader, self.val_metrics,
+                                          self.model_input, self.autocast, self.dist, "val")
         self._log_visuals("val", self.val_metrics)
         if self.ema is not None:
             ema_out, _ = evaluate_model(self.ema.module, self.criterion, self.val_loader, self.ema_metrics,
@@ -653,15 +660,22 @@ class Trainer:
         if not checked:
             self._check_interval()  # no NaN since the last check
         per_rank = self.dist.gather_objects({"rng": ckpt.rng_state(self.device), "epoch_state": self._epoch_state()})
+        sharded = fsdp.save_sharded(self) if self.sharded else None  # collective; checks finiteness itself
         if not self.dist.is_main:
             return None
-        finite = torch.stack([torch.isfinite(p).all() for p in self.backbone.parameters()]).all()
-        if not bool(finite):
-            self._fail_non_finite("the model's parameters became non-finite")
+        if sharded is None:
+            finite = torch.stack([torch.isfinite(p).all() for p in self.backbone.parameters()]).all()
+            if not bool(finite):
+                self._fail_non_finite("the model's parameters became non-finite")
         path = self._ckpt_dir / "last.pt"
         state = self.state_dict([r["rng"] for r in per_rank], [r["epoch_state"] for r in per_rank])
+        if sharded:
+            state.update(sharded)  # the full model and loss; the model and optimizer shards are in sharded["dir"]
         ckpt.check_plain(state)
         ckpt.save_atomic(state, path)
+        if sharded or self._stale_shards:
+            fsdp.prune(self._ckpt_dir, sharded["sharded"]["dir"] if sharded else "")
+            self._stale_shards = False
         return path
 
     def _epoch_state(self) -> dict[str, Any]:
@@ -683,10 +697,11 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "global_step": self.global_step,
-            "model": self.backbone.state_dict(),
-            "loss": self.criterion.state_dict(),
+            # fsdp: the full states come from fsdp.save_sharded, the optimizers' (sharded) from its DCP directory
+            "model": self.backbone.state_dict() if not self.sharded else {},
+            "loss": self.criterion.state_dict() if not self.sharded else {},
             "frozen": [n for n, p in self._named_parameters() if not p.requires_grad],
-            "optimizers": [o.state_dict() for o in self.optimizers],
+            "optimizers": [o.state_dict() for o in self.optimizers] if not self.sharded else [],
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "swa_scheduler": self.swa_scheduler.state_dict() if self.swa_scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
@@ -727,11 +742,16 @@ class Trainer:
             detail = f": {str(exc).strip().splitlines()[0][:300]}" if exc is not None and str(exc).strip() else ""
             return PlugtrainError(f"--resume {source}: {what}{detail} (was the spec changed since the checkpoint?)")
 
-        try:
-            self.backbone.load_state_dict(state["model"])
-            self.criterion.load_state_dict(state["loss"])
-        except (RuntimeError, KeyError) as exc:
-            raise fail("the checkpoint's model does not fit this spec's model", exc) from None
+        from_shards = self.sharded or bool(state.get("sharded"))
+        if from_shards:  # an fsdp run's model, loss and optimizer states are in the checkpoint's DCP directory
+            fsdp.load_sharded(self, state, source)
+            self._stale_shards = not self.sharded
+        else:
+            try:
+                self.backbone.load_state_dict(state["model"])
+                self.criterion.load_state_dict(state["loss"])
+            except (RuntimeError, KeyError) as exc:
+                raise fail("the checkpoint's model does not fit this spec's model", exc) from None
         if state.get("frozen") is not None:  # parameters frozen or unfrozen by callbacks stay so
             frozen = set(state["frozen"])
             changed = False
@@ -741,10 +761,10 @@ class Trainer:
                     changed = True
             if changed:
                 self.requires_grad_changed()
-        if len(state["optimizers"]) != len(self.optimizers):
+        if not from_shards and len(state["optimizers"]) != len(self.optimizers):
             raise fail(f"the checkpoint has {len(state['optimizers'])} optimizer(s), this spec {len(self.optimizers)}")
         try:
-            for opt, sd in zip(self.optimizers, state["optimizers"], strict=True):
+            for opt, sd in zip(self.optimizers, state["optimizers"], strict=True) if not from_shards else ():
                 opt.load_state_dict(sd)
             if self.scheduler is not None and state.get("scheduler") is not None:
                 self.scheduler.load_state_dict(state["scheduler"])

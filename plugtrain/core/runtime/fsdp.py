@@ -1,0 +1,269 @@
+"""``trainer.strategy = "fsdp"``: fully sharded data parallel training with FSDP2 (``torch.distributed.fsdp``).
+
+Under torchrun with more than one process, parameters, gradients and optimizer states are sharded across the ranks
+with :func:`torch.distributed.fsdp.fully_shard`: one FSDP unit per direct child module of the backbone that holds
+parameters (timm's stem, stages / blocks, head), one for the rest of the backbone, one for the loss when it has
+parameters (ArcFace centres). Each unit all-gathers its parameters for its forward and backward and reduce-scatters
+the gradients, so a rank holds about ``1 / world_size`` of the model's training state between uses. Rank 0's
+parameters and buffers are broadcast before sharding (as DDP does when it wraps a model). Works on CPU with gloo in
+torch 2.14 (tested: ``tests/test_fsdp.py``); on GPUs (nccl) the code path is the same but untested here.
+
+Same results as DDP. Data, sampler, augmentations and the loop are those of DDP (each rank takes its slice of every
+global batch), and :class:`ForwardSync` does what DDP does around a forward: rank 0's buffers (batch-norm running
+statistics: not sharded) are broadcast before a forward that follows a synchronising backward, and gradients are
+reduced only on the last micro-batch of a ``grad_accum`` group. Measured with 2 processes on CPU (gloo): an fsdp run
+is bitwise equal to the DDP run of the spec (model, buffers, optimizer states, every epoch's metrics), with SGD and
+AdamW, with and without ``grad_accum``; with ``clip_grad_norm`` the total norm is summed in another order (over
+shards), which gives differences of about 1e-7 after a few steps. Evaluation unshards every unit once (the full model
+on each rank, :func:`unsharded`): ranks need not run their evaluation batches in lockstep.
+
+Checkpoints. Every save writes, collectively, the sharded model parameters and optimizer states with
+:mod:`torch.distributed.checkpoint` (DCP) into a new directory ``checkpoints/last-<step>-<id>.dcp/`` (one file per
+rank plus ``.metadata``), and then rank 0 writes ``last.pt`` as in DDP, with the *full* model and loss state
+(gathered to rank 0 on the CPU: ``plugtrain evaluate`` / ``predict`` and ``best.pt`` / ``epoch-NNNN.pt`` work as for
+any run), rank 0's buffers and the name of the DCP directory. ``last.pt`` is replaced atomically only after the DCP
+directory is complete; older DCP directories are deleted after that, so a crash at any moment leaves a ``last.pt``
+whose shards exist. Resuming (``--resume auto``, an elastic restart) loads the shards with DCP, which also reshards
+them when the number of processes changed; a single process (or a DDP run) can continue an fsdp run from its
+shards too (tested: 2 processes -> 1, bitwise equal to continuing the DDP run). ``best.pt`` and ``epoch-NNNN.pt`` keep the full model only: resume from ``last.pt``.
+An fsdp run cannot resume a DDP run's checkpoint (refused: start from its weights instead).
+
+Not combined with fsdp (refused with a message before anything is built): ``precision = "fp16"`` (use bf16), EMA,
+SWA, ``compile``, ``sync_batchnorm``, ``channels_last``; two-pass (SAM) optimizers are refused once the optimizer is
+built, before the run directory is written. A single process trains unsharded (with a note).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from plugtrain.core.errors import PlugtrainError
+
+DCP_GLOB = "last-*.dcp"
+
+
+def check(spec: Any) -> None:
+    """Refuse the trainer options that this FSDP integration does not support, before anything is built."""
+    t = spec.trainer
+    refused = [
+        (t.precision == "fp16", 'precision = "fp16" (use "bf16")'),
+        (t.ema, "ema = true"),
+        (t.swa, "swa = true"),
+        (t.compile, "compile = true"),
+        (t.sync_batchnorm, "sync_batchnorm = true"),
+        (t.channels_last, "channels_last = true"),
+    ]
+    bad = [what for cond, what in refused if cond]
+    if bad:
+        raise PlugtrainError(f'[trainer] strategy = "fsdp" cannot be combined with {", ".join(bad)} (yet); use '
+                             'strategy = "ddp" for those')
+
+
+def _has_params(module: Any) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def _broadcast_states(modules: list[Any]) -> None:
+    """Rank 0's parameters and buffers on every rank (what DDP does when it wraps a model)."""
+    import torch
+    import torch.distributed as tdist
+
+    with torch.no_grad():
+        for module in modules:
+            for t in [*module.parameters(), *module.buffers()]:
+                tdist.broadcast(t.data, src=0)
+
+
+def shard(built: Any, dist: Any) -> None:
+    """Shard ``built.backbone`` and ``built.criterion`` in place with ``fully_shard`` and point the already built
+    optimizers at the sharded parameters (FSDP2 replaces every parameter by a sharded DTensor parameter)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    if getattr(built, "sam", False):
+        raise PlugtrainError(f'[optimizer] {built.spec.optimizer.name!r} takes two steps per batch (SAM); it cannot be '
+                             'combined with strategy = "fsdp" (yet)')
+    backbone = built.backbone.to(dist.device)
+    criterion = built.criterion.to(dist.device)
+    modules = {"backbone": backbone, "criterion": criterion}
+    names = {id(p): f"{prefix}.{n}" for prefix, m in modules.items() for n, p in m.named_parameters()}
+    optimizers = [o for o in (built.optimizer, built.loss_optimizer) if o is not None]
+    try:
+        groups = [[[names[id(p)] for p in g["params"]] for g in opt.param_groups] for opt in optimizers]
+    except KeyError:
+        raise PlugtrainError(f'[optimizer] {built.spec.optimizer.name!r} holds parameters that are not the model\'s '
+                             'or the loss\'s; strategy = "fsdp" cannot shard them') from None
+    _broadcast_states([backbone, criterion])  # each rank keeps its slice of rank 0's model, as DDP starts from it
+    mesh = init_device_mesh(dist.device.type, (dist.world_size,))
+    for child in backbone.children():
+        if _has_params(child):
+            fully_shard(child, mesh=mesh)
+    fully_shard(backbone, mesh=mesh)
+    if _has_params(criterion):
+        fully_shard(criterion, mesh=mesh)
+    new = {f"{prefix}.{n}": p for prefix, m in modules.items() for n, p in m.named_parameters()}
+    for opt, opt_groups in zip(optimizers, groups, strict=True):
+        for g, group_names in zip(opt.param_groups, opt_groups, strict=True):
+            g["params"] = [new[n] for n in group_names]
+        opt.state.clear()
+    built.backbone, built.criterion = backbone, criterion
+
+
+def _roots(trainer: Any) -> list[Any]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in (trainer.backbone, trainer.criterion) if isinstance(m, FSDPModule)]
+
+
+def _fsdp_modules(trainer: Any) -> list[Any]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for root in (trainer.backbone, trainer.criterion) for m in root.modules() if isinstance(m, FSDPModule)]
+
+
+def sync_buffers(trainer: Any) -> None:
+    """Rank 0's buffers (batch-norm running statistics) on every rank: FSDP shards parameters only."""
+    import torch
+    import torch.distributed as tdist
+
+    with torch.no_grad():
+        for module in (trainer.backbone, trainer.criterion):
+            for buf in module.buffers():
+                tdist.broadcast(buf, src=0)
+
+
+class ForwardSync:
+    """What DDP does around a training forward, done for FSDP: rank 0's buffers are broadcast before a forward that
+    follows a synchronising backward (DDP's ``broadcast_buffers``: batch-norm statistics stay rank 0's, so an fsdp
+    run evaluates and checkpoints what the DDP run does), and gradients are reduce-scattered only on the last
+    micro-batch of an accumulation group (DDP's ``no_sync``)."""
+
+    def __init__(self) -> None:
+        self._broadcast_next = True
+
+    def before(self, trainer: Any, sync: bool) -> None:
+        if self._broadcast_next:
+            sync_buffers(trainer)
+        self._broadcast_next = sync
+        for root in _roots(trainer):
+            root.set_requires_gradient_sync(sync)
+
+
+@contextlib.contextmanager
+def unsharded(trainer: Any) -> Iterator[None]:
+    """The full parameters on every rank for an evaluation (collective on entry and exit).
+
+    Evaluation batches are not in lockstep across ranks (a rank may have one batch more, or skip an unreadable one),
+    so the forwards inside must not all-gather: every FSDP unit is unsharded once and kept so (``reshard_after_forward
+    = False``) until the end, then resharded; meanwhile a rank holds the whole model, as in DDP."""
+    modules = _fsdp_modules(trainer)
+    roots = _roots(trainer)
+    for root in roots:
+        root.set_reshard_after_forward(False)
+    for m in modules:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for root in roots:
+            root.set_reshard_after_forward(True)  # FSDP2's defaults: non-root units reshard after forward,
+            root.set_reshard_after_forward(False, recurse=False)  # the root does not (its backward needs them)
+        for m in modules:
+            m.reshard()
+
+
+def _modules(trainer: Any) -> Any:
+    import torch
+
+    return torch.nn.ModuleDict({"backbone": trainer.backbone, "criterion": trainer.criterion})
+
+
+def _without_buffers(trainer: Any, model_sd: dict[str, Any]) -> dict[str, Any]:
+    """``model_sd`` (of :func:`_modules`) without the buffers: those are not sharded, and each rank's differ (DCP
+    would keep any one rank's copy); the checkpoint's are rank 0's, in ``last.pt``, as in DDP."""
+    buffers = {f"{prefix}.{n}" for prefix, m in (("backbone", trainer.backbone), ("criterion", trainer.criterion))
+               for n, _ in m.named_buffers()}
+    return {k: v for k, v in model_sd.items() if k not in buffers}
+
+
+def _load_buffers(module: Any, full: dict[str, Any]) -> None:
+    import torch
+
+    with torch.no_grad():
+        for n, buf in module.named_buffers():
+            if n in full:
+                buf.copy_(full[n])
+
+
+def save_sharded(trainer: Any) -> dict[str, Any]:
+    """Collective: the sharded model and optimizer states into a new DCP directory; the full model and loss states
+    (rank 0). Returns the entries rank 0 puts into ``last.pt`` (``{}`` on the other ranks)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    dist = trainer.dist
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in trainer.backbone.parameters()]
+    finite = torch.stack([torch.isfinite(p).all() for p in local if p.numel()]).all() if local else torch.tensor(True)
+    bad = dist.all_reduce(dist.collective_tensor([0.0 if bool(finite) else 1.0]), op="max")
+    if float(bad[0]) > 0:
+        trainer._fail_non_finite("the model's parameters became non-finite")
+    name = dist.broadcast_object(f"last-{trainer.global_step:08d}-{secrets.token_hex(4)}.dcp")
+    directory = trainer._ckpt_dir / name
+    modules = _modules(trainer)
+    model_sd, optim_sd = get_state_dict(modules, trainer.optimizers)
+    dcp.save({"model": _without_buffers(trainer, model_sd), "optimizers": optim_sd}, checkpoint_id=str(directory))
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    backbone_sd = get_model_state_dict(trainer.backbone, options=full)
+    criterion_sd = get_model_state_dict(trainer.criterion, options=full)
+    if not dist.is_main:
+        return {}
+    return {"model": backbone_sd, "loss": criterion_sd, "optimizers": [],
+            "sharded": {"format": "torch.distributed.checkpoint", "dir": name, "world_size": dist.world_size}}
+
+
+def prune(ckpt_dir: Path, keep: str) -> list[str]:
+    """Delete the DCP directories of earlier saves (rank 0, after ``last.pt`` names ``keep``)."""
+    removed = []
+    for d in sorted(Path(ckpt_dir).glob(DCP_GLOB)):
+        if d.name != keep and d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+    return removed
+
+
+def load_sharded(trainer: Any, state: dict[str, Any], source: Path) -> None:
+    """Load the model, loss and optimizer states of an fsdp run's ``last.pt`` from its DCP directory (collective when
+    distributed). Works for any trainer: sharded (any number of processes: DCP reshards), DDP or one process."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+    info = state.get("sharded") or {}
+    if not info:
+        raise PlugtrainError(f"--resume {source}: not a checkpoint of an fsdp run (no sharded state); resume it with "
+                             'strategy = "ddp", or start a new fsdp run from its weights with [backbone] pretrained')
+    directory = Path(source).parent / info["dir"]
+    if not (directory / ".metadata").is_file():
+        raise PlugtrainError(f"--resume {source}: its sharded state {directory} is missing or incomplete (only the "
+                             "run's last.pt keeps its shards; best.pt and epoch-NNNN.pt hold the full model only)")
+    modules = _modules(trainer)
+    try:
+        model_sd, optim_sd = get_state_dict(modules, trainer.optimizers)
+        loaded = {"model": _without_buffers(trainer, model_sd), "optimizers": optim_sd}
+        with warnings.catch_warnings():  # one process: "torch.distributed is ... uninitialized, assuming ..."
+            warnings.filterwarnings("ignore", message=r"torch\.distributed is disabled")
+            dcp.load(loaded, checkpoint_id=str(directory))
+        set_state_dict(modules, trainer.optimizers, model_state_dict=loaded["model"],
+                       optim_state_dict=loaded["optimizers"], options=StateDictOptions(strict=False))
+        _load_buffers(trainer.backbone, state["model"])  # rank 0's (batch-norm statistics), from last.pt
+        _load_buffers(trainer.criterion, state["loss"])
+    except Exception as exc:  # noqa: BLE001 - a checkpoint that does not fit this spec is bad input
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise PlugtrainError(f"--resume {source}: cannot load the sharded state {directory}: {first} (was the spec "
+                             "changed since the checkpoint?)") from None
