@@ -3,7 +3,7 @@
 One module-wide pair of reference runs of the same spec, 2 processes each: DDP and FSDP. The FSDP run must write the
 run directory contract with its model and optimizer shards in a DCP directory named by ``last.pt``, and end bitwise
 equal to the DDP run: the full model (parameters and batch-norm statistics), the optimizer states read back from the
-shards, every epoch's metrics. An FSDP run that loses a worker to SIGKILL restarts (elastic) from the sharded
+shards, every epoch's metrics (the ranks run different numbers of validation batches). An FSDP run that loses a worker to SIGKILL restarts (elastic) from the sharded
 checkpoint and ends bitwise equal to the uninterrupted one. ``plugtrain evaluate`` reads an FSDP run like any other;
 options FSDP does not support are refused before anything is built; one process trains unsharded and can continue an
 FSDP run from its shards.
@@ -38,7 +38,9 @@ from helpers_faults import (
 pytestmark = pytest.mark.slow
 
 EPOCHS, STEPS = 3, 4
-SECTIONS = {"data": {"batch_size": 8, "num_workers": 0},  # 8 per process, a global batch of 16
+# 8 per process, a global batch of 16. Validation: 359 samples, 180 on rank 0 (2 batches of 179 + 1) and 179 on rank 1
+# (1 batch): FSDP evaluation must not need the ranks' forwards in lockstep.
+SECTIONS = {"data": {"batch_size": 8, "val_batch_size": 179, "num_workers": 0},
             "trainer": {"checkpoint_every_steps": 2, "max_steps_per_epoch": STEPS}, "run": {"epochs": EPOCHS}}
 
 

@@ -162,11 +162,10 @@ def unsharded(trainer: Any) -> Iterator[None]:
     Evaluation batches are not in lockstep across ranks (a rank may have one batch more, or skip an unreadable one),
     so the forwards inside must not all-gather: every FSDP unit is unsharded once and kept so (``reshard_after_forward
     = False``) until the end, then resharded; meanwhile a rank holds the whole model, as in DDP."""
-    modules = _fsdp_modules(trainer)
     roots = _roots(trainer)
     for root in roots:
         root.set_reshard_after_forward(False)
-    for m in modules:
+    for m in _fsdp_modules(trainer):
         m.unshard()
     try:
         yield
@@ -174,8 +173,10 @@ def unsharded(trainer: Any) -> Iterator[None]:
         for root in roots:
             root.set_reshard_after_forward(True)  # FSDP2's defaults: non-root units reshard after forward,
             root.set_reshard_after_forward(False, recurse=False)  # the root does not (its backward needs them)
-        for m in modules:
-            m.reshard()
+            # Forget these forwards (they had no backward): FSDP2 records each forward's order for the prefetches of
+            # the next backward, and ranks that ran a different number of them would prefetch different units (a
+            # hang). Also reshards every unit.
+            root.reset_iter_state()
 
 
 def _modules(trainer: Any) -> Any:
