@@ -312,3 +312,29 @@ def test_nan_loss_at_step_k_exits_1_names_step_and_keeps_last_good_checkpoint(tm
     report("NaN loss", nan_at_step=5, exit_code=proc.returncode, message=msgs[0].split("error: ", 1)[1][:120],
            checkpoints_unchanged=sorted(after))
 
+
+
+@pytest.mark.slow
+def test_skip_under_ddp_when_a_rank_gets_a_whole_batch_of_unreadable_files(tmp_path):
+    """2 ranks x 2 images a batch from a folder that is mostly unreadable files: some micro-batches are empty on one
+    rank only. That rank must still join the gradient reduction (a placeholder forward weighted 0), or the other one
+    waits for it forever (here: PLUGTRAIN_DIST_TIMEOUT=60 turns such a hang into a failure)."""
+    from helpers_faults import torchrun_cmd
+
+    root = _folder(tmp_path / "images", {"a": 4, "b": 4}, val=2)
+    for i in range(20):
+        (root / "train" / "a" / f"bad{i:02d}.png").write_bytes(os.urandom(120))
+    spec = write_spec(tmp_path / "ddpskip.toml", tmp_path / "runs", run={"name": "ddpskip", "epochs": 2},
+                      data={"dataset": "imagefolder", "root": str(root), "upscale": None, "batch_size": 2,
+                            "num_workers": 0, "on_error": "skip"},
+                      backbone={"in_chans": 3}, trainer={"max_steps_per_epoch": None, "log_every_steps": 50})
+    proc = subprocess.run(torchrun_cmd("train", spec, nproc=2), capture_output=True, text=True, timeout=400,
+                          env=child_env(PLUGTRAIN_DIST_TIMEOUT="60"), cwd=REPO, errors="replace")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with (tmp_path / "runs" / "ddpskip" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["data/skipped"]) for r in rows] == [20.0, 20.0]  # both ranks' skips, summed
+    state = load(tmp_path / "runs" / "ddpskip" / "checkpoints" / "last.pt")
+    assert state["global_step"] == 2 * 7  # 28 files / global batch 4
+    assert all(bool(v.isfinite().all()) for v in state["model"].values() if v.is_floating_point())
+    report("DDP skip, a rank with a whole unreadable batch", skipped_per_epoch=[20, 20], steps=state["global_step"])

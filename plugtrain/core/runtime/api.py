@@ -103,8 +103,6 @@ def _train_one(path: str, overrides: list[str], resume: str | None, overwrite: b
 
     t0 = time.monotonic()
     spec = load_spec(path, overrides)
-    if spec.trainer.strategy == "fsdp":
-        fsdp.check(spec)
     run_dir = rundir.run_dir_for(spec.run.output_dir, spec.run.name)
     if not dry_run and resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:
         resume = "auto"  # an elastic restart continues from the group's last checkpoint by itself

@@ -28,7 +28,7 @@ them when the number of processes changed; a single process (or a DDP run) can c
 shards too (tested: 2 processes -> 1, bitwise equal to continuing the DDP run). ``best.pt`` and ``epoch-NNNN.pt`` keep the full model only: resume from ``last.pt``.
 An fsdp run cannot resume a DDP run's checkpoint (refused: start from its weights instead).
 
-Not combined with fsdp (refused with a message before anything is built): ``precision = "fp16"`` (use bf16), EMA,
+Not combined with fsdp (refused by the spec check, ``plugtrain check`` included, with the file and line): ``precision = "fp16"`` (use bf16), EMA,
 SWA, ``compile``, ``sync_batchnorm``, ``channels_last``; two-pass (SAM) optimizers are refused once the optimizer is
 built, before the run directory is written. A single process trains unsharded (with a note).
 """
@@ -46,23 +46,6 @@ from typing import Any
 from plugtrain.core.errors import PlugtrainError
 
 DCP_GLOB = "last-*.dcp"
-
-
-def check(spec: Any) -> None:
-    """Refuse the trainer options that this FSDP integration does not support, before anything is built."""
-    t = spec.trainer
-    refused = [
-        (t.precision == "fp16", 'precision = "fp16" (use "bf16")'),
-        (t.ema, "ema = true"),
-        (t.swa, "swa = true"),
-        (t.compile, "compile = true"),
-        (t.sync_batchnorm, "sync_batchnorm = true"),
-        (t.channels_last, "channels_last = true"),
-    ]
-    bad = [what for cond, what in refused if cond]
-    if bad:
-        raise PlugtrainError(f'[trainer] strategy = "fsdp" cannot be combined with {", ".join(bad)} (yet); use '
-                             'strategy = "ddp" for those')
 
 
 def _has_params(module: Any) -> bool:

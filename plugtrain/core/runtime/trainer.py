@@ -232,6 +232,7 @@ class Trainer:
         self.resumed_from: Path | None = None
         self._rng_to_restore: dict[str, Any] | None = None
         self._signal: int | None = None  # received by this process
+        self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # see _placeholder_batch
         self._stop_signal: int | None = None  # agreed by every rank
         self._reset_epoch_state()
         self._reset_interval()
@@ -322,11 +323,13 @@ class Trainer:
             b = self.batch_in_epoch
             self._epoch_skipped += len(batch["skipped"])
             self._skipped_files += batch["skipped"][:max(5 - len(self._skipped_files), 0)]
-            images = batch_images(batch, "train")
+            images, targets = batch_images(batch, "train"), batch["targets"]
+            if isinstance(images, torch.Tensor) and batch["skipped"] and len(images) == 1:  # batch-norm needs two
+                images, targets = torch.cat([images, images]), torch.cat([targets, targets])
             group = b - b % accum
             group_size = min(accum, n - group)
             stepping = b == group + group_size - 1
-            self._train_step(images, batch["targets"], group_size, stepping)
+            self._train_step(images, targets, group_size, stepping)
             self.batch_in_epoch = b + 1
             self.progress.advance()
             if stepping:
@@ -337,26 +340,34 @@ class Trainer:
     def _train_step(self, images: torch.Tensor | None, targets: torch.Tensor | None, group_size: int,
                     stepping: bool) -> None:
         """One micro-batch: forward and backward; on the last micro-batch of its group, the optimizer step."""
-        if images is not None:
-            images = self.model_input(images)  # on the device, normalised (mixup mixes normalised images)
-            targets = targets.to(self.device, non_blocking=True)
-            if self.mixup is not None:
-                images, targets = self.mixup(images, targets)
-            loss = self._forward_backward(images, targets, group_size, sync=stepping)
-            self._record(loss, images.shape[0])
-        if not stepping:
-            return
-        self._unscale_and_clip()
-        with self._warmup_lr():
-            if not self.built.sam:
-                for opt in self.optimizers:
-                    self.scaler.step(opt)
-            elif images is not None:  # sharpness-aware: step to the worst point nearby, recompute the gradient there
-                self.optimizer.first_step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self._forward_backward(images, targets, 1, sync=True)
-                self._unscale_and_clip()
-                self.optimizer.second_step()
+        placeholder = images is None and self.dist.distributed
+        if placeholder:  # every sample skipped (data.on_error = "skip"), but the ranks must reduce gradients together
+            images, targets = self._placeholder_batch()
+        elif images is not None:
+            self._last_batch = (images, targets)
+        weight = 0.0 if placeholder else 1.0
+        with self._bn_stats_frozen() if placeholder else contextlib.nullcontext():
+            if images is not None:
+                images = self.model_input(images)  # on the device, normalised (mixup mixes normalised images)
+                targets = targets.to(self.device, non_blocking=True)
+                if self.mixup is not None and not placeholder:
+                    images, targets = self.mixup(images, targets)
+                loss = self._forward_backward(images, targets, group_size, sync=stepping, weight=weight)
+                if not placeholder:
+                    self._record(loss, images.shape[0])
+            if not stepping:
+                return
+            self._unscale_and_clip()
+            with self._warmup_lr():
+                if not self.built.sam:
+                    for opt in self.optimizers:
+                        self.scaler.step(opt)
+                elif images is not None:  # sharpness-aware: step to the worst point nearby, recompute the gradient
+                    self.optimizer.first_step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._forward_backward(images, targets, 1, sync=True, weight=weight)
+                    self._unscale_and_clip()
+                    self.optimizer.second_step()
         self.scaler.update()
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
@@ -366,15 +377,39 @@ class Trainer:
             self.ema.update(self.backbone, step=self.global_step)
         self.global_step += 1
 
+    def _placeholder_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a rank whose whole micro-batch was unreadable feeds the network under DDP / FSDP, with its loss
+        weighted 0: its last readable batch (or, before the first one, two black images of class / target 0). The
+        rank then joins the gradient reduction with zero gradients instead of leaving the others waiting in it; the
+        step's gradient is the other ranks' sum divided by the number of ranks, as DDP always divides."""
+        if self._last_batch is not None:
+            return self._last_batch
+        dtype = torch.float32 if self.spec.run.task == "regression" else torch.long
+        return torch.zeros((2, *self.built.input_shape), dtype=torch.uint8), torch.zeros(2, dtype=dtype)
+
+    @contextlib.contextmanager
+    def _bn_stats_frozen(self):  # noqa: ANN202
+        """Batch-norm running statistics unchanged by a placeholder forward (momentum 0 for its duration)."""
+        norms = [m for m in self.net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        saved = [m.momentum for m in norms]
+        for m in norms:
+            m.momentum = 0.0
+        try:
+            yield
+        finally:
+            for m, momentum in zip(norms, saved, strict=True):
+                m.momentum = momentum
+
     def _forward_backward(self, images: torch.Tensor, targets: torch.Tensor, group_size: int,
-                          sync: bool) -> torch.Tensor:
+                          sync: bool, weight: float = 1.0) -> torch.Tensor:
         if self._fsdp_sync is not None:
             self._fsdp_sync.before(self, sync)
         no_sync = self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
         with no_sync:
             with self.autocast():
                 _, loss = self.train_net(images, targets)
-            self.scaler.scale(loss / group_size if group_size > 1 else loss).backward()
+            scaled = loss / group_size if group_size > 1 else loss
+            self.scaler.scale(scaled * weight if weight != 1.0 else scaled).backward()
         return loss.detach()
 
     def autocast(self) -> Any:

@@ -209,6 +209,14 @@ class Validator:
                 and trainer.get("swa") is True and start >= epochs):
             self.add(("trainer", "swa_start_epoch"),
                      f"trainer.swa_start_epoch ({start}) must be below run.epochs ({epochs}) for SWA to run")
+        if trainer.get("strategy") == "fsdp":
+            refused = [(trainer.get("precision") == "fp16", 'precision = "fp16" (use "bf16")')]
+            refused += [(trainer.get(key) is True, f"{key} = true")
+                        for key in ("ema", "swa", "compile", "sync_batchnorm", "channels_last")]
+            bad = [what for cond, what in refused if cond]
+            if bad:
+                self.add(("trainer", "strategy"), f'trainer.strategy = "fsdp" cannot be combined with '
+                                                  f'{", ".join(bad)} (yet); use strategy = "ddp" for those')
         data = d.get("data") if isinstance(d.get("data"), dict) else {}
         batch, m = data.get("batch_size"), data.get("m_per_class", 4)
         if (data.get("sampler") == "m_per_class" and isinstance(batch, int) and isinstance(m, int)
