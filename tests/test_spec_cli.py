@@ -75,3 +75,15 @@ def test_check_print_resolves_extends_and_set_into_a_spec_that_loads_the_same(tm
     assert proc.stdout.startswith("# Resolved by `plugtrain check --print`")
     assert "extends" not in tomllib.loads(proc.stdout)  # composed: the printed spec stands alone
     assert load_spec(printed) == load_spec(grandchild, overrides)
+
+
+def test_plugtrain_debug_adds_the_traceback_behind_the_message(tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text('[run]\nname = "x"\nepochs = 0\n', encoding="utf-8")
+    quiet = run_plugtrain("train", str(spec))
+    debug = run_plugtrain("train", str(spec), PLUGTRAIN_DEBUG="1")
+    assert quiet.returncode == debug.returncode == 2
+    assert "Traceback" not in quiet.stderr and f"{spec}:3:" in quiet.stderr
+    assert "Traceback (most recent call last)" in debug.stderr and "plugtrain/core/" in debug.stderr
+    assert debug.stderr.rstrip().endswith(quiet.stderr.rstrip().splitlines()[-1])  # the same message, last
+    assert not (tmp_path / "runs").exists()
