@@ -49,7 +49,7 @@ def write_imagefolder(root: Path, n: int, size: int = SOURCE_SIZE, classes: int 
     return root
 
 
-def spec_text(root: Path, workers: int, out: Path) -> str:
+def spec_text(root: Path, workers: int, out: Path, decoder: str = "pil") -> str:
     return f"""
 [run]
 name = "dataloader"
@@ -60,6 +60,7 @@ epochs = 1
 [data]
 dataset = "imagefolder"
 root = "{root}"
+decoder = "{decoder}"
 val_fraction = 0.1
 image_size = {IMAGE_SIZE}
 batch_size = {BATCH}
@@ -114,6 +115,8 @@ def main() -> None:
     def extra(p):
         p.add_argument("--workers", type=int, default=2, help="DataLoader workers (both DataLoaders)")
         p.add_argument("--images", type=int, default=2048, help="images in the folder (train gets 90%%)")
+        p.add_argument("--decoder", choices=("pil", "cv2"), default="pil",
+                       help="plugtrain's imagefolder decoder (the references decode with PIL)")
 
     args = main_args(__doc__, extra)
     n_images, repeats = (192, 1) if args.quick else (args.images, args.repeats)
@@ -121,13 +124,13 @@ def main() -> None:
     import torch
 
     print(f"dataloader: {machine()}; {n_images} PNGs {SOURCE_SIZE}x{SOURCE_SIZE} -> {IMAGE_SIZE}, batch {BATCH}, "
-          f"{args.workers} workers, {repeats} repeat(s)", flush=True)
+          f"{args.workers} workers, {repeats} repeat(s), decoder {args.decoder}", flush=True)
     with temp_dir("plugtrain-bench-dataloader-") as tmp:
         t0 = time.perf_counter()
         root = write_imagefolder(tmp / "images", n_images)
         print(f"  wrote {n_images} PNGs in {time.perf_counter() - t0:.1f} s", flush=True)
         spec = tmp / "spec.toml"
-        spec.write_text(spec_text(root, args.workers, tmp / "runs"))
+        spec.write_text(spec_text(root, args.workers, tmp / "runs", args.decoder))
         trainer = build_trainer(spec, progress=False)
         split = trainer.built.splits.train
         paths, targets = list(split.paths), [int(t) for t in split.targets]
