@@ -8,12 +8,12 @@ divided by its number of steps. Model and data are built before the clock starts
 Cases:
 * ``memory`` -- uint8 images held in memory. Bare: one uint8 tensor, indexed with a shuffled permutation per batch
   and normalised per batch (what one writes for in-memory data). plugtrain: a dataset plugin holding the same
-  arrays, the default ``augmentations.normalize`` (albumentations ``Normalize`` per sample) and
-  ``data.num_workers = 0`` (its DataLoader in the main process). This is the case where any per-sample cost of the
+  arrays, the default ``augmentations.normalize`` (since 6c5ab1b: one normalisation per batch on the device, the
+  samples stay uint8) and ``data.num_workers = 0`` (its DataLoader in the main process). This is the case where any per-sample cost of the
   framework shows.
-* ``dataloader`` -- the same uint8 images normalised per sample by the same albumentations ``Normalize``, through a
-  ``torch.utils.data.DataLoader`` with 2 persistent workers on both sides (bare: a minimal Dataset and the default
-  collate; plugtrain: its sampler, dataset wrapper and collate).
+* ``dataloader`` -- the same uint8 images through a ``torch.utils.data.DataLoader`` with 2 persistent workers on both
+  sides (bare: a minimal Dataset normalising each sample with albumentations ``Normalize``, and the default collate;
+  plugtrain: its sampler, dataset wrapper and collate, and the per-batch normalisation on the device).
 
 plugtrain computes the same validation metric as the bare loop (``[[metrics]] accuracy``; the default set adds
 top-5, macro F1 and a rendered confusion matrix, once per epoch). It runs through the public runtime API (``load_spec`` -> ``build_run`` -> ``Trainer.fit``) with its progress

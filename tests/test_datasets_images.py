@@ -177,3 +177,40 @@ def test_split_indices_stratified_and_seeded():
     assert any((split_indices(targets, 0.2, seed=s)[1] != va).any() for s in range(4, 8))
     tr, va = split_indices(np.zeros(10), 0.3, seed=0, stratify=False)
     assert len(va) == 3 and sorted([*tr, *va]) == list(range(10))
+
+
+def test_default_png_decode_equals_pillow_exactly_and_stays_strict(tmp_path):
+    """The default decoder reads complete 8-bit PNGs with OpenCV (faster): every kind of PNG must come out as Pillow's
+    own ``convert("RGB")`` does, and a truncated or corrupt PNG must still be refused."""
+    rgba = RNG.integers(0, 256, (9, 11, 4), dtype=np.uint8)
+    images = {
+        "rgb.png": Image.fromarray(_rgb(13, 17)),
+        "gray.png": Image.fromarray(RNG.integers(0, 256, (10, 6), dtype=np.uint8)),
+        "rgba.png": Image.fromarray(rgba, mode="RGBA"),
+        "palette.png": Image.fromarray(_rgb(8, 8)).convert("P", palette=Image.ADAPTIVE, colors=16),
+        "gray16.png": Image.fromarray(RNG.integers(0, 65536, (5, 7), dtype=np.uint16)),
+        "bilevel.png": Image.fromarray(RNG.integers(0, 2, (6, 6), dtype=np.uint8) * 255).convert("1"),
+    }
+    for name, image in images.items():
+        path = tmp_path / name
+        image.save(path)
+        with Image.open(path) as im:
+            expected = np.asarray(im.convert("RGB")) if im.mode not in ("I;16", "I;16B", "I") else None
+        got = decode_image(str(path), 3)
+        assert got.shape[2] == 3 and got.dtype == np.uint8 and got.flags.c_contiguous, name
+        if expected is not None:
+            np.testing.assert_array_equal(got, expected, err_msg=name)
+        else:  # 16-bit grey: the high byte, replicated
+            with Image.open(path) as im:
+                high = (np.asarray(im).astype(np.int64) >> 8).astype(np.uint8)
+            np.testing.assert_array_equal(got, np.repeat(high[..., None], 3, axis=2), err_msg=name)
+
+    data = (tmp_path / "rgb.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) - 30])
+    broken = bytearray(data)
+    broken[60] ^= 0xFF  # inside the image data: the chunk's CRC no longer matches
+    (tmp_path / "corrupt.png").write_bytes(bytes(broken))
+    for name in ("truncated.png", "corrupt.png"):
+        with pytest.raises(SampleError) as info:
+            decode_image(str(tmp_path / name), 3)
+        assert info.value.path == str(tmp_path / name) and info.value.reason, name

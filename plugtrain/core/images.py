@@ -14,7 +14,9 @@ Channel handling, whatever the file holds:
 
 The EXIF orientation tag is not applied (as in torchvision and timm): pixels come out as stored.
 
-Pillow is the default decoder: it detects truncated files. OpenCV (``decoder="cv2"``) is 15-60% faster on small
+Pillow is the default decoder: it detects truncated files. (For a complete 8-bit grey/RGB/RGBA PNG read as RGB the
+default hands the decode to OpenCV, about 1.5x faster and, PNG being lossless, bit-identical; see
+:func:`_decode_png_fast`.) OpenCV (``decoder="cv2"``) is 15-60% faster on small
 images but decodes a truncated JPEG partially (grey bottom rows) instead of failing; when OpenCV cannot read a file
 at all, Pillow is asked, so the reason in the error is Pillow's.
 """
@@ -85,7 +87,51 @@ def decode_image(path: str | os.PathLike[str], channels: int = 3, decoder: str =
         image = _decode_cv2(path, channels)
         if image is not None:
             return image
+    elif channels == 3 and path[-4:].lower() == ".png":
+        image = _decode_png_fast(path)
+        if image is not None:
+            return image
     return _decode_pil(path, channels)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _decode_png_fast(path: str) -> np.ndarray | None:
+    """Pillow's RGB result for a complete 8-bit grey / RGB / RGBA PNG, decoded by OpenCV (about 1.5x faster on
+    small images); ``None`` for anything else, which Pillow then decodes or explains.
+
+    PNG is lossless, so both decoders give the same pixels (alpha dropped, grey replicated, as ``convert("RGB")``
+    does). Strictness is kept by reading the file first: it must start with the PNG signature and an ``IHDR`` that
+    says 8 bits per sample, and end with the ``IEND`` chunk, so a truncated file goes to Pillow, which refuses it;
+    libpng checks the chunk CRCs, so a corrupt one fails here and goes to Pillow too. Images larger than Pillow's
+    decompression-bomb limit go to Pillow as well (it raises)."""
+    try:
+        import cv2
+        from PIL import Image
+    except ImportError:  # pragma: no cover - albumentations brings OpenCV
+        return None
+    _check_file(path)
+    try:
+        buf = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    head = buf[:26].tobytes()
+    if (len(buf) < 57 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR" or head[24] != 8
+            or head[25] not in (0, 2, 6) or buf[-12:].tobytes() != _PNG_IEND):
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        return None
+    try:
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:
+        return None
+    if image is None or image.dtype != np.uint8 or image.ndim != 3 or image.shape[:2] != (height, width):
+        return None
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def _file_fault(path: str, exc: OSError) -> SampleError:

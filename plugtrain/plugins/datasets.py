@@ -122,7 +122,8 @@ def imagefolder(
     tiff, case-insensitive); hidden files are ignored.
 
     ``channels``: 3 (RGB; grayscale images are converted) or 1 (grayscale; colour images are converted).
-    ``decoder``: ``pil`` (strict: truncated files are errors) or ``cv2`` (faster on small images).
+    ``decoder``: ``pil`` (strict: truncated files are errors; complete 8-bit PNGs are read by OpenCV, bit-identical
+    and faster) or ``cv2`` (OpenCV for every format: faster JPEG decoding, but truncated files decode partially).
 
     An empty class folder is a fault: with ``on_error = "raise"`` an error naming it; with ``"skip"`` the class is
     kept (labels stay those of the folder names) with no samples and listed in the split's ``problems``.
