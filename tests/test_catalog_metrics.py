@@ -89,7 +89,11 @@ DDP_SCRIPT = textwrap.dedent(
     if rank == 0:
         with open(sys.argv[1], "w") as f:
             json.dump(out, f)
+    dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip interpreter teardown: torch's gloo threads once aborted it ("terminate called ...") in CI
     """
 )
 

@@ -129,7 +129,9 @@ def test_signal_writes_checkpoint_at_next_step_and_resume_is_exact(tmp_path, ref
     assert "Traceback" not in run.output
     state = _last(run_dir)
     stopped = int(m.split(" at step ")[1].split(";")[0])
-    assert state["global_step"] == stopped and step <= stopped <= step + 1  # the next step boundary
+    # the step boundary after the signal arrived: the test sends it when it reads the "global_step N" line, and on a
+    # loaded 2-core machine the process may already be one or two (fast) steps further by then
+    assert state["global_step"] == stopped and step <= stopped <= step + 3
     assert not [p for p in (run_dir / "checkpoints").iterdir() if ".tmp" in p.name]
 
     resumed = Run(plugtrain_cmd("train", spec, "--resume", "auto"))
