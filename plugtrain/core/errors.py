@@ -33,3 +33,10 @@ def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:
         return ""
     names = [repr(by_lower[c]) for c in close]
     return " Did you mean " + (" or ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " or " + names[-1]) + "?"
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of ``str(exc)`` (at most ``limit`` characters), or ``""``: what a one-line message
+    quotes of a library's exception."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else ""

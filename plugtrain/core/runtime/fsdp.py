@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from plugtrain.core.errors import PlugtrainError
+from plugtrain.core.errors import PlugtrainError, first_line
 
 DCP_GLOB = "last-*.dcp"
 
@@ -98,25 +98,25 @@ def shard(built: Any, dist: Any) -> None:
     built.backbone, built.criterion = backbone, criterion
 
 
-def _roots(trainer: Any) -> list[Any]:
+def _roots(backbone: Any, criterion: Any) -> list[Any]:
     from torch.distributed.fsdp import FSDPModule
 
-    return [m for m in (trainer.backbone, trainer.criterion) if isinstance(m, FSDPModule)]
+    return [m for m in (backbone, criterion) if isinstance(m, FSDPModule)]
 
 
-def _fsdp_modules(trainer: Any) -> list[Any]:
+def _fsdp_modules(backbone: Any, criterion: Any) -> list[Any]:
     from torch.distributed.fsdp import FSDPModule
 
-    return [m for root in (trainer.backbone, trainer.criterion) for m in root.modules() if isinstance(m, FSDPModule)]
+    return [m for root in (backbone, criterion) for m in root.modules() if isinstance(m, FSDPModule)]
 
 
-def sync_buffers(trainer: Any) -> None:
+def sync_buffers(backbone: Any, criterion: Any) -> None:
     """Rank 0's buffers (batch-norm running statistics) on every rank: FSDP shards parameters only."""
     import torch
     import torch.distributed as tdist
 
     with torch.no_grad():
-        for module in (trainer.backbone, trainer.criterion):
+        for module in (backbone, criterion):
             for buf in module.buffers():
                 tdist.broadcast(buf, src=0)
 
@@ -127,28 +127,32 @@ class ForwardSync:
     run evaluates and checkpoints what the DDP run does), and gradients are reduce-scattered only on the last
     micro-batch of an accumulation group (DDP's ``no_sync``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, backbone: Any, criterion: Any) -> None:
+        self.backbone, self.criterion = backbone, criterion
         self._broadcast_next = True
 
-    def before(self, trainer: Any, sync: bool) -> None:
+    def __call__(self, sync: bool) -> Any:
+        """Before a training forward whose backward reduces gradients when ``sync``; returns a null context (the
+        trainer's gradient-sync switch, as DDP's ``no_sync`` is)."""
         if self._broadcast_next:
-            sync_buffers(trainer)
+            sync_buffers(self.backbone, self.criterion)
         self._broadcast_next = sync
-        for root in _roots(trainer):
+        for root in _roots(self.backbone, self.criterion):
             root.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
 
 
 @contextlib.contextmanager
-def unsharded(trainer: Any) -> Iterator[None]:
+def unsharded(backbone: Any, criterion: Any) -> Iterator[None]:
     """The full parameters on every rank for an evaluation (collective on entry and exit).
 
     Evaluation batches are not in lockstep across ranks (a rank may have one batch more, or skip an unreadable one),
     so the forwards inside must not all-gather: every FSDP unit is unsharded once and kept so (``reshard_after_forward
     = False``) until the end, then resharded; meanwhile a rank holds the whole model, as in DDP."""
-    roots = _roots(trainer)
+    roots = _roots(backbone, criterion)
     for root in roots:
         root.set_reshard_after_forward(False)
-    for m in _fsdp_modules(trainer):
+    for m in _fsdp_modules(backbone, criterion):
         m.unshard()
     try:
         yield
@@ -162,17 +166,16 @@ def unsharded(trainer: Any) -> Iterator[None]:
             root.reset_iter_state()
 
 
-def _modules(trainer: Any) -> Any:
+def _modules(backbone: Any, criterion: Any) -> Any:
     import torch
 
-    return torch.nn.ModuleDict({"backbone": trainer.backbone, "criterion": trainer.criterion})
+    return torch.nn.ModuleDict({"backbone": backbone, "criterion": criterion})
 
 
-def _without_buffers(trainer: Any, model_sd: dict[str, Any]) -> dict[str, Any]:
+def _without_buffers(modules: Any, model_sd: dict[str, Any]) -> dict[str, Any]:
     """``model_sd`` (of :func:`_modules`) without the buffers: those are not sharded, and each rank's differ (DCP
     would keep any one rank's copy); the checkpoint's are rank 0's, in ``last.pt``, as in DDP."""
-    buffers = {f"{prefix}.{n}" for prefix, m in (("backbone", trainer.backbone), ("criterion", trainer.criterion))
-               for n, _ in m.named_buffers()}
+    buffers = {f"{prefix}.{n}" for prefix, m in modules.items() for n, _ in m.named_buffers()}
     return {k: v for k, v in model_sd.items() if k not in buffers}
 
 
@@ -185,27 +188,31 @@ def _load_buffers(module: Any, full: dict[str, Any]) -> None:
                 buf.copy_(full[n])
 
 
-def save_sharded(trainer: Any) -> dict[str, Any]:
-    """Collective: the sharded model and optimizer states into a new DCP directory; the full model and loss states
-    (rank 0). Returns the entries rank 0 puts into ``last.pt`` (``{}`` on the other ranks)."""
+def all_finite(backbone: Any, dist: Any) -> bool:
+    """Collective: whether every rank's shards of the backbone's parameters are finite."""
     import torch
+
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in backbone.parameters()]
+    finite = torch.stack([torch.isfinite(p).all() for p in local if p.numel()]).all() if local else torch.tensor(True)
+    bad = dist.all_reduce(dist.collective_tensor([0.0 if bool(finite) else 1.0]), op="max")
+    return float(bad[0]) == 0
+
+
+def save_sharded(backbone: Any, criterion: Any, optimizers: list[Any], dist: Any, directory: Path,
+                 step: int) -> dict[str, Any]:
+    """Collective: the sharded model and optimizer states into a new DCP directory under ``directory``; the full
+    model and loss states (rank 0). Returns the entries rank 0 puts into ``last.pt`` (``{}`` on the other ranks)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
 
-    dist = trainer.dist
-    local = [p.to_local() if hasattr(p, "to_local") else p for p in trainer.backbone.parameters()]
-    finite = torch.stack([torch.isfinite(p).all() for p in local if p.numel()]).all() if local else torch.tensor(True)
-    bad = dist.all_reduce(dist.collective_tensor([0.0 if bool(finite) else 1.0]), op="max")
-    if float(bad[0]) > 0:
-        trainer._fail_non_finite("the model's parameters became non-finite")
-    name = dist.broadcast_object(f"last-{trainer.global_step:08d}-{secrets.token_hex(4)}.dcp")
-    directory = trainer._ckpt_dir / name
-    modules = _modules(trainer)
-    model_sd, optim_sd = get_state_dict(modules, trainer.optimizers)
-    dcp.save({"model": _without_buffers(trainer, model_sd), "optimizers": optim_sd}, checkpoint_id=str(directory))
+    name = dist.broadcast_object(f"last-{step:08d}-{secrets.token_hex(4)}.dcp")
+    modules = _modules(backbone, criterion)
+    model_sd, optim_sd = get_state_dict(modules, list(optimizers))
+    dcp.save({"model": _without_buffers(modules, model_sd), "optimizers": optim_sd},
+             checkpoint_id=str(Path(directory) / name))
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    backbone_sd = get_model_state_dict(trainer.backbone, options=full)
-    criterion_sd = get_model_state_dict(trainer.criterion, options=full)
+    backbone_sd = get_model_state_dict(backbone, options=full)
+    criterion_sd = get_model_state_dict(criterion, options=full)
     if not dist.is_main:
         return {}
     return {"model": backbone_sd, "loss": criterion_sd, "optimizers": [],
@@ -222,7 +229,7 @@ def prune(ckpt_dir: Path, keep: str) -> list[str]:
     return removed
 
 
-def load_sharded(trainer: Any, state: dict[str, Any], source: Path) -> None:
+def load_sharded(backbone: Any, criterion: Any, optimizers: list[Any], state: dict[str, Any], source: Path) -> None:
     """Load the model, loss and optimizer states of an fsdp run's ``last.pt`` from its DCP directory (collective when
     distributed). Works for any trainer: sharded (any number of processes: DCP reshards), DDP or one process."""
     import torch.distributed.checkpoint as dcp
@@ -236,18 +243,19 @@ def load_sharded(trainer: Any, state: dict[str, Any], source: Path) -> None:
     if not (directory / ".metadata").is_file():
         raise PlugtrainError(f"--resume {source}: its sharded state {directory} is missing or incomplete (only the "
                              "run's last.pt keeps its shards; best.pt and epoch-NNNN.pt hold the full model only)")
-    modules = _modules(trainer)
+    modules = _modules(backbone, criterion)
+    optimizers = list(optimizers)
     try:
-        model_sd, optim_sd = get_state_dict(modules, trainer.optimizers)
-        loaded = {"model": _without_buffers(trainer, model_sd), "optimizers": optim_sd}
+        model_sd, optim_sd = get_state_dict(modules, optimizers)
+        loaded = {"model": _without_buffers(modules, model_sd), "optimizers": optim_sd}
         with warnings.catch_warnings():  # one process: "torch.distributed is ... uninitialized, assuming ..."
             warnings.filterwarnings("ignore", message=r"torch\.distributed is disabled")
             dcp.load(loaded, checkpoint_id=str(directory))
-        set_state_dict(modules, trainer.optimizers, model_state_dict=loaded["model"],
+        set_state_dict(modules, optimizers, model_state_dict=loaded["model"],
                        optim_state_dict=loaded["optimizers"], options=StateDictOptions(strict=False))
-        _load_buffers(trainer.backbone, state["model"])  # rank 0's (batch-norm statistics), from last.pt
-        _load_buffers(trainer.criterion, state["loss"])
-    except Exception as exc:  # noqa: BLE001 - a checkpoint that does not fit this spec is bad input
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        _load_buffers(backbone, state["model"])  # rank 0's (batch-norm statistics), from last.pt
+        _load_buffers(criterion, state["loss"])
+    except Exception as exc:  # a checkpoint that does not fit this spec is bad input
+        first = first_line(exc) or type(exc).__name__
         raise PlugtrainError(f"--resume {source}: cannot load the sharded state {directory}: {first} (was the spec "
                              "changed since the checkpoint?)") from None

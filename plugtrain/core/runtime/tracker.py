@@ -1,0 +1,112 @@
+"""The training loss and sample counts, kept on the device and read at log intervals only.
+
+Per epoch: the running loss sum and count, samples, skipped samples and training time (checkpointed per rank, so
+that a mid-epoch resume continues every rank's own sums). Per log interval: the micro-batch losses since the last
+look, read back in one device sync by :meth:`LossTracker.read_interval`, which also finds a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+
+class LossTracker:
+    def __init__(self, device: torch.device, fp16: bool) -> None:
+        self.device, self.fp16 = device, fp16
+        self.reset_epoch()
+        self.reset_interval()
+
+    def reset_epoch(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.loss_count = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.samples = 0
+        self.skipped = 0
+        self.skipped_files: list[str] = []  # the first few, for the end-of-epoch message (this rank's)
+        self.train_time = 0.0
+
+    def reset_interval(self) -> None:
+        self.interval_losses: list[torch.Tensor] = []
+        self.interval_steps: list[int] = []
+        self.interval_samples = 0
+        self.interval_start = time.monotonic()
+
+    def skip(self, files: list[str]) -> None:
+        self.skipped += len(files)
+        self.skipped_files += files[:max(5 - len(self.skipped_files), 0)]
+
+    def record(self, loss: torch.Tensor, samples: int, step: int) -> None:
+        """One micro-batch's loss, of optimizer step ``step`` (1-based)."""
+        if self.fp16:  # the scaler skips non-finite steps; average the finite losses
+            finite = torch.isfinite(loss)
+            self.loss_sum += torch.where(finite, loss, 0.0).double()
+            self.loss_count += finite.double()
+        else:
+            self.loss_sum += loss.double()
+            self.loss_count += 1
+        self.interval_losses.append(loss)
+        self.interval_steps.append(step)
+        self.interval_samples += samples
+        self.samples += samples
+
+    def read_interval(self) -> tuple[float, int, float]:
+        """``(mean loss, first bad step or 0, its loss)`` of the interval so far (a device sync). Under fp16, isolated
+        non-finite losses are steps the scaler skipped, not a failure."""
+        losses = torch.stack(self.interval_losses).float().cpu() if self.interval_losses else torch.zeros(0)
+        finite = torch.isfinite(losses)
+        bad = ~finite
+        if self.fp16 and bad.any() and not bad.all():
+            bad = torch.zeros_like(bad)
+        bad_step, bad_value = 0, math.nan
+        if bad.any():
+            first = int(bad.nonzero()[0])
+            bad_step, bad_value = self.interval_steps[first], float(losses[first])
+        mean = float(losses[finite].mean()) if finite.any() else math.nan
+        return mean, bad_step, bad_value
+
+    def interval_throughput(self, world_size: int) -> float:
+        return self.interval_samples * world_size / max(time.monotonic() - self.interval_start, 1e-9)
+
+    def epoch_totals(self, dist: Any) -> tuple[float, float, float, float]:
+        """``(mean loss, samples/s, seconds, skipped samples)`` of the epoch over every rank (collective)."""
+        totals = dist.all_reduce(torch.stack([self.loss_sum, self.loss_count]).to(dist.reduce_device))
+        loss_sum, loss_count = totals.tolist()
+        skipped = self.skipped
+        if dist.distributed:
+            skipped = float(dist.all_reduce(dist.collective_tensor([float(skipped)]))[0].item())
+        throughput = self.samples * dist.world_size / max(self.train_time, 1e-9)
+        return (loss_sum / loss_count if loss_count else math.nan), throughput, self.train_time, skipped
+
+    def skipped_message(self, epoch: int, skipped: float) -> str:
+        files = ", ".join(self.skipped_files) + (", ..." if skipped > len(self.skipped_files) else "")
+        return (f"epoch {epoch}: skipped {int(skipped)} unreadable sample(s) (data.on_error = \"skip\")"
+                + (f": {files}" if self.skipped_files else ""))
+
+    # -- checkpoints -----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's running sums of the epoch in progress."""
+        return {"loss_sum": self.loss_sum.detach().cpu(), "loss_count": self.loss_count.detach().cpu(),
+                "samples": self.samples, "skipped": self.skipped, "train_time": self.train_time}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss_sum = state["loss_sum"].to(self.device, torch.float64)
+        self.loss_count = state["loss_count"].to(self.device, torch.float64)
+        self.samples, self.skipped = int(state["samples"]), int(state["skipped"])
+        self.train_time = float(state["train_time"])
+
+    @staticmethod
+    def rank_share(states: list[dict[str, Any]], rank: int, world_size: int) -> dict[str, Any]:
+        """This rank's share of a checkpoint's per-rank sums: its own when the world size is the same; otherwise rank
+        0 takes the totals and the other ranks start from zero (the epoch's totals stay right)."""
+        if not states:
+            return {}
+        if len(states) == world_size:
+            return states[rank]
+        if rank:
+            return {}
+        return {"loss_sum": sum(e["loss_sum"] for e in states), "loss_count": sum(e["loss_count"] for e in states),
+                "samples": sum(int(e["samples"]) for e in states), "skipped": sum(int(e["skipped"]) for e in states),
+                "train_time": max(float(e["train_time"]) for e in states)}
