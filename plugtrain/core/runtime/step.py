@@ -136,6 +136,8 @@ class TrainStep:
         self.net: torch.nn.Module = network
         self.params = [p for p in network.parameters() if p.requires_grad]
         self.placeholder = placeholder  # what a rank with nothing readable feeds the network (distributed only)
+        self.lrs: list[float] = []  # every parameter group's lr in the last step (warmup included)
+        self.grad_norm: torch.Tensor | None = None  # the last measured step's gradient norm before clipping
 
     def micro_batch(self, images: torch.Tensor | None, targets: torch.Tensor, skipped: bool) -> MicroBatch:
         """A loader batch as a micro-batch ``(images, targets, placeholder)``.
@@ -187,10 +189,12 @@ class TrainStep:
     def autocast(self) -> Any:
         return autocast(self.device.type, self.precision)
 
-    def step(self, micro_batches: Sequence[MicroBatch], step: int) -> list[tuple[torch.Tensor, int]]:
+    def step(self, micro_batches: Sequence[MicroBatch], step: int,
+             measure: bool = False) -> list[tuple[torch.Tensor, int]]:
         """One optimizer step (number ``step``, 0-based) over the raw micro-batches of :meth:`micro_batch`;
         returns each real micro-batch's ``(loss, samples)``, losses on the device. A micro-batch without images
-        adds nothing; a placeholder adds zero gradients and leaves batch-norm statistics as they were."""
+        adds nothing; a placeholder adds zero gradients and leaves batch-norm statistics as they were. ``measure``:
+        keep the gradient norm before clipping in :attr:`grad_norm` (a log step; on the device)."""
         losses: list[tuple[torch.Tensor, int]] = []
         n = len(micro_batches)
         images = targets = None
@@ -207,8 +211,9 @@ class TrainStep:
             if not fake:
                 losses.append((loss, images.shape[0]))
         with frozen_bn_stats(self.network) if fake else contextlib.nullcontext():
-            self.unscale_and_clip()
+            self.unscale_and_clip(measure)
             with self.warmup.scaled(self.optimizers, step):
+                self.lrs = [float(g["lr"]) for opt in self.optimizers for g in opt.param_groups]
                 if not self.sam:
                     for opt in self.optimizers:
                         self.scaler.step(opt)
@@ -239,12 +244,19 @@ class TrainStep:
             self.scaler.scale(scaled * weight if weight != 1.0 else scaled).backward()
         return loss.detach()
 
-    def unscale_and_clip(self) -> None:
-        if not (self.clip_grad_norm or self.clip_grad_value):
+    def unscale_and_clip(self, measure: bool = False) -> None:
+        """Clip the gradients as the spec says (unscaled first under fp16); ``measure``: keep their norm first."""
+        if not (self.clip_grad_norm or self.clip_grad_value or measure):
             return
-        for opt in self.optimizers:
-            self.scaler.unscale_(opt)
+        if self.scaler.is_enabled():
+            for opt in self.optimizers:
+                self.scaler.unscale_(opt)
+        norm = None
         if self.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm)
+        elif measure:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        if measure:
+            self.grad_norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
         if self.clip_grad_value:
             torch.nn.utils.clip_grad_value_(self.params, self.clip_grad_value)

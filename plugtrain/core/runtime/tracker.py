@@ -52,9 +52,9 @@ class LossTracker:
         self.interval_samples += samples
         self.samples += samples
 
-    def read_interval(self) -> tuple[float, int, float]:
-        """``(mean loss, first bad step or 0, its loss)`` of the interval so far (a device sync). Under fp16, isolated
-        non-finite losses are steps the scaler skipped, not a failure."""
+    def read_interval(self) -> tuple[float, int, int, float]:
+        """``(sum of the finite losses, their number, first bad step or 0, its loss)`` of the interval so far (a
+        device sync). Under fp16, isolated non-finite losses are steps the scaler skipped, not a failure."""
         losses = torch.stack(self.interval_losses).float().cpu() if self.interval_losses else torch.zeros(0)
         finite = torch.isfinite(losses)
         bad = ~finite
@@ -64,8 +64,7 @@ class LossTracker:
         if bad.any():
             first = int(bad.nonzero()[0])
             bad_step, bad_value = self.interval_steps[first], float(losses[first])
-        mean = float(losses[finite].mean()) if finite.any() else math.nan
-        return mean, bad_step, bad_value
+        return float(losses[finite].sum()), int(finite.sum()), bad_step, bad_value
 
     def interval_throughput(self, world_size: int) -> float:
         return self.interval_samples * world_size / max(time.monotonic() - self.interval_start, 1e-9)

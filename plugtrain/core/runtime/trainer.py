@@ -149,9 +149,6 @@ class Trainer:
                                   "they were added as a parameter group of their own")
         self.step.distribute(ddp=self.dist.distributed and not self.sharded)
 
-    def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"]) * self.step.warmup.factor(self.global_step)
-
     # -- the loop --------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         """Train from the current state to ``run.epochs`` (or an early stop); returns the last epoch's metrics."""
@@ -196,7 +193,8 @@ class Trainer:
             self.progress.advance()
             start = b - b % accum
             if b == start + min(accum, n - start) - 1:  # the group's last micro-batch
-                for loss, samples in self.step.step(group, self.global_step):
+                log = (self.global_step + 1) % self.spec.trainer.log_every_steps == 0
+                for loss, samples in self.step.step(group, self.global_step, measure=log):
                     self.tracker.record(loss, samples, self.global_step + 1)
                 self.global_step += 1
                 group = []
@@ -211,11 +209,9 @@ class Trainer:
         mid_epoch = self.batch_in_epoch < self.built.batches_per_epoch
         save = bool(t.checkpoint_every_steps) and self.global_step % t.checkpoint_every_steps == 0 and mid_epoch
         if log or save:
-            mean = self._check_interval()  # the only device sync; in DDP the ranks agree on signals here
+            loss_sum, count = self._check_interval()  # the only device sync; the ranks agree on signals here
             if log:
-                self.progress.log(self.global_step, mean, self.lr(), self.tracker.interval_throughput(
-                    self.dist.world_size))
-                self.tracker.reset_interval()
+                self._log_step(loss_sum, count)
         elif not self.dist.distributed and self._signal:
             self._stop_signal = self._signal
         if mid_epoch and (save or self._stop_signal):
@@ -223,9 +219,35 @@ class Trainer:
             if self._stop_signal:
                 raise Interrupted(self._stop_signal, path, self.global_step)
 
-    def _check_interval(self) -> float:
-        """Read the interval's losses; agree across ranks on a non-finite loss and on signals. Returns the mean."""
-        mean, bad_step, value = self.tracker.read_interval()
+    def _log_step(self, loss_sum: float, count: int) -> None:
+        """A log interval: the interval's mean loss over every rank, the lr of each parameter group in the step just
+        taken, the gradient norm before clipping and the throughput, to the console and the loggers."""
+        if self.dist.distributed:
+            loss_sum, count = self.dist.all_reduce(self.dist.collective_tensor([loss_sum, float(count)])).tolist()
+        lrs = self._lrs()
+        metrics = {"step/loss": loss_sum / count if count else math.nan, "step/lr": lrs[0],
+                   **{f"step/lr_{i}": lr for i, lr in enumerate(lrs[1:], 1)},
+                   "step/throughput": self.tracker.interval_throughput(self.dist.world_size)}
+        if self.step.grad_norm is not None:
+            metrics["step/grad_norm"] = float(self.step.grad_norm)
+            self.step.grad_norm = None
+        self.progress.log(self.global_step, metrics["step/loss"], lrs[0], metrics["step/throughput"])
+        for logger in self.loggers:
+            if callable(getattr(logger, "log_step_metrics", None)):
+                logger.log_step_metrics(metrics, self.global_step)
+        self.tracker.reset_interval()
+
+    def _lrs(self) -> list[float]:
+        """Each parameter group's lr in the last optimizer step (before the first: the first step's)."""
+        if self.step.lrs:
+            return self.step.lrs
+        factor = self.step.warmup.factor(self.global_step)
+        return [float(g["lr"]) * factor for opt in self.optimizers for g in opt.param_groups]
+
+    def _check_interval(self) -> tuple[float, int]:
+        """Read the interval's losses; agree across ranks on a non-finite loss and on signals. Returns this rank's
+        sum of the interval's losses and their number."""
+        loss_sum, count, bad_step, value = self.tracker.read_interval()
         signal = self._signal or 0
         if self.dist.distributed:
             flags = self.dist.all_reduce(self.dist.collective_tensor([float(signal), float(bad_step)]), op="max")
@@ -234,7 +256,7 @@ class Trainer:
             self._stop_signal = signal
         if bad_step:
             self._fail_non_finite(f"the loss became {value} at step {bad_step}")
-        return mean
+        return loss_sum, count
 
     def _fail_non_finite(self, what: str) -> None:
         last = self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
@@ -248,7 +270,9 @@ class Trainer:
         self.tracker.reset_interval()
         e = self.epoch + 1
         loss, throughput, seconds, skipped = self.tracker.epoch_totals(self.dist)
-        metrics: dict[str, float] = {"epoch": e, "train/loss": loss, "train/lr": self.lr(),
+        lrs = self._lrs()
+        metrics: dict[str, float] = {"epoch": e, "train/loss": loss, "train/lr": lrs[0],
+                                     **{f"train/lr_{i}": lr for i, lr in enumerate(lrs[1:], 1)},
                                      "train/throughput": throughput, "train/epoch_time": seconds,
                                      "data/skipped": skipped}
         if e % self.spec.trainer.val_every_epochs == 0 or e == self.epochs:
