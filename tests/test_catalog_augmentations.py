@@ -261,7 +261,7 @@ def test_train_and_val_pipelines_resize_and_normalize(tmp_path):
     from plugtrain.core.runtime.build import build_run
     from plugtrain.core.runtime.distributed import DistEnv
     from plugtrain.core.runtime.loader import Collate
-    from plugtrain.core.runtime.trainer import ModelInput
+    from plugtrain.core.runtime.step import ModelInput
     from plugtrain.core.spec import load_spec
 
     body = """[augmentations]
@@ -310,7 +310,7 @@ def test_no_pipeline_when_there_is_nothing_to_do(tmp_path):
 
     from plugtrain.core.runtime.build import build_run
     from plugtrain.core.runtime.distributed import DistEnv
-    from plugtrain.core.runtime.trainer import ModelInput
+    from plugtrain.core.runtime.step import ModelInput
     from plugtrain.core.spec import load_spec
 
     body = '[augmentations]\nresize = false\nmean = [0.25]\nstd = [0.125]\ntrain = [{ name = "HorizontalFlip" }]\n'
@@ -414,7 +414,7 @@ def test_mixup_section_builds_timm_mixup_on_the_batches(tmp_path):
     from plugtrain.core.runtime.build import build_run
     from plugtrain.core.runtime.distributed import DistEnv
     from plugtrain.core.runtime.loader import Collate
-    from plugtrain.core.runtime.trainer import ModelInput
+    from plugtrain.core.runtime.step import ModelInput
     from plugtrain.core.spec import load_spec
 
     body = "[mixup]\nmixup_alpha = 0.4\ncutmix_alpha = 0.0\nprob = 1.0\nlabel_smoothing = 0.0\n"

@@ -183,8 +183,9 @@ def test_visual_metrics_are_defaults_per_task(tmp_path, task, visual):
 def test_classification_run_logs_a_confusion_matrix_each_validation(tmp_path, capsys):
     from plugtrain.core.runtime.build import build_run
     from plugtrain.core.runtime.distributed import DistEnv
+    from plugtrain.core.runtime.evaluator import evaluate_model
     from plugtrain.core.runtime.loader import ShardedBatchSampler, make_loader
-    from plugtrain.core.runtime.trainer import ModelInput, evaluate_model
+    from plugtrain.core.runtime.step import ModelInput
     from plugtrain.core.spec import load_spec
 
     body = '[loss]\nname = "CrossEntropy"\n'
@@ -259,8 +260,9 @@ def test_visual_metrics_gather_every_rank_under_torchrun(tmp_path):
 
     from plugtrain.core.runtime.build import build_run
     from plugtrain.core.runtime.distributed import DistEnv
+    from plugtrain.core.runtime.evaluator import evaluate_model
     from plugtrain.core.runtime.loader import ShardedBatchSampler, make_loader
-    from plugtrain.core.runtime.trainer import ModelInput, evaluate_model
+    from plugtrain.core.runtime.step import ModelInput
     from plugtrain.core.spec import load_spec
 
     body = '[loss]\nname = "CrossEntropy"\n\n[[metrics]]\nname = "accuracy"\n\n[[metrics]]\nname = ' \

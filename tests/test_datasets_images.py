@@ -1,4 +1,4 @@
-"""plugtrain.core.images: decoding real files written here, the faults it reports, and the split helpers."""
+"""The datasets' image decoder and split helpers: decoding real files written here, the faults it reports."""
 
 from __future__ import annotations
 
@@ -10,15 +10,8 @@ import pytest
 from PIL import Image
 
 from plugtrain.core.data import SampleError
-from plugtrain.core.images import (
-    ArraySplit,
-    ImageFileSplit,
-    PathTable,
-    decode_image,
-    is_image_file,
-    iter_image_files,
-    split_indices,
-)
+from plugtrain.plugins.datasets.decode import decode_image, is_image_file, iter_image_files
+from plugtrain.plugins.datasets.splits import ArraySplit, ImageFileSplit, PathTable, split_indices
 
 RNG = np.random.default_rng(0)
 

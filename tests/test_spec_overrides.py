@@ -16,7 +16,8 @@ from helpers_plugins import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plugtrain.core.spec import SpecError, check_command, dumps, load_spec, resolve, to_dict
+from plugtrain.commands.check import run as check_command
+from plugtrain.core.spec import SpecError, dumps, load_spec, resolve, to_dict
 from plugtrain.core.spec.model import PRECISIONS, AugmentationSpec, RunSpec
 from plugtrain.core.spec.overrides import OverrideError, apply, parse_key, parse_override, parse_value
 

@@ -20,7 +20,7 @@ import pytest
 from helpers_plugins import REPO, make_example_dist, run_plugtrain
 
 from plugtrain.core.registry import get_registry, reset_registry
-from plugtrain.core.schema import build_schema
+from plugtrain.core.spec.schema import build_schema
 
 if sys.version_info >= (3, 11):
     import tomllib

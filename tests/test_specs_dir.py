@@ -151,7 +151,7 @@ def test_spec_trains_a_few_steps(spec_path, trained):
 
 def _assert_started_from_pretrained(spec: dict[str, Any], pretrained: Path, model: dict[str, Any]) -> None:
     """Two small steps cannot move loaded weights far; frozen ones must not move at all."""
-    from plugtrain.core.weights import load_state_dict_file
+    from plugtrain.plugins.backbones import load_state_dict_file
 
     source = load_state_dict_file(pretrained)
     shared = [k for k, v in model.items() if k in source and source[k].shape == v.shape

@@ -1,4 +1,8 @@
-"""Where output goes: rich tables and progress in a terminal, plain line-per-event text otherwise; rank 0 only."""
+"""Where command output goes: lines, tables and JSON on stdout from rank 0, error lines on stderr from any rank.
+
+A terminal gets rich tables, anything else tab-separated lines (``PLUGTRAIN_PLAIN=1`` forces plain output). The
+training progress bar, :mod:`plugtrain.core.runtime.progress`, builds on this module (:func:`rank`, :func:`is_tty`).
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,17 @@ def echo(text: str = "") -> None:
         print(text, flush=True)
 
 
+def error(text: str) -> None:
+    """An error line on stderr, ``plugtrain: error: `` prefixed unless ``text`` already starts with ``plugtrain:``.
+
+    Every rank may have one; off rank 0 the line says which rank."""
+    prefix = "plugtrain: error: " if not text.startswith("plugtrain:") else ""
+    where = f"[rank {rank()}] " if rank() else ""
+    print(f"{where}{prefix}{text}", file=sys.stderr, flush=True)
+
+
 def print_json(data: Any) -> None:
+    """``data`` as indented JSON on stdout, rank 0 only."""
     if rank() == 0:
         print(json.dumps(data, indent=2, default=str), flush=True)
 

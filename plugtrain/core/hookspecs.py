@@ -35,9 +35,55 @@ the *context* arguments that the runtime supplies for that kind (listed per hook
 A context argument is passed only when the factory's signature names it (or takes ``**kwargs``); context arguments
 are never shown as user parameters and cannot be set from a spec. Parameter checking, ``plugtrain show`` and the JSON
 Schema are all derived from the factory's signature, so annotate parameters and give defaults.
+
+Roles
+-----
+Core never names a component. Where the runtime needs "the thing that does X" it asks the registry for the component
+that claims the role X (``Component(name, factory, summary, roles=("resize",))``; :data:`ROLES`):
+
+=============  ====================  =================================================  ===============================
+kind           role                  the factory is called as / returns                 when
+=============  ====================  =================================================  ===============================
+augmentations  ``resize``            ``factory(height=, width=)`` -> a transform        appended to each split's pipeline
+                                                                                        (``augmentations.resize``)
+augmentations  ``compose``           ``factory(transforms, seed=)`` -> the pipeline     every pipeline that is not empty
+augmentations  ``batch_mix``         ``factory(num_classes=, mixup_alpha=,              a spec with ``[mixup]``
+                                     cutmix_alpha=, prob=, switch_prob=, mode=,
+                                     label_smoothing=)`` -> ``mix(images, targets)
+                                     -> (images, targets)`` on whole batches
+callbacks      ``ema``               ``factory(model=, decay=)`` -> an object with      ``trainer.ema = true``, and
+                                     ``.module``, ``update(model, step=)``,             evaluating a checkpoint that
+                                     ``state_dict()``, ``load_state_dict()``            holds an EMA
+loggers        ``metrics_csv``       the logger that writes ``metrics.csv``             added to every run that lacks it
+loggers        ``default``           (many) the loggers of a spec without               loading a spec
+                                     ``[[loggers]]``, in registration order
+metrics        ``default:<task>``    (many) the metrics of a spec without               building a run of ``<task>``
+                                     ``[[metrics]]``, in registration order
+metrics        ``always:<task>``     (many) metrics added first to a ``<task>`` run     building a run of ``<task>``
+                                     whose ``[[metrics]]`` lack them
+=============  ====================  =================================================  ===============================
+
+A role core needs exactly one of must have exactly one claimant: none, or two (built-in or not), is an error naming
+them, and ``PLUGTRAIN_DISABLE_PLUGINS`` is the way to drop the one not wanted. A role marked *many* gathers every
+claimant. The roles of :data:`RUNTIME_ROLES` make their component a part of the runtime rather than something a spec
+names: it is left out of ``plugtrain list``, the JSON Schema and spec lookups (a spec cannot list the ``[mixup]``
+implementation as a per-sample augmentation by mistake).
+
+Plugin-module attributes
+------------------------
+Besides its hooks, a plugin module may define:
+
+* ``PLUGTRAIN_RETIRED``: ``{kind: {"Name" | "Name.param" | "*.param": hint}}``, hints for names and parameters a
+  library removed (:mod:`plugtrain.core.spec.retired`).
+* ``PLUGTRAIN_VALIDATE``: ``validate(factory, params, defaults) -> [(key or None, message, is_warning), ...]``, the
+  plugin's own check of one of its components' parameters (``params`` as the spec gives them, ``defaults`` the
+  factory's defaults), run by ``plugtrain check`` once the signature checks pass. A problem with a key points at that
+  key; ``None`` points at the component's table.
 """
 
 from __future__ import annotations
+
+from typing import Any, Protocol
 
 import pluggy
 
@@ -72,6 +118,24 @@ CONTEXT: dict[str, frozenset[str]] = {
     "metrics": frozenset({"num_classes", "task"}),
     "callbacks": frozenset(),
 }
+
+
+#: The roles core looks up, by ``(kind, role)``: what the role is for (see "Roles" above). ``<task>`` stands for each of
+#: ``classification``, ``regression`` and ``metric_learning``.
+ROLES: dict[tuple[str, str], str] = {
+    ("augmentations", "resize"): "the transform that resizes every image to data.image_size",
+    ("augmentations", "compose"): "the composition that makes a pipeline of the transforms",
+    ("augmentations", "batch_mix"): "the implementation of [mixup]",
+    ("callbacks", "ema"): "the model EMA of trainer.ema",
+    ("loggers", "metrics_csv"): "the logger that writes metrics.csv",
+    ("loggers", "default"): "the loggers of a spec without [[loggers]]",
+    **{("metrics", f"{r}:{t}"): f"{what} of {t} runs" for t in ("classification", "regression", "metric_learning")
+       for r, what in (("default", "the metrics of a spec without [[metrics]]"),
+                       ("always", "the metrics added to every [[metrics]] list"))},
+}
+
+#: Roles whose component is a part of the runtime, not something a spec names (left out of listings and lookups).
+RUNTIME_ROLES: frozenset[tuple[str, str]] = frozenset({("augmentations", "batch_mix"), ("callbacks", "ema")})
 
 
 #: The singular of each kind, for messages ("unknown loss 'x'").
@@ -154,10 +218,8 @@ def plugtrain_loggers():
 
     Called: lazily, once, the first time loggers are listed, shown, checked or built.
 
-    Returns: an iterable of :class:`plugtrain.Component`. Each factory returns an object with
-    ``log_metrics(metrics: dict[str, float], step: int)`` and ``close()``; it may also have
-    ``log_hparams(hparams: dict, metrics: dict)``, ``log_image(tag, image, step)`` (HWC uint8 array) and
-    ``log_text(text)``. Only rank 0 builds loggers.
+    Returns: an iterable of :class:`plugtrain.Component`. Each factory returns a :class:`Logger`. Only rank 0 builds
+    loggers, after the run directory (with ``spec.toml`` and ``env.json``) exists.
 
     Context: ``run_dir`` (pathlib.Path of the run directory), ``spec`` (the resolved spec as a plain dict),
     ``rank`` (int).
@@ -179,6 +241,13 @@ def plugtrain_datasets():
 
     A sample that cannot be used raises :class:`plugtrain.core.data.SampleError` (from ``__getitem__`` or while
     indexing); the runtime names the file, or skips and counts it, as ``data.on_error`` says.
+
+    A factory may carry a ``read_image`` attribute, used by ``plugtrain predict`` on image files:
+    ``read_image(path, *, in_chans, params) -> HxWxC uint8 array`` reads one file exactly as the dataset's own
+    samples come out before the augmentation pipeline (same decoder, channels and size handling). ``in_chans`` is
+    the channel count of the run's samples, ``params`` the dataset's parameters from the spec
+    (``spec.data.dataset.params``; defaults apply to what it leaves out). A missing file, a directory or a file that
+    is not a readable image raises :class:`plugtrain.core.errors.PlugtrainError` with one line naming the path.
     """
 
 
@@ -188,8 +257,8 @@ def plugtrain_metrics():
 
     Called: lazily, once, the first time metrics are listed, shown, checked or built.
 
-    Returns: an iterable of :class:`plugtrain.Component`. Each factory returns a ``torchmetrics.Metric`` (updated
-    with ``(preds, targets)``, reduced across ranks by torchmetrics).
+    Returns: an iterable of :class:`plugtrain.Component`. Each factory returns a :class:`Metric` (a
+    ``torchmetrics.Metric`` is one: updated with ``(preds, targets)``, reduced across ranks by torchmetrics).
 
     Context: ``num_classes`` (int), ``task`` (``"classification"``, ``"regression"`` or ``"metric_learning"``).
     """
@@ -201,7 +270,98 @@ def plugtrain_callbacks():
 
     Called: lazily, once, the first time callbacks are listed, shown, checked or built.
 
-    Returns: an iterable of :class:`plugtrain.Component`. Each factory returns an object with any of the methods
-    ``on_train_start(trainer)``, ``on_epoch_start(trainer, epoch)``, ``on_epoch_end(trainer, epoch, metrics)`` and
-    ``on_train_end(trainer, metrics)``; missing methods are skipped.
+    Returns: an iterable of :class:`plugtrain.Component`. Each factory returns a :class:`Callback`: an object with
+    any of its methods (missing ones are skipped).
     """
+
+
+# -- the objects that loggers, metrics and callbacks factories return ---------------------------------------------------
+# Checked when the component is built (a required method missing, or a method that cannot take the arguments listed
+# here, is an error naming the component). Optional methods are called only when present.
+
+
+class Logger(Protocol):
+    """What a ``loggers`` factory returns. Runs on rank 0 only. Required: :meth:`log_metrics`, :meth:`close`."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """At the end of every epoch: ``epoch``, ``train/*``, ``val/*``, ``data/*`` values at the global optimizer
+        step ``step``. Once more after training for ``val_swa/*`` (same ``epoch`` and step as the last epoch)."""
+
+    def close(self) -> None:
+        """After training, or when the run stops (an error, a signal): flush and release files."""
+
+    def log_step_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Optional. Every ``trainer.log_every_steps`` optimizer steps: ``step/loss`` (the interval's mean over every
+        rank), ``step/lr`` (and ``step/lr_N`` per further parameter group), ``step/grad_norm`` (before clipping),
+        ``step/throughput`` (samples/s), at the global step."""
+
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Optional. Once, after training: the flattened resolved spec and the final metrics."""
+
+    def log_image(self, tag: str, image: Any, step: int) -> None:
+        """Optional. An ``HxWx3`` uint8 array: augmented samples (``samples/train``, step 0) and what metrics draw
+        (``val/confusion_matrix``, ``val/parity_plot``) after each validation."""
+
+    def log_embedding(self, tag: str, embeddings: Any, labels: list[Any], step: int) -> None:
+        """Optional. An ``(N, D)`` tensor and its labels (``val/embeddings`` of metric learning) after validation."""
+
+
+class Metric(Protocol):
+    """What a ``metrics`` factory returns (a ``torchmetrics.Metric`` is one). Every rank updates it with its batches;
+    :meth:`compute` returns the value over every rank. Required: :meth:`update`, :meth:`compute`, :meth:`reset`,
+    :meth:`to`, :meth:`clone`."""
+
+    def update(self, preds: Any, targets: Any) -> None:
+        """Each validation batch: the model's outputs (logits, embeddings, or values of shape ``(N,)`` for a
+        one-output regression) and the targets."""
+
+    def compute(self) -> Any:
+        """After the last batch: a number, a tensor (one value per element) or a dict of them, logged as
+        ``val/<metric>[/<key>]``."""
+
+    def reset(self) -> None:
+        """After :meth:`compute`, before the next validation."""
+
+    def to(self, device: Any) -> Any:
+        """Move to the evaluation's device; returns the metric."""
+
+    def clone(self) -> Any:
+        """A fresh copy (the EMA and SWA evaluations get their own)."""
+
+    def image(self) -> Any:
+        """Optional, rank 0, after :meth:`compute`: an ``HxWx3`` uint8 array to log, or ``None``."""
+
+    def embeddings(self) -> Any:
+        """Optional, rank 0, after :meth:`compute`: ``(tensor, labels)`` for a projector, or ``None``."""
+
+
+class Callback(Protocol):
+    """What a ``callbacks`` factory returns. Called on every rank, in the order the spec lists them; ``trainer`` gives
+    ``epoch`` (epochs completed), ``global_step``, ``metrics``, ``model``, ``spec``, ``primary_metric``, ``mode``,
+    ``request_stop(reason)`` and ``requires_grad_changed()``. Every method is optional."""
+
+    def on_train_start(self, trainer: Any) -> None:
+        """Before the first step (also of a resumed run)."""
+
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+        """Before epoch ``epoch`` (1-based); not for the rest of an epoch that a resume continues."""
+
+    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+        """After validation of epoch ``epoch``, before its checkpoints are written."""
+
+    def on_train_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+        """After the last epoch (or an early stop), with the final metrics (``val_swa/*`` included)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint (tensors and plain types only)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restored on resume."""
+
+
+#: The contract of each kind that has one: ``(protocol, required methods)``.
+CONTRACTS: dict[str, tuple[type, tuple[str, ...]]] = {
+    "loggers": (Logger, ("log_metrics", "close")),
+    "metrics": (Metric, ("update", "compute", "reset", "to", "clone")),
+    "callbacks": (Callback, ()),
+}

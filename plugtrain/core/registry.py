@@ -23,7 +23,7 @@ import pluggy
 
 from plugtrain.core import hookspecs
 from plugtrain.core.errors import PlugtrainError, did_you_mean
-from plugtrain.core.hookspecs import CONTEXT, ENTRY_POINT_GROUP, KINDS, SINGULAR, hook_name
+from plugtrain.core.hookspecs import CONTEXT, ENTRY_POINT_GROUP, KINDS, ROLES, RUNTIME_ROLES, SINGULAR, hook_name
 
 _EMPTY = inspect.Parameter.empty
 
@@ -50,17 +50,24 @@ class Param:
         }
 
 
+def _as_roles(value: Any) -> frozenset[str]:
+    return frozenset((value,) if isinstance(value, str) else value or ())
+
+
 @attrs.frozen
 class Component:
-    """A component a plugin provides: a name, the factory that builds it and a one-line summary.
+    """A component a plugin provides: a name, the factory that builds it, a one-line summary and its roles.
 
     Plugins create components as ``Component("Focal", focal_loss, summary="...")``; plugtrain fills in ``kind``,
-    ``plugin``, ``distribution`` and ``version`` from the hook and entry point that provided it.
+    ``plugin``, ``distribution`` and ``version`` from the hook and entry point that provided it. ``roles`` names the
+    runtime contracts the component fulfils (:data:`plugtrain.core.hookspecs.ROLES`), so that core finds "the
+    resize transform" or "the default loggers" without naming a component.
     """
 
     name: str
     factory: Callable[..., Any] = attrs.field(repr=False)
     summary: str = ""
+    roles: frozenset[str] = attrs.field(default=frozenset(), converter=_as_roles)
     kind: str = ""
     plugin: str = ""
     distribution: str = ""
@@ -69,6 +76,12 @@ class Component:
     @property
     def qualified_name(self) -> str:
         return f"{self.plugin}:{self.name}"
+
+    @property
+    def runtime_only(self) -> bool:
+        """True when the component claims a role of :data:`~plugtrain.core.hookspecs.RUNTIME_ROLES`: it is a part of
+        the runtime (the ``[mixup]`` implementation, the EMA), not something a spec names."""
+        return any((self.kind, role) in RUNTIME_ROLES for role in self.roles)
 
     @property
     def doc(self) -> str:
@@ -269,7 +282,7 @@ class Registry:
             try:
                 if self.pm.parse_hookimpl_opts(module, attr) is not None:
                     names.append(attr)
-            except Exception:  # noqa: BLE001 - odd attributes are simply not hooks
+            except Exception:  # odd attributes are simply not hooks
                 continue
         return names
 
@@ -293,7 +306,7 @@ class Registry:
                 continue
             try:
                 module = ep.load()
-            except BaseException as exc:  # noqa: BLE001 - a broken plugin must never take the registry down
+            except BaseException as exc:  # a broken plugin must never take the registry down
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 info.error = _last_line(exc)
@@ -358,8 +371,13 @@ class Registry:
         return next((p for p in self.plugins if p.name == name), None)
 
     def components(self, kind: str) -> list[Component]:
-        """Every component of ``kind``, from every plugin, calling each plugin's hook the first time."""
-        kind = check_kind(kind)
+        """Every component of ``kind`` a spec can name, from every plugin, calling each plugin's hook the first time.
+
+        Runtime-only components (:attr:`Component.runtime_only`) are left out: only :meth:`with_role` finds them."""
+        return [c for c in self._loaded(check_kind(kind)) if not c.runtime_only]
+
+    def _loaded(self, kind: str) -> list[Component]:
+        """Every component of ``kind``, runtime-only ones included, in registration order."""
         if kind not in self._components:
             found: list[Component] = []
             hook = getattr(self.pm.hook, hook_name(kind))
@@ -369,7 +387,7 @@ class Registry:
                     items = list(impl.function() or [])
                     for item in items:
                         _check_component(item, kind)
-                except Exception as exc:  # noqa: BLE001 - one broken hook must not hide the others
+                except Exception as exc:  # one broken hook must not hide the others
                     msg = _last_line(exc)
                     if info is not None:
                         err = f"{hook_name(kind)}: {msg}"
@@ -430,6 +448,13 @@ class Registry:
                 )
             matches = [c for c in comps if c.name == name and c.plugin == plugin]
         if not matches:
+            part = next((c for c in self._loaded(kind) if c.runtime_only and c.name == name), None)
+            if part is not None:
+                roles = ", ".join(ROLES.get((kind, r), r) for r in sorted(part.roles) if (kind, r) in RUNTIME_ROLES)
+                raise PlugtrainError(
+                    f"{kind_label} {name!r} (plugin {part.plugin!r}) is {roles}: a part of the runtime, which a "
+                    f"spec does not name. Run `plugtrain list {kind}` to see what a spec can name."
+                )
             others = [c for c in comps if c.name == name]
             if plugin is not None and others:
                 raise PlugtrainError(
@@ -453,6 +478,43 @@ class Registry:
             )
         return matches[0]
 
+    # -- roles -----------------------------------------------------------------------------------------------------
+    def role_components(self, kind: str, role: str) -> list[Component]:
+        """Every component of ``kind`` that claims ``role`` (runtime-only ones included), in registration order:
+        built-in plugins first, then the others by entry-point name. For the roles that gather several components
+        (the default loggers and metrics); :meth:`with_role` is for the roles that need exactly one."""
+        return [c for c in self._loaded(check_kind(kind)) if role in c.roles]
+
+    def with_role(self, kind: str, role: str, *, required: bool = True) -> Component | None:
+        """The one component of ``kind`` that claims ``role`` (see :data:`plugtrain.core.hookspecs.ROLES`).
+
+        None claiming it: a PlugtrainError (``None`` when not ``required``). Two or more claiming it, whether built-in
+        or not: a PlugtrainError naming each, since plugtrain cannot know which one the user means; disabling all but
+        one plugin (``PLUGTRAIN_DISABLE_PLUGINS``) is the way out."""
+        kind = check_kind(kind)
+        found = self.role_components(kind, role)
+        what = ROLES.get((kind, role), "")
+        if not found:
+            if not required:
+                return None
+            raise PlugtrainError(
+                f"no {SINGULAR[kind]} has the role {role!r}{f' ({what})' if what else ''}: the plugin that provides "
+                f"it is not loaded. Run `plugtrain plugins` to see which plugins are disabled or failed."
+            )
+        if len(found) > 1:
+            providers = " and ".join(f"{c.name!r} of plugin {c.plugin!r} ({c.distribution}=={c.version})"
+                                     for c in found)
+            raise PlugtrainError(
+                f"more than one {SINGULAR[kind]} claims the role {role!r}{f' ({what})' if what else ''}: {providers}. "
+                "Disable all but one of those plugins with PLUGTRAIN_DISABLE_PLUGINS."
+            )
+        return found[0]
+
+    def spec_name(self, comp: Component) -> str:
+        """The name a spec gives ``comp``: its own, or ``PLUGIN:name`` when another plugin has one of that name."""
+        same = [c for c in self.components(comp.kind) if c.name == comp.name]
+        return comp.qualified_name if len(same) > 1 else comp.name
+
 
 def _check_component(item: Any, kind: str) -> None:
     """Raise TypeError unless ``item`` is a usable Component."""
@@ -462,6 +524,8 @@ def _check_component(item: Any, kind: str) -> None:
         raise TypeError(f"{hook_name(kind)} returned a Component with the name {item.name!r}")
     if not callable(item.factory):
         raise TypeError(f"component {item.name!r}: its factory {item.factory!r} is not callable")
+    if not all(isinstance(r, str) and r for r in item.roles):
+        raise TypeError(f"component {item.name!r}: roles must be non-empty strings, got {sorted(map(repr, item.roles))}")
 
 
 _HOOK_NAMES = [hook_name(k) for k in KINDS]

@@ -1,4 +1,8 @@
-"""``plugtrain`` command line: parse arguments, call :mod:`plugtrain.core.commands`, turn errors into exit codes."""
+"""``plugtrain`` command line: parse arguments, call the command in :mod:`plugtrain.commands`, turn errors into exit
+codes (0 done; 2 bad input; 1 a run that failed; 128 + signal number for a run stopped by SIGTERM / SIGINT).
+No logic lives here.
+
+The command modules are imported inside :func:`_run`, so that ``--help`` and ``plugtrain list`` stay fast."""
 
 from __future__ import annotations
 
@@ -66,25 +70,40 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from plugtrain.core import commands
-
     if args.command == "list":
-        return commands.list_components(args.kind, args.pattern, args.json)
+        from plugtrain.commands import components
+
+        return components.list_components(args.kind, args.pattern, as_json=args.json)
     if args.command == "show":
-        return commands.show_component(args.kind, args.name, args.json)
+        from plugtrain.commands import components
+
+        return components.show_component(args.kind, args.name, as_json=args.json)
     if args.command == "plugins":
-        return commands.list_plugins(args.json)
+        from plugtrain.commands import components
+
+        return components.list_plugins(as_json=args.json)
     if args.command == "check":
-        return commands.check_specs(args.specs, args.overrides, args.print_resolved)
+        from plugtrain.commands import check
+
+        return check.run(args.specs, args.overrides, print_resolved=args.print_resolved)
     if args.command == "schema":
-        return commands.print_schema()
+        from plugtrain.commands import schema
+
+        return schema.run()
     if args.command == "train":
-        return commands.train(args.specs, args.overrides, resume=args.resume, overwrite=args.overwrite,
-                              dry_run=args.dry_run)
+        from plugtrain.commands import train
+
+        return train.run(args.specs, args.overrides, resume=args.resume, overwrite=args.overwrite,
+                         dry_run=args.dry_run)
     if args.command == "evaluate":
-        return commands.evaluate(args.run_dir, args.checkpoint, args.split, args.json)
+        from plugtrain.commands import evaluate
+
+        return evaluate.run(args.run_dir, checkpoint=args.checkpoint, split=args.split, as_json=args.json)
     if args.command == "predict":
-        return commands.predict(args.run_dir, args.images, args.checkpoint, args.top_k, args.json)
+        from plugtrain.commands import predict
+
+        return predict.run(args.run_dir, args.images, checkpoint=args.checkpoint, top_k=args.top_k,
+                           as_json=args.json)
     raise AssertionError(args.command)
 
 

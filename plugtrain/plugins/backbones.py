@@ -34,6 +34,8 @@ and ``head``. Every returned model carries these attributes for the runtime:
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 from typing import Any
 
 from plugtrain import Component, hookimpl
@@ -46,7 +48,7 @@ _WRAPPER_HEADS = ("pool", "embedding", "head")
 def _modules() -> dict[str, type]:
     """The torch module classes of this plugin, defined on first use so that importing the plugin stays cheap."""
     import torch
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     class GeM(torch.nn.Module):
         """Generalised-mean pooling of ``(N, C, H, W)`` feature maps to ``(N, C)``."""
@@ -142,7 +144,7 @@ def timm_backbone(
     """
     import timm
 
-    from plugtrain.core.errors import PlugtrainError
+    from plugtrain.core.errors import PlugtrainError, first_line
 
     if pretrained is True:
         raise PlugtrainError(
@@ -168,7 +170,7 @@ def timm_backbone(
     try:
         body = timm.create_model(model_name, pretrained=False, **kwargs)
     except (TypeError, ValueError, AssertionError, NotImplementedError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc) or type(exc).__name__
         raise PlugtrainError(f"backbone {model_name!r} cannot be built with these parameters: {msg}") from None
     if wrapped:
         mods = _modules()
@@ -275,6 +277,31 @@ def unfreeze_model(model: Any) -> int:
     return count
 
 
+def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A state dict from a ``.safetensors`` file or a weights-only torch file (``{"model": sd}`` is unwrapped)."""
+    from plugtrain.core.errors import PlugtrainError
+    from plugtrain.core.runtime.checkpoint import safe_torch_load
+
+    path = Path(path)
+    if not path.is_file():
+        raise PlugtrainError(f"weights file {str(path)!r} does not exist (pretrained weights must be a local file)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise PlugtrainError(f"{path}: not a readable safetensors file: {exc}") from None
+    sd = safe_torch_load(path)
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict):
+        raise PlugtrainError(f"{path}: holds a {type(sd).__name__}, not a state dict")
+    return sd
+
+
 def load_pretrained(model: Any, path: str, model_name: str = "") -> dict[str, Any]:
     """Load a local weights file into a backbone built by :func:`timm_backbone`.
 
@@ -294,7 +321,6 @@ def load_pretrained(model: Any, path: str, model_name: str = "") -> dict[str, An
     import torch
 
     from plugtrain.core.errors import PlugtrainError
-    from plugtrain.core.weights import load_state_dict_file
 
     raw = load_state_dict_file(path)
     sd: dict[str, Any] = {}

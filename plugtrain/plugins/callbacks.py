@@ -1,7 +1,8 @@
-"""Callbacks: hooks into the loop at epoch boundaries.
+"""Callbacks: hooks into the loop at epoch boundaries, and the model EMA of ``trainer.ema``.
 
 ``epoch`` is the 1-based number of the epoch (the first epoch is 1), as the runtime passes it. ``trainer.model`` is
-the model being trained (possibly wrapped by DDP or ``torch.compile``).
+the model being trained (possibly wrapped by DDP or ``torch.compile``). :func:`model_ema` (timm's ``ModelEmaV3``) has
+the role ``ema``: the runtime builds it for ``trainer.ema = true``; a spec does not list it.
 """
 
 from __future__ import annotations
@@ -22,15 +23,12 @@ class EarlyStopping:
         self.bad_epochs = 0
 
     def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+        from plugtrain.core.runtime.compare import is_better
+
         value = metrics.get(trainer.primary_metric)
         if value is None or math.isnan(value):
             return
-        better = (
-            self.best is None
-            or (trainer.mode == "max" and value > self.best + self.min_delta)
-            or (trainer.mode == "min" and value < self.best - self.min_delta)
-        )
-        if better:
+        if self.best is None or is_better(value, self.best, trainer.mode, self.min_delta):
             self.best, self.bad_epochs = value, 0
         else:
             self.bad_epochs += 1
@@ -79,10 +77,18 @@ class Unfreeze:
                 changed()
 
 
+def model_ema(model: Any, decay: float = 0.9998) -> Any:
+    """timm's ``ModelEmaV3`` of ``model``: ``.module`` is the averaged copy, ``update(model, step=)`` moves it."""
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay)
+
+
 @hookimpl
 def plugtrain_callbacks():
     return [
         Component("early-stopping", EarlyStopping),
         Component("unfreeze", Unfreeze, summary="Unfreeze the backbone's frozen layers after "
                                                 "backbone.unfreeze_after_epochs epochs."),
+        Component("timm-ema", model_ema, summary="timm's ModelEmaV3: the model EMA of trainer.ema", roles=("ema",)),
     ]

@@ -98,7 +98,9 @@ class ConsoleLogger:
 @hookimpl
 def plugtrain_loggers():
     return [
-        Component("tensorboard", TensorBoardLogger, summary="TensorBoard event files in <run_dir>/tb"),
-        Component("csv", CSVLogger, summary="a row per epoch in <run_dir>/metrics.csv"),
-        Component("console", ConsoleLogger, summary="one plain summary line per epoch on stdout"),
+        Component("tensorboard", TensorBoardLogger, summary="TensorBoard event files in <run_dir>/tb",
+                  roles=("default",)),
+        Component("csv", CSVLogger, summary="a row per epoch in <run_dir>/metrics.csv",
+                  roles=("default", "metrics_csv")),
+        Component("console", ConsoleLogger, summary="one plain summary line per epoch on stdout", roles=("default",)),
     ]

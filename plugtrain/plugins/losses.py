@@ -29,7 +29,7 @@ from plugtrain import Component, hookimpl
 def _modules() -> dict[str, type]:
     """The loss module classes, defined on first use so that importing the plugin does not import torch."""
     import torch
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     def class_targets(outputs: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
         """Targets as an ``(N, C)`` float distribution: indices become (smoothed) one-hot, soft targets stay."""

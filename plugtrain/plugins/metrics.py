@@ -12,6 +12,9 @@ empty dict, so nothing of theirs reaches ``metrics.csv``. After ``compute()`` th
 loggers at each validation: ``image()`` an ``HxWx3`` uint8 array (``log_image(tag, image, step)``, tag
 ``val/<name>``), ``embeddings()`` ``(tensor (N, D), labels)`` (``log_embedding``: TensorBoard's projector). Images
 are drawn with numpy and Pillow (no plotting library needed).
+
+Roles: each task's default metrics (``default:<task>``) are those of a spec without ``[[metrics]]``; ``accuracy`` is
+added to every classification run (``always:classification``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import functools
 from typing import Any
 
 from plugtrain import Component, hookimpl
+
+#: The roles that make a metric one of its task's defaults (a spec without ``[[metrics]]``).
+_CLS, _REG, _ML = "default:classification", "default:regression", "default:metric_learning"
 
 
 def accuracy(num_classes: int, top_k: int = 1):
@@ -408,16 +414,16 @@ def embeddings(max_points: int = 10000):
 @hookimpl
 def plugtrain_metrics():
     return [
-        Component("accuracy", accuracy),
-        Component("top5", top5),
-        Component("f1_macro", f1_macro),
-        Component("mae", mae),
-        Component("rmse", rmse),
-        Component("r2", r2),
-        Component("precision_at_1", precision_at_1),
-        Component("recall_at_1", recall_at_1),
-        Component("map_at_r", map_at_r),
-        Component("confusion_matrix", confusion_matrix),
-        Component("parity_plot", parity_plot),
-        Component("embeddings", embeddings),
+        Component("accuracy", accuracy, roles=(_CLS, "always:classification")),
+        Component("top5", top5, roles=_CLS),
+        Component("f1_macro", f1_macro, roles=_CLS),
+        Component("mae", mae, roles=_REG),
+        Component("rmse", rmse, roles=_REG),
+        Component("r2", r2, roles=_REG),
+        Component("precision_at_1", precision_at_1, roles=_ML),
+        Component("recall_at_1", recall_at_1, roles=_ML),
+        Component("map_at_r", map_at_r, roles=_ML),
+        Component("confusion_matrix", confusion_matrix, roles=_CLS),
+        Component("parity_plot", parity_plot, roles=_REG),
+        Component("embeddings", embeddings, roles=_ML),
     ]

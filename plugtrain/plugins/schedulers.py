@@ -47,7 +47,7 @@ def _has_momentum(optimizer) -> bool:
     return "momentum" in defaults and float(group.get("momentum", 0.0) or 0.0) > 0.0
 
 
-def cosine_annealing(optimizer, epochs: int, T_max: int | None = None, eta_min: float = 0.0):  # noqa: N803
+def cosine_annealing(optimizer, epochs: int, T_max: int | None = None, eta_min: float = 0.0):
     """Cosine annealing from the initial lr to ``eta_min`` over ``T_max`` epochs (default: the whole run)."""
     import torch
 

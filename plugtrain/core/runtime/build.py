@@ -2,12 +2,15 @@
 
 Nothing here names a concrete component: datasets, backbones, losses, optimizers, schedulers, augmentations, metrics,
 callbacks and loggers are looked up by the spec's names and built with ``Component.build(params, **context)``, the
-context arguments being those of :data:`plugtrain.core.hookspecs.CONTEXT`. Every build that can fail runs before the
-run directory is created, and every failure becomes one :class:`PlugtrainError` naming the spec section.
+context arguments being those of :data:`plugtrain.core.hookspecs.CONTEXT`; what the runtime adds itself (resize, the
+pipeline's composition, mixup, the EMA, metrics.csv, default loggers and metrics) is found by role
+(:data:`plugtrain.core.hookspecs.ROLES`). Every build that can fail runs before the run directory is created, and
+every failure becomes one :class:`PlugtrainError` naming the spec section.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,8 @@ from typing import Any
 import attrs
 
 from plugtrain.core.data import DatasetSplits, SampleError
-from plugtrain.core.errors import PlugtrainError, did_you_mean
-from plugtrain.core.hookspecs import SINGULAR
+from plugtrain.core.errors import PlugtrainError, did_you_mean, first_line
+from plugtrain.core.hookspecs import CONTRACTS, SINGULAR
 from plugtrain.core.registry import get_registry
 from plugtrain.core.runtime.distributed import DistEnv
 from plugtrain.core.spec.model import AugmentationSpec, ComponentSpec, RunSpec
@@ -26,15 +29,43 @@ def component(kind: str, cspec: ComponentSpec, section: str, **context: Any) -> 
     """Build ``cspec`` of ``kind`` with the runtime ``context``; any failure is a PlugtrainError naming ``section``."""
     comp = get_registry().get(kind, cspec.name)
     try:
-        return comp.build(cspec.params, **context)
+        obj = comp.build(cspec.params, **context)
     except PlugtrainError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a factory's error is the user's input, reported in one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    except Exception as exc:  # a factory's error is the user's input, reported in one line
         raise PlugtrainError(
             f"[{section}] {SINGULAR[kind]} {cspec.name!r} ({comp.plugin}) could not be built: "
-            f"{type(exc).__name__}: {first}"
+            f"{type(exc).__name__}: {first_line(exc)}"
         ) from exc
+    problem = contract_problem(kind, obj)
+    if problem:
+        raise PlugtrainError(f"[{section}] {SINGULAR[kind]} {cspec.name!r} ({comp.plugin}) returned a "
+                             f"{type(obj).__name__} that {problem} (see plugtrain.core.hookspecs.{CONTRACTS[kind][0].__name__})")
+    return obj
+
+
+def contract_problem(kind: str, obj: Any) -> str | None:
+    """What ``obj`` lacks of its kind's contract (:data:`~plugtrain.core.hookspecs.CONTRACTS`): a required method, or
+    a method that cannot be called with the contract's arguments; ``None`` when it fits (or the kind has none)."""
+    if kind not in CONTRACTS:
+        return None
+    protocol, required = CONTRACTS[kind]
+    for name, spec_fn in vars(protocol).items():
+        if name.startswith("_") or not callable(spec_fn):
+            continue
+        fn = getattr(obj, name, None)
+        if fn is None:
+            if name in required:
+                return f"has no {name}() method"
+            continue
+        args = [p for p in inspect.signature(spec_fn).parameters if p != "self"]
+        try:
+            inspect.signature(fn).bind(*args)
+        except TypeError:
+            return f"has a {name}() that cannot be called as {name}({', '.join(args)})"
+        except ValueError:  # a builtin without a signature: trust it
+            continue
+    return None
 
 
 # -- data --------------------------------------------------------------------------------------------------------------
@@ -106,24 +137,24 @@ def build_augmentation(a: AugmentationSpec, where: str) -> Any:
 
 
 def build_transform(spec: RunSpec, split: str, in_chans: int) -> Any:
-    """The albumentations pipeline of ``split``: the spec's transforms, then Resize (unless turned off); ``None`` when
-    that leaves nothing to do. Normalisation is not part of it: the trainer normalises whole batches on the device
+    """The pipeline of ``split``: the spec's transforms, then the ``resize`` role's transform to ``data.image_size``
+    (unless turned off), composed by the ``compose`` role; ``None`` when that leaves nothing to do. Normalisation is
+    not part of it: the trainer normalises whole batches on the device
     (:class:`plugtrain.core.runtime.trainer.ModelInput`), so samples stay raw pixel values (``uint8``)."""
-    import albumentations as A
-
     aug = spec.augmentations
     where = f"augmentations.{split}"
     transforms = [build_augmentation(a, where) for a in getattr(aug, split)]
     size = spec.data.image_size
     if aug.resize and size:
-        transforms.append(A.Resize(height=size, width=size))
+        transforms.append(get_registry().with_role("augmentations", "resize").factory(height=size, width=size))
     if aug.normalize:
         normalization(spec, in_chans)  # a mean / std that does not fit the images fails here, before anything runs
     if not transforms:
         return None
+    compose = get_registry().with_role("augmentations", "compose").factory
     try:
-        return A.Compose(transforms, seed=spec.run.seed)
-    except Exception as exc:  # noqa: BLE001
+        return compose(transforms, seed=spec.run.seed)
+    except Exception as exc:
         raise PlugtrainError(f"[{where}] cannot compose the pipeline: {type(exc).__name__}: {exc}") from exc
 
 
@@ -183,8 +214,8 @@ def output_dim(backbone: Any, shape: tuple[int, ...], in_chans: int, channels_la
     try:
         with torch.no_grad():
             out = backbone(x)
-    except Exception as exc:  # noqa: BLE001
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:
+        msg = first_line(exc) or type(exc).__name__
         hint = ""
         if shape[0] != in_chans or "channels" in msg:
             hint = f" The images have {shape[0]} channel(s): does [backbone] in_chans match?"
@@ -227,11 +258,12 @@ def is_sam(optimizer: Any) -> bool:
 
 
 def build_metrics(spec: RunSpec, num_classes: int) -> dict[str, Any]:
-    """``{"accuracy": Metric, ...}`` (keys without the ``val/`` prefix); accuracy is always there for classification."""
+    """``{"accuracy": Metric, ...}`` (keys without the ``val/`` prefix). The metrics with the role ``always:<task>``
+    come first when the spec's list lacks them (accuracy, for classification)."""
     specs = list(spec.metric_specs)
-    if spec.run.task == "classification" and not any(m.name == "accuracy" for m in specs):
-        if "accuracy" in get_registry().names("metrics"):
-            specs.insert(0, ComponentSpec("accuracy"))
+    reg = get_registry()
+    always = [reg.spec_name(c) for c in reg.role_components("metrics", f"always:{spec.run.task}")]
+    specs[:0] = [ComponentSpec(n) for n in always if not any(m.name == n for m in specs)]
     out: dict[str, Any] = {}
     for m in specs:
         key = m.name.split(":")[-1]
@@ -374,7 +406,7 @@ def _loss_module_class() -> type:
     return LossModule
 
 
-def _LossModule(fn: Any) -> Any:  # noqa: N802
+def _LossModule(fn: Any) -> Any:
     return _loss_module_class()(fn)
 
 
@@ -429,29 +461,35 @@ def build_training(built: Built, dist: DistEnv) -> None:
     if spec.mixup is not None:
         if spec.run.task != "classification":
             raise PlugtrainError("[mixup] works for classification runs only")
-        from timm.data import Mixup
-
         m = spec.mixup
-        built.mixup = Mixup(mixup_alpha=m.mixup_alpha, cutmix_alpha=m.cutmix_alpha, prob=m.prob,
-                            switch_prob=m.switch_prob, mode=m.mode, label_smoothing=m.label_smoothing,
-                            num_classes=built.num_classes)
+        mix = get_registry().with_role("augmentations", "batch_mix").factory
+        built.mixup = mix(num_classes=built.num_classes, mixup_alpha=m.mixup_alpha, cutmix_alpha=m.cutmix_alpha,
+                          prob=m.prob, switch_prob=m.switch_prob, mode=m.mode, label_smoothing=m.label_smoothing)
         if spec.data.batch_size % 2:
             raise PlugtrainError("[mixup] needs an even data.batch_size")
 
 
 def build_loggers(spec: RunSpec, run_dir: Path, rank: int, spec_dict: dict[str, Any]) -> list[Any]:
-    """The loggers (rank 0 only), with the csv logger added when the spec left it out (metrics.csv always exists)."""
+    """The loggers (rank 0 only), with the ``metrics_csv`` logger added when the spec left it out (metrics.csv always
+    exists)."""
     loggers = list(spec.loggers)
-    csv_name = _csv_logger_name()
-    if csv_name and not any(c.name.split(":")[-1] == csv_name for c in loggers):
-        loggers.append(ComponentSpec(csv_name))
+    csv = get_registry().with_role("loggers", "metrics_csv", required=False)
+    if csv is not None and not any(c.name.split(":")[-1] == csv.name for c in loggers):
+        loggers.append(ComponentSpec(get_registry().spec_name(csv)))
     return [component("loggers", c, "loggers", run_dir=run_dir, spec=spec_dict, rank=rank) for c in loggers]
 
 
-def _csv_logger_name() -> str | None:
-    """The logger that writes ``metrics.csv`` (the run-directory contract): registered as ``csv``."""
-    names = get_registry().names("loggers")
-    return "csv" if "csv" in names else None
+def build_ema(model: Any, decay: float) -> Any:
+    """The model EMA (``trainer.ema``) of ``model``: the ``ema`` role's object, with ``.module``,
+    ``update(model, step=)``, ``state_dict()`` and ``load_state_dict()``."""
+    comp = get_registry().with_role("callbacks", "ema")
+    try:
+        return comp.factory(model=model, decay=decay)
+    except PlugtrainError:
+        raise
+    except Exception as exc:
+        raise PlugtrainError(f"[trainer] ema: {comp.name!r} ({comp.plugin}) could not be built: "
+                             f"{type(exc).__name__}: {first_line(exc)}") from exc
 
 
 def check_loggers(spec: RunSpec) -> None:

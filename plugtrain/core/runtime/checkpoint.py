@@ -22,11 +22,31 @@ from typing import Any
 
 import numpy as np
 
-from plugtrain.core.errors import PlugtrainError
-from plugtrain.core.weights import safe_torch_load
+from plugtrain.core.errors import PlugtrainError, first_line
 
 FORMAT = "plugtrain-checkpoint"
 FORMAT_VERSION = 1
+
+
+def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``, with a clear error for a missing file or a pickled object."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise PlugtrainError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise PlugtrainError(
+            f"{path}: refused to load: the file holds pickled Python objects, not only tensors and plain types, and "
+            f"plugtrain loads with torch.load(weights_only=True) so that a file cannot run code. "
+            f"({first_line(exc, 200)})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise PlugtrainError(f"{path}: not a readable torch file: {first_line(exc, 200)}") from None
 
 
 def check_plain(obj: Any, where: str = "checkpoint") -> None:

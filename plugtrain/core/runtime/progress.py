@@ -1,4 +1,7 @@
-"""Progress output, rank 0 only: a rich progress bar in a terminal, a plain line per log interval otherwise.
+"""The training progress bar, rank 0 only: a rich bar in a terminal, a plain line per log interval otherwise.
+
+It builds on :mod:`plugtrain.core.console` (which rank prints, whether stdout is a terminal); everything else a
+command prints goes through :mod:`~plugtrain.core.console` directly.
 
 The loop calls :meth:`Progress.advance` once per batch; it only counts, and redraws at most a few times a second
 (``min_interval``). Loss and learning rate reach it at log intervals, when the loop has synchronised anyway.

@@ -26,7 +26,10 @@ class LossTracker:
         self.samples = 0
         self.skipped = 0
         self.skipped_files: list[str] = []  # the first few, for the end-of-epoch message (this rank's)
-        self.train_time = 0.0
+        self.train_time = 0.0  # the epoch's seconds in the training loop
+        self.data_time = 0.0  # of which waiting for the next batch
+        self.compute_time = 0.0  # of which forward, backward, step and bookkeeping
+        self.steps = 0  # optimizer steps
 
     def reset_interval(self) -> None:
         self.interval_losses: list[torch.Tensor] = []
@@ -69,6 +72,12 @@ class LossTracker:
     def interval_throughput(self, world_size: int) -> float:
         return self.interval_samples * world_size / max(time.monotonic() - self.interval_start, 1e-9)
 
+    def step_times(self) -> dict[str, float]:
+        """Seconds per optimizer step this epoch: waiting for data, computing, and the whole step (this rank's)."""
+        n = max(self.steps, 1)
+        return {"train/data_time": self.data_time / n, "train/compute_time": self.compute_time / n,
+                "train/step_time": self.train_time / n}
+
     def epoch_totals(self, dist: Any) -> tuple[float, float, float, float]:
         """``(mean loss, samples/s, seconds, skipped samples)`` of the epoch over every rank (collective)."""
         totals = dist.all_reduce(torch.stack([self.loss_sum, self.loss_count]).to(dist.reduce_device))
@@ -88,13 +97,16 @@ class LossTracker:
     def state_dict(self) -> dict[str, Any]:
         """This rank's running sums of the epoch in progress."""
         return {"loss_sum": self.loss_sum.detach().cpu(), "loss_count": self.loss_count.detach().cpu(),
-                "samples": self.samples, "skipped": self.skipped, "train_time": self.train_time}
+                "samples": self.samples, "skipped": self.skipped, "train_time": self.train_time,
+                "data_time": self.data_time, "compute_time": self.compute_time, "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loss_sum = state["loss_sum"].to(self.device, torch.float64)
         self.loss_count = state["loss_count"].to(self.device, torch.float64)
         self.samples, self.skipped = int(state["samples"]), int(state["skipped"])
         self.train_time = float(state["train_time"])
+        self.data_time, self.compute_time = float(state.get("data_time", 0.0)), float(state.get("compute_time", 0.0))
+        self.steps = int(state.get("steps", 0))
 
     @staticmethod
     def rank_share(states: list[dict[str, Any]], rank: int, world_size: int) -> dict[str, Any]:
@@ -108,4 +120,7 @@ class LossTracker:
             return {}
         return {"loss_sum": sum(e["loss_sum"] for e in states), "loss_count": sum(e["loss_count"] for e in states),
                 "samples": sum(int(e["samples"]) for e in states), "skipped": sum(int(e["skipped"]) for e in states),
-                "train_time": max(float(e["train_time"]) for e in states)}
+                "train_time": max(float(e["train_time"]) for e in states),
+                "data_time": max(float(e.get("data_time", 0.0)) for e in states),
+                "compute_time": max(float(e.get("compute_time", 0.0)) for e in states),
+                "steps": max(int(e.get("steps", 0)) for e in states)}

@@ -170,12 +170,21 @@ class Trainer:
             self.progress.message(f"stopped after epoch {self.epoch}: {self.stop_reason}")
         final = dict(self.history[-1]) if self.history else {}
         if self.swa is not None and self.swa.active(self.epoch):
-            swa = self.evaluator.evaluate_swa(self.swa.model, self.train_loader, self.sampler, self.epochs)
-            self.progress.message("SWA  " + "  ".join(f"{k}={v:.4f}" for k, v in swa.items()))
-            final.update(swa)
+            final.update(self._finish_swa())
         self._call("on_train_end", self, final)
         log_hparams(self.loggers, self.spec, final)
         return final
+
+    def _finish_swa(self) -> dict[str, float]:
+        """``val_swa/*`` of the SWA average, its batch-norm statistics recomputed: logged with the last epoch's
+        metrics, and ``last.pt`` saved again so that its ``swa`` weights are the ones evaluated."""
+        swa = self.evaluator.evaluate_swa(self.swa.model, self.train_loader, self.sampler, self.epochs)
+        if self.history:
+            self.history[-1].update(swa)
+        for logger in self.loggers:
+            logger.log_metrics({"epoch": self.epoch, **swa}, self.global_step)
+        self.save_checkpoint(checked=True)
+        return swa
 
     def _train_epoch(self) -> None:
         """Collect the micro-batches of each accumulation group; one optimizer step per group."""
@@ -183,9 +192,12 @@ class Trainer:
         n, accum = self.built.batches_per_epoch, self.spec.trainer.grad_accum
         self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
         self.progress.start_epoch(self.epoch + 1, n, self.batch_in_epoch)
-        self.tracker.interval_start = t_epoch = time.monotonic()
+        tr = self.tracker
+        tr.interval_start = t_epoch = waited = time.monotonic()
         group: list[Any] = []
         for batch in self.train_loader:
+            t_batch = time.monotonic()
+            tr.data_time += t_batch - waited
             b = self.batch_in_epoch
             self.tracker.skip(batch["skipped"])
             group.append(self.step.micro_batch(batch_images(batch, "train"), batch["targets"], bool(batch["skipped"])))
@@ -197,9 +209,12 @@ class Trainer:
                 for loss, samples in self.step.step(group, self.global_step, measure=log):
                     self.tracker.record(loss, samples, self.global_step + 1)
                 self.global_step += 1
+                tr.steps += 1
                 group = []
                 self._after_step()
-        self.tracker.train_time += time.monotonic() - t_epoch
+            waited = time.monotonic()
+            tr.compute_time += waited - t_batch
+        tr.train_time += time.monotonic() - t_epoch
         self.progress.end_epoch()
 
     def _after_step(self) -> None:
@@ -274,7 +289,11 @@ class Trainer:
         metrics: dict[str, float] = {"epoch": e, "train/loss": loss, "train/lr": lrs[0],
                                      **{f"train/lr_{i}": lr for i, lr in enumerate(lrs[1:], 1)},
                                      "train/throughput": throughput, "train/epoch_time": seconds,
-                                     "data/skipped": skipped}
+                                     **self.tracker.step_times(), "data/skipped": skipped}
+        waiting = metrics["train/data_time"] / max(metrics["train/step_time"], 1e-9)
+        if waiting > 0.5:
+            self.progress.message(f"hint: epoch {e} waited for data {waiting:.0%} of the time: more data.num_workers "
+                                  'or a faster decoder (data.decoder = "cv2") would help')
         if e % self.spec.trainer.val_every_epochs == 0 or e == self.epochs:
             metrics.update(self.evaluator.validate(self.backbone, self.loggers, self.global_step))
             if not math.isfinite(metrics.get("val/loss", 0.0)):

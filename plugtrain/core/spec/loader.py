@@ -7,7 +7,7 @@ replaced; chainable; cycles are reported), apply each ``--set`` in order, then v
 override — so each problem points at the file that holds the bad key.
 
 :func:`load_spec` returns the typed :class:`RunSpec` or raises :class:`SpecError` listing every problem;
-:func:`check_command` is ``plugtrain check``; :func:`dumps` writes a resolved spec as TOML (``check --print``).
+:func:`dumps` writes a resolved spec as TOML (``plugtrain check --print``, :mod:`plugtrain.commands.check`).
 """
 
 from __future__ import annotations
@@ -295,28 +295,6 @@ def _typed(res: Resolved) -> RunSpec:
         raise SpecError([f"{res.path}: {exc}"]) from None
 
 
-def check_command(paths: list[str], overrides: list[str], print_resolved: bool = False) -> int:
-    """``plugtrain check``: an OK line per good spec (or the resolved TOML with ``--print``); every problem, exit 2."""
-    problems: list[str] = []
-    for p in paths:
-        res = resolve(p, overrides)
-        if res.problems:
-            problems.extend(res.problems)
-            continue
-        _warn(res)
-        spec = _typed(res)
-        if print_resolved:
-            if len(paths) > 1:
-                sys.stdout.write(f"# ---- {p}\n")
-            sys.stdout.write(dumps(spec))
-        else:
-            print(f"{p}: OK")
-        sys.stdout.flush()
-    if problems:
-        raise SpecError(problems)
-    return 0
-
-
 # -- writing TOML ----------------------------------------------------------------------------------------------------
 
 HEADER = "# Resolved by `plugtrain check --print`: defaults filled in, extends and --set applied.\n"
@@ -375,5 +353,5 @@ def dumps(spec: RunSpec) -> str:
     return dumps_dict({k: d[k] for k in SECTIONS if k in d})
 
 
-__all__ = ["Origin", "Resolved", "SpecError", "check_command", "deep_merge", "dumps", "dumps_dict", "format_path",
+__all__ = ["Origin", "Resolved", "SpecError", "deep_merge", "dumps", "dumps_dict", "format_path",
            "load_spec", "resolve", "resolve_dict"]

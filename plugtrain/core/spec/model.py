@@ -8,6 +8,7 @@ parameters, read from its factory's signature, beside these keys.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -16,11 +17,32 @@ from attrs import validators as v
 TASKS = ("classification", "regression", "metric_learning")
 PRECISIONS = ("fp32", "fp16", "bf16")
 
-DEFAULT_METRICS: dict[str, list[str]] = {
-    "classification": ["accuracy", "top5", "f1_macro", "confusion_matrix"],
-    "regression": ["mae", "rmse", "r2", "parity_plot"],
-    "metric_learning": ["precision_at_1", "recall_at_1", "map_at_r", "embeddings"],
-}
+
+def role_names(kind: str, role: str) -> list[str]:
+    """The spec names of the components of ``kind`` that claim ``role`` (registration order)."""
+    from plugtrain.core.registry import get_registry
+
+    reg = get_registry()
+    return [reg.spec_name(c) for c in reg.role_components(kind, role)]
+
+
+class _DefaultMetrics(Mapping[str, list[str]]):
+    """task -> the metric names a spec without ``[[metrics]]`` gets: the metrics with the role ``default:<task>``,
+    read from the registry when asked."""
+
+    def __getitem__(self, task: str) -> list[str]:
+        if task not in TASKS:
+            raise KeyError(task)
+        return role_names("metrics", f"default:{task}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(TASKS)
+
+    def __len__(self) -> int:
+        return len(TASKS)
+
+
+DEFAULT_METRICS: Mapping[str, list[str]] = _DefaultMetrics()
 #: Metrics that are better when lower: a primary metric named so defaults to ``mode = "min"``.
 MIN_METRICS = frozenset({"loss", "mae", "mse", "rmse", "error", "epoch_time"})
 DEFAULT_PRIMARY: dict[str, tuple[str, str]] = {
@@ -181,8 +203,8 @@ class TrainerSection:
 
 
 def default_loggers() -> list[ComponentSpec]:
-    """TensorBoard, metrics.csv and a console line per epoch, when a spec names no ``[[loggers]]``."""
-    return [ComponentSpec("tensorboard"), ComponentSpec("csv"), ComponentSpec("console")]
+    """The loggers of a spec that names no ``[[loggers]]``: those with the role ``default``."""
+    return [ComponentSpec(name) for name in role_names("loggers", "default")]
 
 
 @attrs.define

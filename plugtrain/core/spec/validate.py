@@ -3,15 +3,14 @@
 :func:`validate` never stops at the first mistake: it returns every :class:`Problem`, each with the key path it is
 about, so that the loader can point at the file, line and column (or the ``--set`` override) the value came from.
 Nothing is built: a component's parameters are checked against its factory's signature (names, annotations,
-required parameters), plus a few range rules on well-known parameter names, plus the component's own pydantic
-``InitSchema`` where it has one (albumentations transforms do). Only the kinds that the spec names are loaded.
+required parameters), plus a few range rules on well-known parameter names, plus the plugin's own check where its
+module has a ``PLUGTRAIN_VALIDATE`` (see :mod:`plugtrain.core.hookspecs`). Only the kinds that the spec names are
+loaded.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-import warnings
 from typing import Any
 
 import attrs
@@ -336,7 +335,7 @@ class Validator:
                     what = describe(toml_view(from_annotation(p.annotation, self.namespace(comp))))
                 self.add(path, f"{label} is missing required parameter {p.name!r} ({what})")
         if not any(pr.path[: len(path)] == path and not pr.warning for pr in self.problems):
-            self.init_schema(comp, given, path, label)
+            self.plugin_checks(comp, given, path, label)
 
     def lookup(self, kind: str, name: str, path: tuple) -> Any:
         try:
@@ -376,49 +375,26 @@ class Validator:
         for i, item in enumerate(value):
             self.component("augmentations", item, (*path, i), model.AugmentationSpec)
 
-    # -- the component's own schema ------------------------------------------------------------------------------
-    def init_schema(self, comp: Any, given: dict[str, Any], path: tuple, label: str) -> None:
-        """Validate with the factory's pydantic ``InitSchema`` when it has one (value ranges, min <= max, ...)."""
-        schema = getattr(comp.factory, "InitSchema", None)
-        fields = getattr(schema, "model_fields", None)
-        if not isinstance(fields, dict) or "pydantic" not in sys.modules:
+    # -- the plugin's own checks --------------------------------------------------------------------------------
+    def plugin_checks(self, comp: Any, given: dict[str, Any], path: tuple, label: str) -> None:
+        """Run the ``PLUGTRAIN_VALIDATE`` of the plugin module that provides ``comp``, when it has one."""
+        plugin = getattr(self.registry, "plugin", None)
+        info = plugin(comp.plugin) if callable(plugin) else None
+        check = getattr(getattr(info, "module", None), "PLUGTRAIN_VALIDATE", None)
+        if not callable(check):
             return
-        import pydantic
-
-        if not (isinstance(schema, type) and issubclass(schema, pydantic.BaseModel)):
-            return
-        kwargs: dict[str, Any] = {}
         defaults = {p.name: p.default for p in comp.params if not p.required}
-        for name in fields:
-            if name in given and name != "transforms":
-                kwargs[name] = given[name]
-            elif name in defaults:
-                kwargs[name] = defaults[name]
-            elif name == "strict":
-                kwargs[name] = False
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                schema(**kwargs)
-        except pydantic.ValidationError as exc:
-            seen = set()
-            for err in exc.errors():
-                loc = err.get("loc") or ()
-                key = loc[0] if loc else None
-                if key is not None and key not in given:
-                    continue  # about a default, or a field the signature lacks: not the user's doing
-                if key in seen:
-                    continue
-                seen.add(key)
-                msg = str(err.get("msg", "invalid")).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-                where = (*path, key) if key is not None else path
-                self.add(where, f"{format_path(where)}: {msg}" if key is not None else f"{label}: {msg}")
+            found = [(key, str(message), bool(warning))
+                     for key, message, warning in check(comp.factory, dict(given), defaults) or ()]
+        except Exception:  # a plugin's check failing oddly must not break checking
             return
-        except Exception:  # noqa: BLE001 - a library's validator failing oddly must not break checking
-            return
-        for w in caught:
-            if issubclass(w.category, (UserWarning, DeprecationWarning, FutureWarning)):
-                self.add(path, f"{label}: {w.message}", warning=True)
+        for key, message, warning in found:
+            if key is None:
+                self.add(path, f"{label}: {message}", warning=warning)
+            else:
+                where = (*path, key)
+                self.add(where, f"{format_path(where)}: {message}", warning=warning)
 
 
 def _where(path: tuple) -> str:

@@ -1,8 +1,10 @@
-"""What each CLI command does. The CLI only parses arguments and calls these."""
+"""``plugtrain list``, ``show`` and ``plugins``: what the registry holds, as tables or JSON.
+
+Only the registry is imported (never torch): listing components must stay fast, and a hook runs only when its kind
+is listed or shown.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 from plugtrain.core import console
 from plugtrain.core.errors import PlugtrainError
@@ -10,8 +12,8 @@ from plugtrain.core.hookspecs import KINDS
 from plugtrain.core.registry import check_kind, get_registry
 
 
-def list_components(kind: str | None = None, pattern: str | None = None, as_json: bool = False) -> int:
-    """``plugtrain list [KIND] [PATTERN]``: every registered component, grouped by kind.
+def list_components(kind: str | None = None, pattern: str | None = None, *, as_json: bool = False) -> int:
+    """``plugtrain list [KIND] [PATTERN] [--json]``: every registered component, grouped by kind.
 
     ``plugtrain list 'resnet*'`` (a glob where the kind goes) searches every kind.
     """
@@ -36,8 +38,8 @@ def _dist_label(distribution: str, version: str) -> str:
     return f"{distribution}=={version}" if distribution else "no distribution"
 
 
-def show_component(kind: str, name: str, as_json: bool = False) -> int:
-    """``plugtrain show KIND NAME``: summary, docstring and parameters of one component."""
+def show_component(kind: str, name: str, *, as_json: bool = False) -> int:
+    """``plugtrain show KIND NAME [--json]``: summary, docstring and parameters of one component."""
     comp = get_registry().get(kind, name)
     params = [p.as_json() for p in comp.params]
     if as_json:
@@ -64,8 +66,8 @@ def show_component(kind: str, name: str, as_json: bool = False) -> int:
     return 0
 
 
-def list_plugins(as_json: bool = False) -> int:
-    """``plugtrain plugins``: every entry point of the plugtrain group and what became of loading it.
+def list_plugins(*, as_json: bool = False) -> int:
+    """``plugtrain plugins [--json]``: every entry point of the plugtrain group and what became of loading it.
 
     Every hook is called, so that a hook that raises shows up here, not only the first time its kind is used.
     """
@@ -79,37 +81,3 @@ def list_plugins(as_json: bool = False) -> int:
             for p in plugins]
     console.table(f"plugtrain plugins ({len(rows)})", ["name", "distribution", "hooks", "error"], rows)
     return 0
-
-
-def check_specs(paths: list[str], overrides: list[str], print_resolved: bool = False) -> int:
-    """``plugtrain check SPEC...``: validate specs before any data or model is touched."""
-    from plugtrain.core.spec import check_command
-
-    return check_command(paths, overrides, print_resolved)
-
-
-def print_schema() -> int:
-    """``plugtrain schema``: the JSON Schema of the run spec, plugins included."""
-    from plugtrain.core.schema import build_schema
-
-    console.print_json(build_schema())
-    return 0
-
-
-def train(paths: list[str], overrides: list[str], **options: Any) -> int:
-    """``plugtrain train SPEC...``: run each spec in order; non-zero if any failed."""
-    from plugtrain.core.runtime import train_command
-
-    return train_command(paths, overrides, **options)
-
-
-def evaluate(run_dir: str, checkpoint: str, split: str, as_json: bool) -> int:
-    from plugtrain.core.runtime import evaluate_command
-
-    return evaluate_command(run_dir, checkpoint, split, as_json)
-
-
-def predict(run_dir: str, images: list[str], checkpoint: str, top_k: int, as_json: bool) -> int:
-    from plugtrain.core.runtime import predict_command
-
-    return predict_command(run_dir, images, checkpoint, top_k, as_json)

@@ -1,11 +1,14 @@
-"""The runtime's commands: train (a queue of specs), evaluate and predict.
+"""``plugtrain train SPEC... [--set K=V] [--resume auto|PATH] [--overwrite] [--dry-run]``: a queue of training runs.
+
+For each spec: load it, plan and open the run directory (spec.toml, env.json, loggers; undone on failure), print
+the banner, train with SIGTERM / SIGINT turned into a checkpoint and a clean stop, print the summary. A failing spec
+is reported in one message and the queue goes on; the highest exit code wins; a signal stops the queue.
 
 Exit codes: 0 success; 2 bad input (:class:`PlugtrainError`: spec, data, CLI, checkpoint); 1 a run that failed while
-training (:class:`TrainingFailed`, e.g. a NaN loss) or an unexpected error; 143 / 130 a run stopped by SIGTERM /
-SIGINT after writing ``last.pt`` (``--resume auto`` continues it exactly). A queue runs every spec even when one fails
-and returns the highest exit code; a signal stops the queue.
+training (:class:`TrainingFailed`, e.g. a NaN loss) or an unexpected error; 128 + signum (143 / 130) a run stopped by
+SIGTERM / SIGINT after writing ``last.pt`` (``--resume auto`` continues it exactly).
 
-``--dry-run`` builds everything, runs one batch forward and backward, prints shapes and parameter counts and writes
+``dry_run`` builds everything, runs one batch forward and backward, prints shapes and parameter counts and writes
 nothing under ``output_dir``: augmented samples (``augmentations.save_samples``) go to a fresh temporary directory
 whose path is printed.
 """
@@ -13,20 +16,19 @@ whose path is printed.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
-import sys
 import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from plugtrain.core import console
-from plugtrain.core.errors import PlugtrainError
+from plugtrain.core.errors import PlugtrainError, first_line
 from plugtrain.core.runtime import build, distributed, fsdp, rundir
 from plugtrain.core.runtime import checkpoint as ckpt
 from plugtrain.core.spec import load_spec, to_dict
@@ -36,19 +38,12 @@ def _debug() -> bool:
     return os.environ.get("PLUGTRAIN_DEBUG", "") not in ("", "0")
 
 
-def _error(text: str) -> None:
-    """An error line on stderr (every rank may have one; off rank 0 it says which rank)."""
-    prefix = "plugtrain: error: " if not text.startswith("plugtrain:") else ""
-    where = f"[rank {console.rank()}] " if console.rank() else ""
-    print(f"{where}{prefix}{text}", file=sys.stderr, flush=True)
-
-
-# -- train -------------------------------------------------------------------------------------------------------------
-def train_command(paths: list[str], overrides: list[str], resume: str | None = None, overwrite: bool = False,
-                  dry_run: bool = False) -> int:
+def run(specs: Sequence[str], overrides: Sequence[str] = (), *, resume: str | None = None, overwrite: bool = False,
+        dry_run: bool = False) -> int:
     """Train each spec in order; report a failing spec in one message and go on; the highest exit code wins."""
     from plugtrain.core.runtime.trainer import Interrupted
 
+    paths, overrides = list(specs), list(overrides)
     if resume and len(paths) > 1 and resume != "auto":
         raise PlugtrainError("--resume PATH names one checkpoint: give one spec (or use --resume auto)")
     codes: list[int] = []
@@ -65,13 +60,13 @@ def train_command(paths: list[str], overrides: list[str], resume: str | None = N
             except PlugtrainError as exc:
                 if _debug():
                     traceback.print_exc()
-                _error(f"{label}{exc}")
+                console.error(f"{label}{exc}")
                 codes.append(exc.exit_code)
-            except Exception as exc:  # noqa: BLE001 - a bug or an unexpected library error: one line, traceback on demand
+            except Exception as exc:  # noqa: BLE001 - a bug or a library error: one line, traceback on demand
                 if _debug():
                     traceback.print_exc()
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                _error(f"{label}{type(exc).__name__}: {first} (set PLUGTRAIN_DEBUG=1 for the traceback)")
+                console.error(f"{label}{type(exc).__name__}: {first_line(exc)} "
+                              "(set PLUGTRAIN_DEBUG=1 for the traceback)")
                 codes.append(1)
     finally:
         distributed.teardown()
@@ -307,18 +302,18 @@ def _dry_run(trainer: Any) -> int:
         console.echo(f"augmented samples: {_save_samples(trainer, where)}")
     trainer.sampler.set_epoch(0, 0)
     batch = next(iter(trainer.train_loader))
-    from plugtrain.core.runtime.trainer import batch_images
+    from plugtrain.core.runtime.step import batch_images
 
     images = batch_images(batch, "train")
     if images is None:
         raise PlugtrainError("[data] every sample of the first batch was skipped")
     targets = batch["targets"].to(trainer.device)
     images = trainer.model_input(images)
-    trainer.train_net.train()
+    trainer.step.net.train()
     with trainer.autocast():
-        outputs, loss = trainer.train_net(images, targets)
+        outputs, loss = trainer.step.net(images, targets)
     trainer.scaler.scale(loss).backward()
-    grads = sum(1 for p in trainer._params if p.grad is not None)
+    grads = sum(1 for p in trainer.step.params if p.grad is not None)
     for opt in trainer.optimizers:
         opt.zero_grad(set_to_none=True)
 
@@ -345,162 +340,4 @@ def _dry_run(trainer: Any) -> int:
         ("metrics", ", ".join(f"val/{k}" for k in b.metrics) + f"; primary {spec.primary_metric} ({spec.mode})"),
     ]
     console.table(f"dry run: {spec.run.name} (nothing written)", ["what", "value"], rows)
-    return 0
-
-
-# -- evaluate and predict ----------------------------------------------------------------------------------------------
-def _run_spec(run_dir: str) -> tuple[Path, Any]:
-    root = Path(run_dir)
-    spec_path = root / "spec.toml"
-    if not root.is_dir():
-        raise PlugtrainError(f"{run_dir}: no such run directory")
-    if not spec_path.is_file():
-        raise PlugtrainError(f"{run_dir}: not a run directory (no spec.toml)")
-    return root, load_spec(spec_path)
-
-
-def _checkpoint_path(root: Path, which: str) -> Path:
-    if which in ("best", "last"):
-        path = root / rundir.CHECKPOINTS / f"{which}.pt"
-        if not path.is_file():
-            have = sorted(p.name for p in (root / rundir.CHECKPOINTS).glob("*.pt"))
-            raise PlugtrainError(f"{path}: no such checkpoint" + (f" (there are: {', '.join(have)})" if have else ""))
-        return path
-    return Path(which)
-
-
-def _local_env(spec: Any) -> distributed.DistEnv:
-    return distributed.DistEnv(device=distributed._pick_device(spec.trainer.device, 0))
-
-
-def evaluate_command(run_dir: str, checkpoint: str = "best", split: str = "val", as_json: bool = False) -> int:
-    """Metrics of a run's checkpoint on its val or test split; printed and written to ``RUN_DIR/eval-<split>.json``."""
-    import torch
-
-    from plugtrain.core.runtime.loader import ShardedBatchSampler, make_loader
-    from plugtrain.core.runtime.trainer import ModelInput, evaluate_model
-
-    root, spec = _run_spec(run_dir)
-    path = _checkpoint_path(root, checkpoint)
-    state = ckpt.load(path)
-    env = _local_env(spec)
-    built = build.build_run(spec, env, purpose="eval")
-    data = built.val_data if split == "val" else built.test_data
-    if data is None:
-        raise PlugtrainError(f"dataset {spec.data.dataset.name!r} of {run_dir} has no {split} split")
-    model = built.backbone.to(env.device)
-    criterion = built.criterion.to(env.device)
-    try:
-        model.load_state_dict(state["model"])
-        criterion.load_state_dict(state["loss"])
-    except (RuntimeError, KeyError) as exc:
-        raise PlugtrainError(f"{path}: does not fit the model of {root / 'spec.toml'}: "
-                             f"{str(exc).strip().splitlines()[0][:300]}") from None
-    d = spec.data
-    loader = make_loader(data, ShardedBatchSampler(len(data), d.val_batch_size or d.batch_size), d.num_workers,
-                         d.on_error, spec.run.seed, persistent_workers=False, prefetch_factor=d.prefetch_factor)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(spec.trainer.precision)
-
-    def autocast() -> Any:
-        return torch.autocast(env.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
-    metrics = {k: m.to(env.device) for k, m in built.metrics.items()}
-    model_input = ModelInput.for_spec(spec, built.in_chans, env.device)
-    results, skipped = evaluate_model(model, criterion, loader, metrics, model_input, autocast, env, split)
-    if state.get("ema"):
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model)
-        ema.load_state_dict(state["ema"])
-        ema_results, _ = evaluate_model(ema.module, criterion, loader, metrics, model_input, autocast, env,
-                                        f"{split}_ema")
-        results.update(ema_results)
-    record = {"run_dir": str(root), "checkpoint": str(path), "epoch": state.get("epoch"),
-              "global_step": state.get("global_step"), "split": split, "samples": len(data), "skipped": skipped,
-              "metrics": results}
-    out = root / f"eval-{split}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    if as_json:
-        console.print_json(record)
-    else:
-        console.table(f"{root.name}: {path.name} (epoch {state.get('epoch')}) on {split} ({len(data)} samples)",
-                      ["metric", "value"], [(k, f"{v:.4f}") for k, v in results.items()])
-        console.echo(f"written to {out}")
-    return 0
-
-
-def _decode(path: str, in_chans: int) -> Any:
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(in_chans)
-    if mode is None:
-        raise PlugtrainError(f"predict decodes 1-, 3- or 4-channel images; this run's model takes {in_chans}")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert(mode))
-    except FileNotFoundError:
-        raise PlugtrainError(f"{path}: no such image file") from None
-    except IsADirectoryError:
-        raise PlugtrainError(f"{path}: is a directory, not an image") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise PlugtrainError(f"{path}: cannot decode the image: {exc}") from None
-
-
-def predict_command(run_dir: str, images: list[str], checkpoint: str = "best", top_k: int = 5,
-                    as_json: bool = False) -> int:
-    """Top-k classes with probabilities (or the predicted values of a regression run) for image files."""
-    import torch
-
-    from plugtrain.core.runtime.loader import AugmentedDataset, Collate
-    from plugtrain.core.runtime.trainer import ModelInput
-
-    if top_k < 1:
-        raise PlugtrainError(f"--top-k must be >= 1, got {top_k}")
-    root, spec = _run_spec(run_dir)
-    path = _checkpoint_path(root, checkpoint)
-    state = ckpt.load(path)
-    meta = state.get("meta") or {}
-    task = meta.get("task", spec.run.task)
-    if task == "metric_learning":
-        raise PlugtrainError("predict gives class probabilities; a metric-learning run has none (use evaluate)")
-    in_chans = int(meta.get("in_chans", 3))
-    class_names = list(meta.get("class_names") or [])
-    num_classes = int(meta.get("num_classes", len(class_names)))
-    decoded = [(_decode(p, in_chans), 0) for p in images]
-    env = _local_env(spec)
-    torch.manual_seed(spec.run.seed)
-    model = build.component("backbones", spec.backbone, "backbone", num_classes=num_classes)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise PlugtrainError(f"{path}: does not fit the model of {root / 'spec.toml'}: "
-                             f"{str(exc).strip().splitlines()[0][:300]}") from None
-    model.to(env.device).eval()
-    transform = build.build_transform(spec, "val", in_chans)
-    data = AugmentedDataset(decoded, transform, spec.run.seed, "predict", to_tensor=spec.augmentations.normalize)
-    batch = Collate("raise")([data[(0, i)] for i in range(len(data))])
-    model_input = ModelInput.for_spec(spec, in_chans, env.device)
-    with torch.no_grad():
-        outputs = model(model_input(batch["images"])).float().cpu()
-    results = []
-    for img_path, out in zip(images, outputs, strict=True):
-        if task == "regression":
-            values = out.tolist()
-            results.append({"image": img_path, "prediction": values[0] if len(values) == 1 else values})
-            continue
-        probs = out.softmax(-1)
-        k = min(top_k, probs.numel())
-        p, idx = probs.topk(k)
-        results.append({"image": img_path, "top_k": [
-            {"class": class_names[i] if i < len(class_names) else str(i), "index": int(i), "probability": float(q)}
-            for q, i in zip(p.tolist(), idx.tolist(), strict=True)]})
-    if as_json:
-        console.print_json(results)
-        return 0
-    for r in results:
-        if "prediction" in r:
-            console.echo(f"{r['image']}\t{r['prediction']}")
-        else:
-            console.echo(r["image"] + "\t" + "  ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top_k"]))
     return 0

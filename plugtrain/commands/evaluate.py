@@ -1,0 +1,64 @@
+"""``plugtrain evaluate RUN_DIR [--checkpoint best|last|PATH] [--split val|test] [--json]``.
+
+The metrics of a finished run's checkpoint on its val or test split (and of its EMA weights when it has them),
+computed in one process with the loop's own evaluation; printed and written to ``RUN_DIR/eval-<split>.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from plugtrain.commands._finished_run import checkpoint_path, local_env, open_run
+from plugtrain.core import console
+from plugtrain.core.errors import PlugtrainError, first_line
+from plugtrain.core.runtime import build
+from plugtrain.core.runtime import checkpoint as ckpt
+from plugtrain.core.runtime.precision import autocast
+
+
+def run(run_dir: str, *, checkpoint: str = "best", split: str = "val", as_json: bool = False) -> int:
+    """Evaluate ``checkpoint`` of ``run_dir`` on ``split``; exit code 0."""
+    from plugtrain.core.runtime.evaluator import evaluate_model
+    from plugtrain.core.runtime.loader import ShardedBatchSampler, make_loader
+    from plugtrain.core.runtime.step import ModelInput
+
+    root, spec = open_run(run_dir)
+    path = checkpoint_path(root, checkpoint)
+    state = ckpt.load(path)
+    env = local_env(spec)
+    built = build.build_run(spec, env, purpose="eval")
+    data = built.val_data if split == "val" else built.test_data
+    if data is None:
+        raise PlugtrainError(f"dataset {spec.data.dataset.name!r} of {run_dir} has no {split} split")
+    model = built.backbone.to(env.device)
+    criterion = built.criterion.to(env.device)
+    try:
+        model.load_state_dict(state["model"])
+        criterion.load_state_dict(state["loss"])
+    except (RuntimeError, KeyError) as exc:
+        raise PlugtrainError(f"{path}: does not fit the model of {root / 'spec.toml'}: {first_line(exc)}") from None
+    d = spec.data
+    loader = make_loader(data, ShardedBatchSampler(len(data), d.val_batch_size or d.batch_size), d.num_workers,
+                         d.on_error, spec.run.seed, persistent_workers=False, prefetch_factor=d.prefetch_factor)
+    amp = functools.partial(autocast, env.device.type, spec.trainer.precision)
+    metrics = {k: m.to(env.device) for k, m in built.metrics.items()}
+    model_input = ModelInput.for_spec(spec, built.in_chans, env.device)
+    results, skipped = evaluate_model(model, criterion, loader, metrics, model_input, amp, env, split)
+    if state.get("ema"):
+        ema = build.build_ema(model, spec.trainer.ema_decay)
+        ema.load_state_dict(state["ema"])
+        ema_results, _ = evaluate_model(ema.module, criterion, loader, metrics, model_input, amp, env, f"{split}_ema")
+        results.update(ema_results)
+    record = {"run_dir": str(root), "checkpoint": str(path), "epoch": state.get("epoch"),
+              "global_step": state.get("global_step"), "split": split, "samples": len(data), "skipped": skipped,
+              "metrics": results}
+    out = root / f"eval-{split}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        console.print_json(record)
+    else:
+        console.table(f"{root.name}: {path.name} (epoch {state.get('epoch')}) on {split} ({len(data)} samples)",
+                      ["metric", "value"], [(k, f"{v:.4f}") for k, v in results.items()])
+        console.echo(f"written to {out}")
+    return 0

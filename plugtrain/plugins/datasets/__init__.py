@@ -1,0 +1,43 @@
+"""Built-in datasets: image folders, csv manifests, MNIST-format IDX files and scikit-learn's digits.
+
+One module per dataset (:mod:`.imagefolder`, :mod:`.manifest`, :mod:`.idx`, :mod:`.sklearn_digits`), the one image
+decoder (:mod:`.decode`), the split sequences (:mod:`.splits`) and the shared checks (:mod:`.common`). Every factory
+returns a :class:`plugtrain.core.data.DatasetSplits` whose splits are sequences of ``(image, target)`` with
+``image`` an ``HxWxC`` uint8 array, a ``targets`` list (no decoding) for samplers, and ``skipped`` / ``problems``
+describing what indexing dropped (see :class:`.splits.ImageFileSplit`). Every factory has a ``read_image``
+attribute (see the datasets hook in :mod:`plugtrain.core.hookspecs`) that reads one file as that dataset's samples
+come out, for ``plugtrain predict``.
+
+When faults are found
+---------------------
+* At build time, always a :class:`~plugtrain.core.errors.PlugtrainError` (whatever ``on_error`` says): a missing
+  root, manifest or IDX file, a folder without class sub-folders, a manifest without the needed header columns,
+  an IDX file with a bad header or too few bytes, a bad parameter, a data set with no usable sample left.
+* At build time, per ``on_error``: an empty class folder, a manifest row whose file is missing or whose label is
+  out of range / unparsable, an IDX label out of range. ``"raise"``: a PlugtrainError naming the folder, or the
+  ``csv:line`` and path, or the IDX file and index. ``"skip"``: the sample is dropped and counted in the split's
+  ``skipped`` (an empty class folder drops no sample: the class is kept, so labels stay those of the folder names,
+  and it is listed in ``problems``).
+* At ``__getitem__`` (in DataLoader workers): a corrupt, truncated, zero-byte, unreadable or vanished image file
+  raises :class:`~plugtrain.core.data.SampleError` with the path and the reason; the runtime raises or skips.
+
+A grayscale image in an RGB data set (or a colour one with ``channels = 1``) is converted, never a fault.
+"""
+
+from __future__ import annotations
+
+from plugtrain import Component, hookimpl
+
+
+@hookimpl
+def plugtrain_datasets():
+    from plugtrain.plugins.datasets import idx, imagefolder, manifest, sklearn_digits
+
+    return [
+        Component("imagefolder", imagefolder.imagefolder,
+                  summary="Images in one sub-folder per class (train/val folders or a split)."),
+        Component("csv", manifest.csv_manifest, summary="Images listed in a csv manifest: path,label or path,target."),
+        Component("idx", idx.idx, summary="MNIST-format IDX files (MNIST, Fashion-MNIST), raw or gzipped."),
+        Component("sklearn-digits", sklearn_digits.sklearn_digits,
+                  summary="scikit-learn's 1,797 8x8 handwritten digits (no files)."),
+    ]
