@@ -23,6 +23,10 @@ class TensorBoardLogger:
             if key != "epoch" and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, step)
 
+    def log_step_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Every ``trainer.log_every_steps`` optimizer steps: ``step/*`` scalars at the global step."""
+        self.log_metrics(metrics, step)
+
     def log_image(self, tag: str, image: Any, step: int) -> None:
         self.writer.add_image(tag, image, step, dataformats="HWC")
 
@@ -53,10 +57,15 @@ class CSVLogger:
                 self.rows = list(csv.DictReader(f))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """One row per epoch: a second call for the same epoch (a resumed run replaying it, or ``val_swa/*`` after
+        training) updates that epoch's row."""
         row = {"step": step, **metrics}
-        if "epoch" in row:  # a resumed run replays no epoch twice
-            self.rows = [r for r in self.rows if str(r.get("epoch")) != str(row["epoch"])]
-        self.rows.append(row)
+        for r in self.rows:
+            if "epoch" in row and str(r.get("epoch")) == str(row["epoch"]):
+                r.update(row)
+                break
+        else:
+            self.rows.append(row)
         columns: list[str] = []
         for r in self.rows:
             columns += [c for c in r if c not in columns]
@@ -85,10 +94,7 @@ class ConsoleLogger:
         for k, v in metrics.items():
             if k == "epoch":
                 continue
-            if isinstance(v, float) and not math.isnan(v):
-                parts.append(f"{k}={v:.{self.digits}g}" if abs(v) >= 1000 else f"{k}={v:.{self.digits}f}")
-            else:
-                parts.append(f"{k}={v}")
+            parts.append(f"{k}={v:.{self.digits}g}" if isinstance(v, float) and math.isfinite(v) else f"{k}={v}")
         print(head + "  " + "  ".join(parts), flush=True)
 
     def close(self) -> None:

@@ -75,7 +75,7 @@ class Progress:
         """A log interval: update the bar's fields, or print one plain line."""
         if not self.enabled:
             return
-        self.fields = {"loss": f"{loss:.4f}", "lr": f"{lr:.3g}", "ips": f"{images_per_s:.0f}"}
+        self.fields = {"loss": f"{loss:.4g}", "lr": f"{lr:.3g}", "ips": f"{images_per_s:.0f}"}
         if self._bar is not None:
             self._bar.update(self._task, completed=self._done, **self.fields)
             return
@@ -83,7 +83,13 @@ class Progress:
         ran = max(self._done - self._shown, 1)
         eta = elapsed / ran * (self._total - self._done)
         print(f"epoch {self._epoch}/{self.epochs}  step {self._done}/{self._total}  global_step {step}  "
-              f"loss {loss:.4f}  lr {lr:.3g}  {images_per_s:.0f} img/s  eta {_eta(eta)}", flush=True)
+              f"loss {loss:.4g}  lr {lr:.3g}  {images_per_s:.0f} img/s  eta {_eta(eta)}", flush=True)
+
+    def show(self, loss: float, lr: float, images_per_s: float) -> None:
+        """Running values for the bar only (a terminal); prints nothing otherwise."""
+        if self.enabled and self._bar is not None and self._task is not None:
+            self.fields = {"loss": f"{loss:.4g}", "lr": f"{lr:.3g}", "ips": f"{images_per_s:.0f}"}
+            self._bar.update(self._task, completed=self._done, **self.fields)
 
     def end_epoch(self) -> None:
         if self._bar is not None and self._task is not None:

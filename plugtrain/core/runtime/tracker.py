@@ -78,13 +78,13 @@ class LossTracker:
         return {"train/data_time": self.data_time / n, "train/compute_time": self.compute_time / n,
                 "train/step_time": self.train_time / n}
 
-    def epoch_totals(self, dist: Any) -> tuple[float, float, float, float]:
+    def epoch_totals(self, dist: Any) -> tuple[float, float, float, int]:
         """``(mean loss, samples/s, seconds, skipped samples)`` of the epoch over every rank (collective)."""
         totals = dist.all_reduce(torch.stack([self.loss_sum, self.loss_count]).to(dist.reduce_device))
         loss_sum, loss_count = totals.tolist()
         skipped = self.skipped
         if dist.distributed:
-            skipped = float(dist.all_reduce(dist.collective_tensor([float(skipped)]))[0].item())
+            skipped = int(dist.all_reduce(dist.collective_tensor([float(skipped)]))[0].item())
         throughput = self.samples * dist.world_size / max(self.train_time, 1e-9)
         return (loss_sum / loss_count if loss_count else math.nan), throughput, self.train_time, skipped
 

@@ -111,6 +111,7 @@ class Trainer:
         self._rng_to_restore: dict[str, Any] | None = None
         self._signal: int | None = None  # received by this process
         self._stop_signal: int | None = None  # agreed by every rank
+        self._logged = False  # a step was logged in this process
 
     # -- for callbacks and commands --------------------------------------------------------------------------------
     @property
@@ -205,7 +206,7 @@ class Trainer:
             self.progress.advance()
             start = b - b % accum
             if b == start + min(accum, n - start) - 1:  # the group's last micro-batch
-                log = (self.global_step + 1) % self.spec.trainer.log_every_steps == 0
+                log = (self.global_step + 1) % self.spec.trainer.log_every_steps == 0 or not self._logged
                 for loss, samples in self.step.step(group, self.global_step, measure=log):
                     self.tracker.record(loss, samples, self.global_step + 1)
                 self.global_step += 1
@@ -215,12 +216,15 @@ class Trainer:
             waited = time.monotonic()
             tr.compute_time += waited - t_batch
         tr.train_time += time.monotonic() - t_epoch
+        loss_sum, count = self._check_interval()
+        if count:  # the bar shows the epoch's last values even when it is shorter than a log interval
+            self.progress.show(loss_sum / count, self._lrs()[0], tr.interval_throughput(self.dist.world_size))
         self.progress.end_epoch()
 
     def _after_step(self) -> None:
         """After an optimizer step: the log interval, a mid-epoch checkpoint, a pending signal."""
         t = self.spec.trainer
-        log = self.global_step % t.log_every_steps == 0
+        log = self.global_step % t.log_every_steps == 0 or not self._logged  # and the first step: values at once
         mid_epoch = self.batch_in_epoch < self.built.batches_per_epoch
         save = bool(t.checkpoint_every_steps) and self.global_step % t.checkpoint_every_steps == 0 and mid_epoch
         if log or save:
@@ -246,6 +250,7 @@ class Trainer:
         if self.step.grad_norm is not None:
             metrics["step/grad_norm"] = float(self.step.grad_norm)
             self.step.grad_norm = None
+        self._logged = True
         self.progress.log(self.global_step, metrics["step/loss"], lrs[0], metrics["step/throughput"])
         for logger in self.loggers:
             if callable(getattr(logger, "log_step_metrics", None)):
@@ -281,7 +286,6 @@ class Trainer:
                              f"stopped.{kept}")
 
     def _end_epoch(self) -> dict[str, float]:
-        self._check_interval()
         self.tracker.reset_interval()
         e = self.epoch + 1
         loss, throughput, seconds, skipped = self.tracker.epoch_totals(self.dist)
@@ -290,6 +294,9 @@ class Trainer:
                                      **{f"train/lr_{i}": lr for i, lr in enumerate(lrs[1:], 1)},
                                      "train/throughput": throughput, "train/epoch_time": seconds,
                                      **self.tracker.step_times(), "data/skipped": skipped}
+        if self.device.type == "cuda":
+            metrics["train/gpu_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            torch.cuda.reset_peak_memory_stats(self.device)
         waiting = metrics["train/data_time"] / max(metrics["train/step_time"], 1e-9)
         if waiting > 0.5:
             self.progress.message(f"hint: epoch {e} waited for data {waiting:.0%} of the time: more data.num_workers "
