@@ -205,5 +205,13 @@ def resume_position(state: dict[str, Any], global_batch: int, batches_per_epoch:
     return epoch, batch, note
 
 
+def rank_rng(state: dict[str, Any], rank: int, world_size: int) -> dict[str, Any] | None:
+    """This rank's RNG states in a checkpoint written by as many processes (else None: seeded afresh)."""
+    rngs = state.get("rng") or []
+    if rngs and int((state.get("meta") or {}).get("world_size", 1)) == world_size and rank < len(rngs):
+        return rngs[rank]
+    return None
+
+
 class NonFinite(Exception):
     """The model's parameters are not finite: nothing was saved."""

@@ -16,8 +16,8 @@ import shutil
 import socket
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Annotated, Any
 
 import attrs
 
@@ -26,6 +26,65 @@ from plugtrain.core.errors import PlugtrainError
 CHECKPOINTS = "checkpoints"
 #: Files whose presence marks a directory as a plugtrain run directory (only those are ever deleted by --overwrite).
 MARKERS = ("spec.toml", "env.json", CHECKPOINTS)
+#: The longest file name (one path component, in bytes) that common filesystems take.
+NAME_MAX = 255
+
+
+# -- paths inside the run directory --------------------------------------------------------------------------------
+@attrs.frozen
+class InsideRunDir:
+    """Annotation marker: the parameter names a file or folder *inside* the run directory (see :data:`RunPath`)."""
+
+    what: str = "a path inside the run directory"
+
+
+#: The annotation of a component parameter that names a file or folder the component writes in the run directory:
+#: ``def __init__(self, run_dir: Path, filename: RunPath = "metrics.jsonl")``. ``plugtrain check`` refuses, with
+#: ``file:line:col``, a value that is absolute, climbs out with ``..``, is empty or holds a NUL byte; at run time
+#: :func:`run_path` turns it into the path (and refuses a symbolic link that leads outside).
+RunPath = Annotated[str, InsideRunDir()]
+
+
+def run_path_problem(relative: Any) -> str | None:
+    """Why ``relative`` cannot name a path inside a run directory, or ``None`` when it can."""
+    if not isinstance(relative, (str, os.PathLike)):
+        return f"expected a relative path (a string), got {type(relative).__name__}"
+    text = os.fspath(relative)
+    if not isinstance(text, str):
+        return "expected a relative path (a string)"
+    if not text.strip():
+        return "is empty"
+    if "\x00" in text:
+        return "holds a NUL byte"
+    if PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute() or PureWindowsPath(text).drive \
+            or text.startswith(("/", "\\")):
+        return f"{text!r} is an absolute path: it must be relative to the run directory"
+    if text.startswith("~"):
+        return f"{text!r} starts with '~' (a home directory): it must be relative to the run directory"
+    parts = [p for p in text.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return f"{text!r} climbs out of the run directory with '..': it must stay inside it"
+    long = next((p for p in parts if len(p.encode("utf-8", "surrogateescape")) > NAME_MAX), None)
+    if long is not None:
+        return f"the name {long[:20]!r}... is longer than {NAME_MAX} bytes"
+    return None
+
+
+def run_path(run_dir: str | os.PathLike[str], relative: str | os.PathLike[str], what: str = "path") -> Path:
+    """``run_dir / relative``, refused (:class:`PlugtrainError`, exit 2) unless it stays inside ``run_dir``.
+
+    The one way for a component to get the path of a file it writes: ``what`` names the parameter in the message
+    (``"[loggers] csv filename"``). Absolute paths, ``..`` and NUL bytes are refused, and so is a path that a
+    symbolic link inside the run directory leads outside of it."""
+    problem = run_path_problem(relative)
+    if problem is not None:
+        raise PlugtrainError(f"{what}: {problem}")
+    base = Path(run_dir)
+    path = base / os.fspath(relative)
+    resolved, root = path.resolve(), base.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise PlugtrainError(f"{what}: {os.fspath(relative)!r} leads to {resolved}, outside the run directory {root}")
+    return path
 
 
 def run_dir_for(output_dir: str, name: str) -> Path:

@@ -139,6 +139,13 @@ class TrainStep:
         self.lrs: list[float] = []  # every parameter group's lr in the last step (warmup included)
         self.grad_norm: torch.Tensor | None = None  # the last measured step's gradient norm before clipping
 
+    def current_lrs(self, step: int) -> list[float]:
+        """Each parameter group's lr in the last optimizer step (before the first: what step ``step`` will use)."""
+        if self.lrs:
+            return self.lrs
+        factor = self.warmup.factor(step)
+        return [float(g["lr"]) * factor for opt in self.optimizers for g in opt.param_groups]
+
     def micro_batch(self, images: torch.Tensor | None, targets: torch.Tensor, skipped: bool) -> MicroBatch:
         """A loader batch as a micro-batch ``(images, targets, placeholder)``.
 

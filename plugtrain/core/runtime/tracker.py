@@ -72,11 +72,16 @@ class LossTracker:
     def interval_throughput(self, world_size: int) -> float:
         return self.interval_samples * world_size / max(time.monotonic() - self.interval_start, 1e-9)
 
-    def step_times(self) -> dict[str, float]:
-        """Seconds per optimizer step this epoch: waiting for data, computing, and the whole step (this rank's)."""
+    def step_times(self, device: torch.device) -> dict[str, float]:
+        """Seconds per optimizer step this epoch: waiting for data, computing, and the whole step (this rank's); on
+        a GPU also its peak allocated memory in MiB (reset for the next epoch)."""
         n = max(self.steps, 1)
-        return {"train/data_time": self.data_time / n, "train/compute_time": self.compute_time / n,
-                "train/step_time": self.train_time / n}
+        out = {"train/data_time": self.data_time / n, "train/compute_time": self.compute_time / n,
+               "train/step_time": self.train_time / n}
+        if device.type == "cuda":
+            out["train/gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            torch.cuda.reset_peak_memory_stats(device)
+        return out
 
     def epoch_totals(self, dist: Any) -> tuple[float, float, float, int]:
         """``(mean loss, samples/s, seconds, skipped samples)`` of the epoch over every rank (collective)."""
@@ -107,6 +112,14 @@ class LossTracker:
         self.train_time = float(state["train_time"])
         self.data_time, self.compute_time = float(state.get("data_time", 0.0)), float(state.get("compute_time", 0.0))
         self.steps = int(state.get("steps", 0))
+
+    def resume(self, state: dict[str, Any], rank: int, world_size: int) -> None:
+        """From a checkpoint: this rank's running sums when it was written mid-epoch, else a fresh epoch."""
+        self.reset_epoch()
+        states = state.get("epoch_states") or ([state["epoch_state"]] if state.get("epoch_state") else [])
+        share = self.rank_share(states, rank, world_size)
+        if int(state.get("batch_in_epoch", 0)) and share:
+            self.load_state_dict(share)
 
     @staticmethod
     def rank_share(states: list[dict[str, Any]], rank: int, world_size: int) -> dict[str, Any]:

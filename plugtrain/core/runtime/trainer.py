@@ -25,12 +25,13 @@ from plugtrain.core.errors import TrainingFailed
 from plugtrain.core.runtime import checkpoint as ckpt
 from plugtrain.core.runtime import fsdp
 from plugtrain.core.runtime.build import Built, build_ema, train_sampler
-from plugtrain.core.runtime.checkpointer import Callbacks, Checkpointer, NonFinite, Stateful, resume_position
+from plugtrain.core.runtime.checkpointer import Callbacks, Checkpointer, NonFinite, Stateful, rank_rng, resume_position
 from plugtrain.core.runtime.distributed import DistEnv
 from plugtrain.core.runtime.evaluator import Evaluator
 from plugtrain.core.runtime.loader import ShardedBatchSampler, make_loader, mix_seed
 from plugtrain.core.runtime.precision import autocast
 from plugtrain.core.runtime.progress import Progress
+from plugtrain.core.runtime.report import Reporter
 from plugtrain.core.runtime.step import ModelInput, Network, TrainStep, Warmup, batch_images
 from plugtrain.core.runtime.swa import SWA
 from plugtrain.core.runtime.tracker import LossTracker
@@ -53,9 +54,8 @@ class Trainer:
                  progress: Progress | None = None) -> None:
         spec, t = built.spec, built.spec.trainer
         self.built, self.spec, self.dist, self.device = built, spec, dist, dist.device
-        self.loggers = loggers or []
         self.epochs, self.primary_metric, self.mode = spec.run.epochs, spec.primary_metric, spec.mode
-        self.progress = progress or Progress(self.epochs, enabled=False)
+        self.report = Reporter(progress or Progress(self.epochs, enabled=False), dist, loggers)
         self.callbacks = built.callbacks
         self.sharded = t.strategy == "fsdp" and dist.distributed  # FSDP2: sharded by fsdp.shard before the trainer
 
@@ -74,15 +74,7 @@ class Trainer:
         self.scheduler = built.scheduler
         self.swa = SWA(self.backbone, self.optimizer, t.swa_lr, t.swa_start_epoch, self.epochs) if t.swa else None
         self.model_input = ModelInput.for_spec(spec, built.in_chans, self.device, memory_format)
-        start = spec.scheduler.warmup_start_factor if spec.scheduler else 1.0
-        self.step = TrainStep(self.net, self.optimizers, scaler=self.scaler, precision=t.precision,
-                              device=self.device, model_input=self.model_input, warmup=Warmup(built.warmup_steps, start),
-                              clip_grad_norm=t.clip_grad_norm, clip_grad_value=t.clip_grad_value, sam=built.sam,
-                              mixup=built.mixup, ema=self.ema, ema_model=self.backbone,
-                              scheduler=self.scheduler if built.scheduler_interval == "step" else None,
-                              sync=fsdp.ForwardSync(self.backbone, self.criterion) if self.sharded else None,
-                              placeholder=_placeholder(built) if dist.distributed else None)
-        self.step.distribute(ddp=dist.distributed and not self.sharded)
+        self.step = _train_step(self)
 
         self.sampler, self.train_loader, self.val_loader = _loaders(built, dist)
         unsharded = (lambda: fsdp.unsharded(self.backbone, self.criterion)) if self.sharded else contextlib.nullcontext
@@ -90,16 +82,7 @@ class Trainer:
                                    dist, ema=self.ema, unsharded=unsharded)
 
         self.tracker = LossTracker(self.device, fp16=self.scaler.is_enabled())
-        best_key = self.primary_metric
-        if t.ema_for_best and self.ema is not None and best_key.startswith("val/"):
-            best_key = "val_ema/" + best_key.removeprefix("val/")
-        states = {"model": self.backbone, "loss": self.criterion, "frozen": _Frozen(self),
-                  "optimizers": Stateful(self.optimizers), "scheduler": self.scheduler,
-                  "swa_scheduler": self.swa.scheduler if self.swa else None, "scaler": self.scaler, "ema": self.ema,
-                  "swa": self.swa.model if self.swa else None, "callbacks": Callbacks(self.callbacks)}
-        self.checkpointer = Checkpointer(run_dir, dist, states, mode=self.mode, best_key=best_key,
-                                         every_epochs=t.checkpoint_every_epochs, keep_top_k=t.keep_top_k,
-                                         sharded=self.sharded, rank_state=self._rank_state, meta=_meta(built, dist))
+        self.checkpointer = _checkpointer(self, run_dir)
 
         self.epoch = 0  # epochs completed; the epoch in progress is self.epoch (0-based)
         self.batch_in_epoch = 0
@@ -117,6 +100,14 @@ class Trainer:
     @property
     def model(self) -> torch.nn.Module:
         return self.backbone
+
+    @property
+    def loggers(self) -> list[Any]:
+        return self.report.loggers
+
+    @loggers.setter
+    def loggers(self, value: list[Any]) -> None:
+        self.report.loggers = value
 
     @property
     def run_dir(self) -> Path | None:
@@ -146,7 +137,7 @@ class Trainer:
         parameter that no optimizer holds gets a parameter group of its own."""
         added = self.step.add_missing_params(self.backbone, self.scheduler) if self.optimizer is not None else 0
         if added:
-            self.progress.message(f"note: {added} newly trainable parameter tensor(s) were not in the optimizer; "
+            self.report.message(f"note: {added} newly trainable parameter tensor(s) were not in the optimizer; "
                                   "they were added as a parameter group of their own")
         self.step.distribute(ddp=self.dist.distributed and not self.sharded)
 
@@ -166,14 +157,14 @@ class Trainer:
                 self._train_epoch()
                 self.metrics = self._end_epoch()
         finally:
-            self.progress.close()
+            self.report.progress.close()
         if self.stop_reason:
-            self.progress.message(f"stopped after epoch {self.epoch}: {self.stop_reason}")
+            self.report.message(f"stopped after epoch {self.epoch}: {self.stop_reason}")
         final = dict(self.history[-1]) if self.history else {}
         if self.swa is not None and self.swa.active(self.epoch):
             final.update(self._finish_swa())
         self._call("on_train_end", self, final)
-        log_hparams(self.loggers, self.spec, final)
+        self.report.hparams(self.spec, final)
         return final
 
     def _finish_swa(self) -> dict[str, float]:
@@ -182,8 +173,7 @@ class Trainer:
         swa = self.evaluator.evaluate_swa(self.swa.model, self.train_loader, self.sampler, self.epochs)
         if self.history:
             self.history[-1].update(swa)
-        for logger in self.loggers:
-            logger.log_metrics({"epoch": self.epoch, **swa}, self.global_step)
+        self.report.epoch({"epoch": self.epoch, **swa}, self.global_step)
         self.save_checkpoint(checked=True)
         return swa
 
@@ -192,7 +182,7 @@ class Trainer:
         self.step.net.train()
         n, accum = self.built.batches_per_epoch, self.spec.trainer.grad_accum
         self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
-        self.progress.start_epoch(self.epoch + 1, n, self.batch_in_epoch)
+        self.report.progress.start_epoch(self.epoch + 1, n, self.batch_in_epoch)
         tr = self.tracker
         tr.interval_start = t_epoch = waited = time.monotonic()
         group: list[Any] = []
@@ -200,69 +190,47 @@ class Trainer:
             t_batch = time.monotonic()
             tr.data_time += t_batch - waited
             b = self.batch_in_epoch
-            self.tracker.skip(batch["skipped"])
+            tr.skip(batch["skipped"])
             group.append(self.step.micro_batch(batch_images(batch, "train"), batch["targets"], bool(batch["skipped"])))
             self.batch_in_epoch = b + 1
-            self.progress.advance()
+            self.report.progress.advance()
             start = b - b % accum
             if b == start + min(accum, n - start) - 1:  # the group's last micro-batch
                 log = (self.global_step + 1) % self.spec.trainer.log_every_steps == 0 or not self._logged
                 for loss, samples in self.step.step(group, self.global_step, measure=log):
-                    self.tracker.record(loss, samples, self.global_step + 1)
+                    tr.record(loss, samples, self.global_step + 1)
                 self.global_step += 1
                 tr.steps += 1
                 group = []
-                self._after_step()
+                self._after_step(log)
             waited = time.monotonic()
             tr.compute_time += waited - t_batch
         tr.train_time += time.monotonic() - t_epoch
         loss_sum, count = self._check_interval()
         if count:  # the bar shows the epoch's last values even when it is shorter than a log interval
-            self.progress.show(loss_sum / count, self._lrs()[0], tr.interval_throughput(self.dist.world_size))
-        self.progress.end_epoch()
+            self.report.progress.show(loss_sum / count, self.step.current_lrs(self.global_step)[0],
+                                      tr.interval_throughput(self.dist.world_size))
+        self.report.progress.end_epoch()
 
-    def _after_step(self) -> None:
-        """After an optimizer step: the log interval, a mid-epoch checkpoint, a pending signal."""
+    def _after_step(self, log: bool) -> None:
+        """After an optimizer step: the log interval (also the first step: values at once), a mid-epoch checkpoint,
+        a pending signal."""
         t = self.spec.trainer
-        log = self.global_step % t.log_every_steps == 0 or not self._logged  # and the first step: values at once
         mid_epoch = self.batch_in_epoch < self.built.batches_per_epoch
         save = bool(t.checkpoint_every_steps) and self.global_step % t.checkpoint_every_steps == 0 and mid_epoch
         if log or save:
             loss_sum, count = self._check_interval()  # the only device sync; the ranks agree on signals here
             if log:
-                self._log_step(loss_sum, count)
+                self.report.step(self.global_step, loss_sum, count, self.step.current_lrs(self.global_step),
+                                 self.step.grad_norm, self.tracker.interval_throughput(self.dist.world_size))
+                self.step.grad_norm, self._logged = None, True
+                self.tracker.reset_interval()
         elif not self.dist.distributed and self._signal:
             self._stop_signal = self._signal
         if mid_epoch and (save or self._stop_signal):
             path = self.save_checkpoint(checked=True)
             if self._stop_signal:
                 raise Interrupted(self._stop_signal, path, self.global_step)
-
-    def _log_step(self, loss_sum: float, count: int) -> None:
-        """A log interval: the interval's mean loss over every rank, the lr of each parameter group in the step just
-        taken, the gradient norm before clipping and the throughput, to the console and the loggers."""
-        if self.dist.distributed:
-            loss_sum, count = self.dist.all_reduce(self.dist.collective_tensor([loss_sum, float(count)])).tolist()
-        lrs = self._lrs()
-        metrics = {"step/loss": loss_sum / count if count else math.nan, "step/lr": lrs[0],
-                   **{f"step/lr_{i}": lr for i, lr in enumerate(lrs[1:], 1)},
-                   "step/throughput": self.tracker.interval_throughput(self.dist.world_size)}
-        if self.step.grad_norm is not None:
-            metrics["step/grad_norm"] = float(self.step.grad_norm)
-            self.step.grad_norm = None
-        self._logged = True
-        self.progress.log(self.global_step, metrics["step/loss"], lrs[0], metrics["step/throughput"])
-        for logger in self.loggers:
-            if callable(getattr(logger, "log_step_metrics", None)):
-                logger.log_step_metrics(metrics, self.global_step)
-        self.tracker.reset_interval()
-
-    def _lrs(self) -> list[float]:
-        """Each parameter group's lr in the last optimizer step (before the first: the first step's)."""
-        if self.step.lrs:
-            return self.step.lrs
-        factor = self.step.warmup.factor(self.global_step)
-        return [float(g["lr"]) * factor for opt in self.optimizers for g in opt.param_groups]
 
     def _check_interval(self) -> tuple[float, int]:
         """Read the interval's losses; agree across ranks on a non-finite loss and on signals. Returns this rank's
@@ -289,18 +257,12 @@ class Trainer:
         self.tracker.reset_interval()
         e = self.epoch + 1
         loss, throughput, seconds, skipped = self.tracker.epoch_totals(self.dist)
-        lrs = self._lrs()
+        lrs = self.step.current_lrs(self.global_step)
         metrics: dict[str, float] = {"epoch": e, "train/loss": loss, "train/lr": lrs[0],
                                      **{f"train/lr_{i}": lr for i, lr in enumerate(lrs[1:], 1)},
                                      "train/throughput": throughput, "train/epoch_time": seconds,
-                                     **self.tracker.step_times(), "data/skipped": skipped}
-        if self.device.type == "cuda":
-            metrics["train/gpu_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-            torch.cuda.reset_peak_memory_stats(self.device)
-        waiting = metrics["train/data_time"] / max(metrics["train/step_time"], 1e-9)
-        if waiting > 0.5:
-            self.progress.message(f"hint: epoch {e} waited for data {waiting:.0%} of the time: more data.num_workers "
-                                  'or a faster decoder (data.decoder = "cv2") would help')
+                                     **self.tracker.step_times(self.device), "data/skipped": skipped}
+        self.report.data_hint(e, metrics)
         if e % self.spec.trainer.val_every_epochs == 0 or e == self.epochs:
             metrics.update(self.evaluator.validate(self.backbone, self.loggers, self.global_step))
             if not math.isfinite(metrics.get("val/loss", 0.0)):
@@ -315,9 +277,8 @@ class Trainer:
         self.epoch, self.batch_in_epoch = e, 0
         self.history.append(metrics)
         if skipped:
-            self.progress.message(self.tracker.skipped_message(e, skipped))
-        for logger in self.loggers:
-            logger.log_metrics(dict(metrics), self.global_step)
+            self.report.message(self.tracker.skipped_message(e, skipped))
+        self.report.epoch(metrics, self.global_step)
         try:
             self.checkpointer.save_epoch(self._progress_state(), metrics, self.epoch)
         except NonFinite as exc:
@@ -358,15 +319,9 @@ class Trainer:
         self.epoch, self.batch_in_epoch, note = resume_position(state, self.spec.data.batch_size * self.dist.world_size,
                                                                 self.built.batches_per_epoch)
         if note:
-            self.progress.message(note)
-        self.tracker.reset_epoch()
-        states = state.get("epoch_states") or ([state["epoch_state"]] if state.get("epoch_state") else [])
-        share = LossTracker.rank_share(states, self.dist.rank, self.dist.world_size)
-        if int(state["batch_in_epoch"]) and share:  # a mid-epoch checkpoint: this rank's running sums
-            self.tracker.load_state_dict(share)
-        rngs = state.get("rng") or []
-        if rngs and int((state.get("meta") or {}).get("world_size", 1)) == self.dist.world_size:
-            self._rng_to_restore = rngs[self.dist.rank] if self.dist.rank < len(rngs) else None
+            self.report.message(note)
+        self.tracker.resume(state, self.dist.rank, self.dist.world_size)
+        self._rng_to_restore = rank_rng(state, self.dist.rank, self.dist.world_size)
         self.resumed_from = source
 
     # -- callbacks and loggers -------------------------------------------------------------------------------------
@@ -377,10 +332,7 @@ class Trainer:
                 fn(*args)
 
     def close(self) -> None:
-        for logger in self.loggers:
-            with contextlib.suppress(Exception):
-                logger.close()
-        self.loggers = []
+        self.report.close()
         for loader in (getattr(self, "train_loader", None), self.val_loader):
             it = getattr(loader, "_iterator", None)
             if it is not None and hasattr(it, "_shutdown_workers"):
@@ -412,6 +364,34 @@ class _Frozen:
             self.trainer.requires_grad_changed()
 
 
+def _train_step(t: Trainer) -> TrainStep:
+    """The run's optimizer step around the trainer's network, optimizers and averages."""
+    b, spec = t.built, t.spec
+    start = spec.scheduler.warmup_start_factor if spec.scheduler else 1.0
+    step = TrainStep(t.net, t.optimizers, scaler=t.scaler, precision=spec.trainer.precision, device=t.device,
+                     model_input=t.model_input, warmup=Warmup(b.warmup_steps, start),
+                     clip_grad_norm=spec.trainer.clip_grad_norm, clip_grad_value=spec.trainer.clip_grad_value,
+                     sam=b.sam, mixup=b.mixup, ema=t.ema, ema_model=t.backbone,
+                     scheduler=t.scheduler if b.scheduler_interval == "step" else None,
+                     sync=fsdp.ForwardSync(t.backbone, t.criterion) if t.sharded else None,
+                     placeholder=_placeholder(b) if t.dist.distributed else None)
+    step.distribute(ddp=t.dist.distributed and not t.sharded)
+    return step
+
+
+def _checkpointer(t: Trainer, run_dir: Path | None) -> Checkpointer:
+    """The trainer's stateful parts by checkpoint key; best.pt follows the EMA's metric with ``ema_for_best``."""
+    best_key = t.primary_metric
+    if t.spec.trainer.ema_for_best and t.ema is not None and best_key.startswith("val/"):
+        best_key = "val_ema/" + best_key.removeprefix("val/")
+    states = {"model": t.backbone, "loss": t.criterion, "frozen": _Frozen(t), "optimizers": Stateful(t.optimizers),
+              "scheduler": t.scheduler, "swa_scheduler": t.swa.scheduler if t.swa else None, "scaler": t.scaler,
+              "ema": t.ema, "swa": t.swa.model if t.swa else None, "callbacks": Callbacks(t.callbacks)}
+    return Checkpointer(run_dir, t.dist, states, mode=t.mode, best_key=best_key,
+                        every_epochs=t.spec.trainer.checkpoint_every_epochs, keep_top_k=t.spec.trainer.keep_top_k,
+                        sharded=t.sharded, rank_state=t._rank_state, meta=_meta(t.built, t.dist))
+
+
 def step_epoch_scheduler(scheduler: Any, value: float | None) -> None:
     """A per-epoch scheduler's step; one that takes ``metrics`` (ReduceLROnPlateau) gets the primary metric's value
     and skips an epoch without a finite one."""
@@ -421,14 +401,6 @@ def step_epoch_scheduler(scheduler: Any, value: float | None) -> None:
         scheduler.step()
     elif value is not None and math.isfinite(value):
         scheduler.step(value)
-
-
-def log_hparams(loggers: list[Any], spec: Any, final: dict[str, float]) -> None:
-    """The flattened spec and the final metrics to each logger's ``log_hparams``."""
-    hparams = flatten(to_dict(spec))
-    for logger in loggers:
-        if callable(getattr(logger, "log_hparams", None)):
-            logger.log_hparams(hparams, {k: v for k, v in final.items() if k != "epoch"})
 
 
 def _loaders(built: Built, dist: DistEnv) -> tuple[Any, Any, Any]:
@@ -455,17 +427,3 @@ def _meta(built: Built, dist: DistEnv) -> dict[str, Any]:
     return {"class_names": list(built.class_names), "in_chans": built.in_chans, "num_classes": built.num_classes,
             "task": built.spec.run.task, "embedding_dim": built.embedding_dim, "input_shape": list(built.input_shape),
             "world_size": dist.world_size, "spec": to_dict(built.spec)}
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become strings (TensorBoard hparams take scalars)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, (list, tuple)):
-            out[key] = str(v)
-        else:
-            out[key] = v
-    return out

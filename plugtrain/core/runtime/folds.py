@@ -1,0 +1,65 @@
+"""k-fold cross-validation splits of a training split: stratified, seeded, a pure function of the targets.
+
+:func:`fold_split` is all a run needs to train on fold ``k`` of ``K``: the positions (into the train split, or into
+its ``class_subset`` selection) to train on and the ones to validate on. Every sample is in exactly one validation
+fold; classification targets (integers) are stratified so that each class is dealt evenly over the folds (per-class
+counts differ by at most one between folds, and fold sizes by at most one); float targets (regression) are
+stratified by value: sorted, cut into consecutive blocks of ``K`` and each block dealt one sample per fold. The
+assignment depends on ``(targets, K, seed)`` only, so the K runs of one cross-validation, on any machine, see
+disjoint validation folds that together cover the split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from plugtrain.core.errors import PlugtrainError
+
+#: Mixed into the seed so that the folds do not reuse the random stream of the train/val split of the same seed.
+_SALT = 0xF01D
+
+
+def fold_assignment(targets: Sequence[Any], folds: int, seed: int) -> np.ndarray:
+    """The fold (0-based) of every position of ``targets``."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise PlugtrainError(f"cross-validation needs folds >= 2, not {folds!r}")
+    t = np.asarray(list(targets))
+    n = len(t)
+    if n < folds:
+        raise PlugtrainError(f"cross-validation with {folds} folds needs at least {folds} training samples; the train "
+                             f"split has {n}")
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, _SALT])
+    assign = np.empty(n, dtype=np.int64)
+    if t.ndim == 1 and (t.dtype.kind in "iub" or (t.dtype.kind == "f" and np.all(np.mod(t, 1) == 0))):
+        dealt = 0
+        for cls in np.unique(t):  # sorted: the order of classes does not depend on the order of samples
+            idx = np.flatnonzero(t == cls)
+            rng.shuffle(idx)
+            assign[idx] = (dealt + np.arange(len(idx))) % folds  # go on dealing where the last class stopped
+            dealt += len(idx)
+    elif t.ndim == 1 and t.dtype.kind == "f":
+        order = np.argsort(t + 0.0, kind="stable")
+        for start in range(0, n, folds):
+            block = order[start:start + folds]
+            assign[block] = rng.permutation(folds)[: len(block)]
+    else:  # vector targets: no order to stratify on
+        assign[rng.permutation(n)] = np.arange(n) % folds
+    return assign
+
+
+def fold_split(targets: Sequence[Any], fold: int, folds: int, seed: int) -> tuple[list[int], list[int]]:
+    """``(train_positions, val_positions)`` of fold ``fold`` (1-based: 1..folds) of ``targets``, sorted."""
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 1 <= fold <= max(int(folds), 1):
+        raise PlugtrainError(f"fold must be in 1..{folds}, not {fold!r}")
+    assign = fold_assignment(targets, folds, seed)
+    val = np.flatnonzero(assign == fold - 1)
+    train = np.flatnonzero(assign != fold - 1)
+    if len(val) == 0 or len(train) == 0:
+        raise PlugtrainError(f"fold {fold} of {folds} is empty")
+    return train.tolist(), val.tolist()
+
+
+__all__ = ["fold_assignment", "fold_split"]
