@@ -1,37 +1,20 @@
 """``trainer.strategy = "fsdp"``: fully sharded data parallel training with FSDP2 (``torch.distributed.fsdp``).
 
 Under torchrun with more than one process, parameters, gradients and optimizer states are sharded across the ranks
-with :func:`torch.distributed.fsdp.fully_shard`: one FSDP unit per direct child module of the backbone that holds
-parameters (timm's stem, stages / blocks, head), one for the rest of the backbone, one for the loss when it has
-parameters (ArcFace centres). Each unit all-gathers its parameters for its forward and backward and reduce-scatters
-the gradients, so a rank holds about ``1 / world_size`` of the model's training state between uses. Rank 0's
-parameters and buffers are broadcast before sharding (as DDP does when it wraps a model). Works on CPU with gloo in
-torch 2.14 (tested: ``tests/test_fsdp.py``); on GPUs (nccl) the code path is the same but untested here.
+with ``fully_shard``: one unit per direct child of the backbone that holds parameters, one for the rest of the
+backbone, one for the loss when it has parameters. Rank 0's parameters and buffers are broadcast first, as DDP does.
 
-Same results as DDP. Data, sampler, augmentations and the loop are those of DDP (each rank takes its slice of every
-global batch), and :class:`ForwardSync` does what DDP does around a forward: rank 0's buffers (batch-norm running
-statistics: not sharded) are broadcast before a forward that follows a synchronising backward, and gradients are
-reduced only on the last micro-batch of a ``grad_accum`` group. Measured with 2 processes on CPU (gloo): an fsdp run
-is bitwise equal to the DDP run of the spec (model, buffers, optimizer states, every epoch's metrics), with SGD and
-AdamW, with and without ``grad_accum``; with ``clip_grad_norm`` the total norm is summed in another order (over
-shards), which gives differences of about 1e-7 after a few steps. Evaluation unshards every unit once (the full model
-on each rank, :func:`unsharded`): ranks need not run their evaluation batches in lockstep.
+Same results as DDP: data, sampler and loop are DDP's, and :class:`ForwardSync` does what DDP does around a forward
+(rank 0's buffers broadcast after a synchronising backward; gradients reduced on the last micro-batch of a group).
+Evaluation unshards every unit once (:func:`unsharded`), so ranks need not run their evaluation batches in lockstep.
 
-Checkpoints. Every save writes, collectively, the sharded model parameters and optimizer states with
-:mod:`torch.distributed.checkpoint` (DCP) into a new directory ``checkpoints/last-<step>-<id>.dcp/`` (one file per
-rank plus ``.metadata``), and then rank 0 writes ``last.pt`` as in DDP, with the *full* model and loss state
-(gathered to rank 0 on the CPU: ``plugtrain evaluate`` / ``predict`` and ``best.pt`` / ``epoch-NNNN.pt`` work as for
-any run), rank 0's buffers and the name of the DCP directory. ``last.pt`` is replaced atomically only after the DCP
-directory is complete; older DCP directories are deleted after that, so a crash at any moment leaves a ``last.pt``
-whose shards exist. Resuming (``--resume auto``, an elastic restart) loads the shards with DCP, which also reshards
-them when the number of processes changed; a single process (or a DDP run) can continue an fsdp run from its
-shards too (tested: 2 processes -> 1, bitwise equal to continuing the DDP run). ``best.pt`` and ``epoch-NNNN.pt`` keep the full model only: resume from ``last.pt``.
-An fsdp run cannot resume a DDP run's checkpoint (refused: start from its weights instead).
-
-Not combined with fsdp (refused by the spec check, ``plugtrain check`` included, with the file and line): ``precision = "fp16"`` (use bf16), EMA,
-SWA, ``compile``, ``sync_batchnorm``, ``channels_last``; two-pass (SAM) optimizers are refused once the optimizer is
-built, before the run directory is written. A single process trains unsharded (with a note).
-"""
+Checkpoints: every save writes the sharded model and optimizer states with ``torch.distributed.checkpoint`` into a new
+``checkpoints/last-<step>-<id>.dcp/``; then rank 0 writes ``last.pt`` with the *full* model and loss (evaluate,
+predict, best.pt and epoch-NNNN.pt work as for any run) and the DCP directory's name, and deletes older DCP
+directories, so a crash leaves a ``last.pt`` whose shards exist. Resuming loads the shards (resharded when the number
+of processes changed); one process or a DDP run can continue an fsdp run from them. An fsdp run cannot resume a DDP
+checkpoint. Not combined with fsdp (refused by ``plugtrain check``): fp16, EMA, SWA, compile, sync_batchnorm,
+channels_last; SAM optimizers are refused once built. One process trains unsharded, with a note."""
 
 from __future__ import annotations
 
