@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.plugtrain-installed
+# The experiment-tracker extras: plugin distributions of their own (extras/*/pyproject.toml), installed editable for
+# `make test` (not for `make demo`, which needs neither mlflow nor wandb); re-installed when a pyproject changes.
+EXTRAS := extras/plugtrain-mlflow extras/plugtrain-wandb
+EXTRAS_STAMP := $(VENV)/.plugtrain-extras-installed
+TESTS := tests $(addsuffix /tests,$(EXTRAS))
 
 .PHONY: demo test test-fast bench lint clean
 
@@ -12,22 +17,28 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+$(EXTRAS_STAMP): $(STAMP) $(addsuffix /pyproject.toml,$(EXTRAS))
+	$(PY) -m pip install -q $(foreach e,$(EXTRAS),-e '$(e)[test]')
+	touch $(EXTRAS_STAMP)
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/plugtrain train specs/quickstart.toml --overwrite
 
-test: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+# The core suite and each extra's tests in one session (rootdir and [tool.pytest.ini_options] of ./pyproject.toml;
+# the extras' test files have distinct names and no conftest.py, so nothing clashes with tests/conftest.py).
+test: $(EXTRAS_STAMP)
+	$(PY) -m pytest -q --durations=15 $(TESTS)
 
-test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+test-fast: $(EXTRAS_STAMP)
+	$(PY) -m pytest -q -m "not slow" $(TESTS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check plugtrain tests benchmarks examples
+	$(VENV)/bin/ruff check plugtrain tests benchmarks examples extras
 
 clean:
 	rm -rf runs .pytest_cache

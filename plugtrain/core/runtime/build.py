@@ -476,7 +476,18 @@ def build_loggers(spec: RunSpec, run_dir: Path, rank: int, spec_dict: dict[str, 
     csv = get_registry().with_role("loggers", "metrics_csv", required=False)
     if csv is not None and not any(c.name.split(":")[-1] == csv.name for c in loggers):
         loggers.append(ComponentSpec(get_registry().spec_name(csv)))
-    return [component("loggers", c, "loggers", run_dir=run_dir, spec=spec_dict, rank=rank) for c in loggers]
+    built: list[Any] = []
+    try:
+        for c in loggers:
+            built.append(component("loggers", c, "loggers", run_dir=run_dir, spec=spec_dict, rank=rank))
+    except BaseException:  # a logger that cannot start: those already started are closed, not left open
+        for logger in built:
+            try:
+                logger.close()
+            except Exception:  # the first error is the one to report
+                pass
+        raise
+    return built
 
 
 def build_ema(model: Any, decay: float) -> Any:
