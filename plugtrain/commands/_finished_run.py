@@ -1,16 +1,29 @@
-"""A finished run directory, as ``evaluate`` and ``predict`` open it: its spec, a checkpoint, a one-process device."""
+"""A finished run, as ``evaluate``, ``predict``, ``export`` and the Python API open it: its spec, a checkpoint, the
+weights chosen from it (the model, its EMA or its SWA average), a one-process device, and predict's preprocessing.
+
+Preprocessing is validation's, step for step: a file is read by the run's dataset's own ``read_image`` (same decoder,
+channels and size handling as its samples; :func:`plugtrain.plugins.datasets.decode.read_image_file` for a dataset
+without one), then the run's validation pipeline (``build_transform(spec, "val")``), the collate, and
+:class:`~plugtrain.core.runtime.step.ModelInput`'s normalisation, under the run's precision (as ``evaluate``).
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from plugtrain.core.errors import PlugtrainError
+from plugtrain.core.errors import PlugtrainError, first_line
 from plugtrain.core.runtime import distributed, rundir
 from plugtrain.core.spec import load_spec
 
+#: What ``--weights`` chooses: the trained model, its EMA (``trainer.ema``), its SWA average (``trainer.swa``).
+WEIGHTS: tuple[str, ...] = ("model", "ema", "swa")
+_LABEL = {"model": "model weights", "ema": "EMA weights", "swa": "SWA weights"}
 
-def open_run(run_dir: str) -> tuple[Path, Any]:
+
+def open_run(run_dir: str | os.PathLike[str]) -> tuple[Path, Any]:
     """``(RUN_DIR, its spec.toml loaded)``; a missing directory or spec is bad input."""
     root = Path(run_dir)
     spec_path = root / "spec.toml"
@@ -21,8 +34,13 @@ def open_run(run_dir: str) -> tuple[Path, Any]:
     return root, load_spec(spec_path)
 
 
-def checkpoint_path(root: Path, which: str) -> Path:
-    """``best`` / ``last`` -> ``RUN_DIR/checkpoints/<which>.pt`` (which must exist); anything else is a path."""
+def checkpoint_path(root: Path, which: str | os.PathLike[str] | None, weights: str | None = None) -> Path:
+    """``best`` / ``last`` -> ``RUN_DIR/checkpoints/<which>.pt`` (which must exist); anything else is a path.
+
+    ``None`` is ``best``, or ``last`` for the SWA average (its batch-norm statistics are recomputed at the end of
+    training and saved in ``last.pt`` only)."""
+    if which is None:
+        which = "last" if weights == "swa" else "best"
     if which in ("best", "last"):
         path = root / rundir.CHECKPOINTS / f"{which}.pt"
         if not path.is_file():
@@ -32,6 +50,216 @@ def checkpoint_path(root: Path, which: str) -> Path:
     return Path(which)
 
 
-def local_env(spec: Any) -> distributed.DistEnv:
-    """One process on the spec's device (never a process group)."""
-    return distributed.DistEnv(device=distributed._pick_device(spec.trainer.device, 0))
+def local_env(spec: Any, device: str | None = None) -> distributed.DistEnv:
+    """One process on the spec's device, or on ``device`` (never a process group)."""
+    return distributed.DistEnv(device=distributed._pick_device(device or spec.trainer.device, 0))
+
+
+def check_weights(weights: str | None) -> None:
+    if weights is not None and weights not in WEIGHTS:
+        raise PlugtrainError(f"--weights must be one of {', '.join(WEIGHTS)}, not {weights!r}")
+
+
+def default_weights(state: dict[str, Any]) -> str:
+    """What ``best.pt`` was chosen by: the EMA when the run's best metric was a ``val_ema/`` one, else the model."""
+    best_metric = str((state.get("meta") or {}).get("best_metric") or "")
+    return "ema" if best_metric.startswith("val_ema/") else "model"
+
+
+def load_weights(model: Any, state: dict[str, Any], weights: str, path: Path, spec_path: Path) -> None:
+    """Load ``weights`` of the checkpoint ``state`` (read from ``path``) into ``model``, the run's backbone.
+
+    The EMA (timm's ``ModelEmaV3``) and SWA (torch's ``AveragedModel``) states hold the averaged copy as
+    ``module.<name>`` (SWA also ``n_averaged``); they load into the backbone with that prefix stripped. A checkpoint
+    without the chosen average, an SWA average of no epoch, or SWA batch-norm statistics never recomputed (a
+    checkpoint saved before the end of training) is bad input."""
+    check_weights(weights)
+    if weights == "model":
+        saved = state.get("model")
+        if not isinstance(saved, dict):
+            raise PlugtrainError(f"{path}: holds no model weights")
+    else:
+        averaged = state.get(weights)
+        if not averaged:
+            raise PlugtrainError(f"{path}: holds no {_LABEL[weights]} (the run did not set trainer.{weights} = "
+                                 f"true); choose --weights model")
+        if weights == "swa" and "n_averaged" in averaged and int(averaged["n_averaged"]) == 0:
+            raise PlugtrainError(f"{path}: its SWA average holds no epoch yet (saved before trainer.swa_start_epoch)")
+        saved = {k.removeprefix("module."): v for k, v in averaged.items() if k.startswith("module.")}
+    try:
+        model.load_state_dict(saved)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise PlugtrainError(f"{path}: its {_LABEL[weights]} do not fit the model of {spec_path}: "
+                             f"{first_line(exc)}") from None
+    if weights == "swa" and _batch_norm_never_updated(model):
+        raise PlugtrainError(f"{path}: its SWA average has no batch-norm statistics yet (they are recomputed at the "
+                             "end of training and saved in last.pt); use --checkpoint last of a finished run")
+
+
+def _batch_norm_never_updated(model: Any) -> bool:
+    import torch
+
+    counts = [m.num_batches_tracked for m in model.modules()
+              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None]
+    return bool(counts) and all(int(c) == 0 for c in counts)
+
+
+def image_reader(spec: Any, in_chans: int) -> Callable[[str | os.PathLike[str]], Any]:
+    """``read(path) -> HxWxC uint8 array``: the run's dataset's ``read_image`` (or the built-in decoder)."""
+    from plugtrain.core.registry import get_registry
+
+    factory = get_registry().get("datasets", spec.data.dataset.name).factory
+    read = getattr(factory, "read_image", None)
+    params = dict(spec.data.dataset.params)
+    if callable(read):
+        return lambda path: read(path, in_chans=in_chans, params=params)
+    from plugtrain.plugins.datasets.decode import read_image_file
+
+    return lambda path: read_image_file(path, in_chans)
+
+
+class Predictor:
+    """Images -> the model's outputs, with validation's preprocessing; subclasses give :meth:`forward_raw`.
+
+    ``images`` are paths (read as the dataset reads its files) or arrays (``HxWxC`` / ``HxW`` uint8, a sample as the
+    dataset yields it, before the validation pipeline)."""
+
+    def __init__(self, spec: Any, *, class_names: Sequence[str], task: str, in_chans: int, source: str,
+                 checkpoint: str | None, weights: str, epoch: int | None) -> None:
+        from plugtrain.core.runtime import build
+
+        self.spec, self.task, self.in_chans = spec, task, int(in_chans)
+        self.class_names = list(class_names)
+        self.source, self.checkpoint, self.weights, self.epoch = source, checkpoint, weights, epoch
+        self._read = image_reader(spec, self.in_chans)
+        self._pipeline = build.build_transform(spec, "val", self.in_chans)
+        self.batch_size = int(spec.data.val_batch_size or spec.data.batch_size)
+
+    # -- preprocessing ---------------------------------------------------------------------------------------------
+    def read(self, path: str | os.PathLike[str]) -> Any:
+        """One image file as the run's dataset reads its own (``HxWxC`` uint8)."""
+        return self._read(path)
+
+    def samples(self, images: Sequence[Any]) -> list[Any]:
+        """Paths read, arrays taken as they are (``HxW`` gets a channel axis)."""
+        import numpy as np
+
+        out = []
+        for item in images:
+            if isinstance(item, (str, os.PathLike)):
+                out.append(self.read(item))
+                continue
+            array = np.asarray(item)
+            if array.dtype != np.uint8 or array.ndim not in (2, 3):
+                raise PlugtrainError(f"an image array must be HxW or HxWxC uint8 (as the dataset yields samples), "
+                                     f"not {array.dtype} of shape {array.shape}")
+            out.append(array)
+        return out
+
+    def raw_batch(self, samples: Sequence[Any]) -> Any:
+        """Samples through the validation pipeline and the collate: the raw ``NCHW`` batch (pixel values)."""
+        from plugtrain.core.runtime.loader import AugmentedDataset, Collate
+        from plugtrain.core.runtime.step import batch_images
+
+        data = AugmentedDataset([(s, 0) for s in samples], self._pipeline, self.spec.run.seed, "predict",
+                                to_tensor=self.spec.augmentations.normalize)
+        return batch_images(Collate("raise")([data[(0, i)] for i in range(len(data))]), "predict")
+
+    def forward_raw(self, raw: Any) -> Any:
+        """The outputs (``N x K`` float32, on the CPU) for a raw batch."""
+        raise NotImplementedError
+
+    def transform(self, image: Any) -> Any:
+        """One image (a path or an array) -> the ``CHW`` tensor the model takes, exactly as :meth:`predict` makes it."""
+        return self.raw_batch(self.samples([image]))[0]
+
+    # -- prediction ------------------------------------------------------------------------------------------------
+    def outputs(self, images: Sequence[Any]) -> Any:
+        """The model's outputs for ``images`` (logits, values or embeddings), ``N x K`` float32 on the CPU."""
+        import torch
+
+        samples = self.samples(list(images))
+        if not samples:
+            return torch.zeros((0, max(len(self.class_names), 1)))
+        chunks = [samples[i:i + self.batch_size] for i in range(0, len(samples), self.batch_size)]
+        return torch.cat([self.forward_raw(self.raw_batch(c)) for c in chunks])
+
+    def predict(self, images: Sequence[Any], top_k: int = 5) -> list[dict[str, Any]]:
+        """One result per image: ``{"image", "class", "index", "probability", "top_k": [{class, index,
+        probability}, ...]}`` for classification (softmax of the logits), ``{"image", "prediction"}`` for
+        regression. ``image`` is the path, or the position of an array."""
+        if top_k < 1:
+            raise PlugtrainError(f"--top-k must be >= 1, got {top_k}")
+        if self.task == "metric_learning":
+            raise PlugtrainError("predict gives class probabilities; a metric-learning run has none (use evaluate)")
+        images = list(images)
+        outputs = self.outputs(images)
+        results = []
+        for i, (item, out) in enumerate(zip(images, outputs, strict=True)):
+            name = str(item) if isinstance(item, (str, os.PathLike)) else i
+            if self.task == "regression":
+                values = out.tolist()
+                results.append({"image": name, "prediction": values[0] if len(values) == 1 else values})
+                continue
+            probs = out.softmax(-1)
+            p, idx = probs.topk(min(top_k, probs.numel()))
+            top = [{"class": self.class_names[j] if j < len(self.class_names) else str(j), "index": int(j),
+                    "probability": float(q)} for q, j in zip(p.tolist(), idx.tolist(), strict=True)]
+            results.append({"image": name, **top[0], "top_k": top})
+        return results
+
+    def describe(self) -> str:
+        """``runs/x: best.pt (epoch 3), EMA weights`` — what predicts."""
+        where = f"{self.checkpoint} (epoch {self.epoch})" if self.checkpoint else "exported model"
+        return f"{self.source}: {where}, {_LABEL[self.weights]}"
+
+
+class LoadedRun(Predictor):
+    """A finished run's checkpoint, ready to predict: ``.model`` (the backbone with the chosen weights, eval mode,
+    on ``.device``), ``.transform(image)``, ``.predict(images)``, ``.class_names``, ``.task``, ``.weights``
+    (``model`` / ``ema`` / ``swa``), ``.checkpoint`` (its path), ``.epoch``, ``.spec``."""
+
+    def __init__(self, run_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None,
+                 weights: str | None = None, *, device: str | None = None) -> None:
+        import torch
+
+        from plugtrain.core.runtime import build
+        from plugtrain.core.runtime import checkpoint as ckpt
+        from plugtrain.core.runtime.step import ModelInput
+
+        check_weights(weights)
+        root, spec = open_run(run_dir)
+        path = checkpoint_path(root, checkpoint, weights)
+        state = ckpt.load(path)
+        chosen = weights or default_weights(state)
+        meta = state.get("meta") or {}
+        task = meta.get("task", spec.run.task)
+        class_names = list(meta.get("class_names") or [])
+        in_chans = int(meta.get("in_chans", 3))
+        super().__init__(spec, class_names=class_names, task=task, in_chans=in_chans, source=str(root),
+                         checkpoint=str(path), weights=chosen, epoch=state.get("epoch"))
+        num_classes = int(meta.get("num_classes", len(class_names)))
+        self.device = local_env(spec, device).device
+        torch.manual_seed(spec.run.seed)
+        model = build.component("backbones", spec.backbone, "backbone",
+                                num_classes=0 if task == "metric_learning" else num_classes)
+        load_weights(model, state, chosen, path, root / "spec.toml")
+        self.model = model.to(self.device).eval()
+        self.model_input = ModelInput.for_spec(spec, in_chans, self.device)
+
+    def autocast(self) -> Any:
+        from plugtrain.core.runtime.precision import autocast
+
+        return autocast(self.device.type, self.spec.trainer.precision)
+
+    def forward_raw(self, raw: Any) -> Any:
+        import torch
+
+        with torch.no_grad(), self.autocast():
+            out = self.model(self.model_input(raw))
+        return (out[0] if isinstance(out, (tuple, list)) else out).float().cpu()
+
+    def transform(self, image: Any) -> Any:
+        """One image (a path or an array) -> the normalised ``CHW`` float32 tensor the model takes (on ``.device``),
+        exactly as :meth:`predict` makes it."""
+        return self.model_input(super().transform(image)[None])[0]

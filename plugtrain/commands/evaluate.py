@@ -1,7 +1,14 @@
-"""``plugtrain evaluate RUN_DIR [--checkpoint best|last|PATH] [--split val|test] [--json]``.
+"""``plugtrain evaluate RUN_DIR [--checkpoint best|last|PATH] [--weights model|ema|swa] [--split val|test] [--json]``.
 
-The metrics of a finished run's checkpoint on its val or test split (and of its EMA weights when it has them),
-computed in one process with the loop's own evaluation; printed and written to ``RUN_DIR/eval-<split>.json``.
+The loss and metrics of one set of weights of a finished run's checkpoint on its val or test split, computed in one
+process with the loop's own evaluation; printed and written to ``RUN_DIR/eval-<split>.json``.
+
+``--weights`` chooses the trained model, its EMA (``trainer.ema``) or its SWA average (``trainer.swa``); the
+default is what ``best.pt`` was chosen by (the EMA when the run's best metric was a ``val_ema/`` one, else the
+model). The metrics are reported as ``<split>/<metric>`` whichever the weights (``val/accuracy`` of the EMA weights
+equals the run's ``val_ema/accuracy`` of that epoch), and the record says which: ``"weights": "ema"``. The
+checkpoint defaults to ``best``, ``last`` for SWA (its batch-norm statistics are recomputed at the end of training
+and saved in ``last.pt`` only).
 """
 
 from __future__ import annotations
@@ -9,7 +16,14 @@ from __future__ import annotations
 import functools
 import json
 
-from plugtrain.commands._finished_run import checkpoint_path, local_env, open_run
+from plugtrain.commands._finished_run import (
+    check_weights,
+    checkpoint_path,
+    default_weights,
+    load_weights,
+    local_env,
+    open_run,
+)
 from plugtrain.core import console
 from plugtrain.core.errors import PlugtrainError, first_line
 from plugtrain.core.runtime import build
@@ -17,15 +31,18 @@ from plugtrain.core.runtime import checkpoint as ckpt
 from plugtrain.core.runtime.precision import autocast
 
 
-def run(run_dir: str, *, checkpoint: str = "best", split: str = "val", as_json: bool = False) -> int:
-    """Evaluate ``checkpoint`` of ``run_dir`` on ``split``; exit code 0."""
+def run(run_dir: str, *, checkpoint: str | None = None, split: str = "val", weights: str | None = None,
+        as_json: bool = False) -> int:
+    """Evaluate ``weights`` of ``checkpoint`` of ``run_dir`` on ``split``; exit code 0."""
     from plugtrain.core.runtime.evaluator import evaluate_model
     from plugtrain.core.runtime.loader import ShardedBatchSampler, make_loader
     from plugtrain.core.runtime.step import ModelInput
 
+    check_weights(weights)
     root, spec = open_run(run_dir)
-    path = checkpoint_path(root, checkpoint)
+    path = checkpoint_path(root, checkpoint, weights)
     state = ckpt.load(path)
+    chosen = weights or default_weights(state)
     env = local_env(spec)
     built = build.build_run(spec, env, purpose="eval")
     data = built.val_data if split == "val" else built.test_data
@@ -33,11 +50,11 @@ def run(run_dir: str, *, checkpoint: str = "best", split: str = "val", as_json: 
         raise PlugtrainError(f"dataset {spec.data.dataset.name!r} of {run_dir} has no {split} split")
     model = built.backbone.to(env.device)
     criterion = built.criterion.to(env.device)
+    load_weights(model, state, chosen, path, root / "spec.toml")
     try:
-        model.load_state_dict(state["model"])
         criterion.load_state_dict(state["loss"])
     except (RuntimeError, KeyError) as exc:
-        raise PlugtrainError(f"{path}: does not fit the model of {root / 'spec.toml'}: {first_line(exc)}") from None
+        raise PlugtrainError(f"{path}: does not fit the loss of {root / 'spec.toml'}: {first_line(exc)}") from None
     d = spec.data
     loader = make_loader(data, ShardedBatchSampler(len(data), d.val_batch_size or d.batch_size), d.num_workers,
                          d.on_error, spec.run.seed, persistent_workers=False, prefetch_factor=d.prefetch_factor)
@@ -45,12 +62,7 @@ def run(run_dir: str, *, checkpoint: str = "best", split: str = "val", as_json: 
     metrics = {k: m.to(env.device) for k, m in built.metrics.items()}
     model_input = ModelInput.for_spec(spec, built.in_chans, env.device)
     results, skipped = evaluate_model(model, criterion, loader, metrics, model_input, amp, env, split)
-    if state.get("ema"):
-        ema = build.build_ema(model, spec.trainer.ema_decay)
-        ema.load_state_dict(state["ema"])
-        ema_results, _ = evaluate_model(ema.module, criterion, loader, metrics, model_input, amp, env, f"{split}_ema")
-        results.update(ema_results)
-    record = {"run_dir": str(root), "checkpoint": str(path), "epoch": state.get("epoch"),
+    record = {"run_dir": str(root), "checkpoint": str(path), "weights": chosen, "epoch": state.get("epoch"),
               "global_step": state.get("global_step"), "split": split, "samples": len(data), "skipped": skipped,
               "metrics": results}
     out = root / f"eval-{split}.json"
@@ -58,7 +70,7 @@ def run(run_dir: str, *, checkpoint: str = "best", split: str = "val", as_json: 
     if as_json:
         console.print_json(record)
     else:
-        console.table(f"{root.name}: {path.name} (epoch {state.get('epoch')}) on {split} ({len(data)} samples)",
-                      ["metric", "value"], [(k, f"{v:.4f}") for k, v in results.items()])
+        console.table(f"{root.name}: {path.name} (epoch {state.get('epoch')}), {chosen} weights, on {split} "
+                      f"({len(data)} samples)", ["metric", "value"], [(k, f"{v:.4f}") for k, v in results.items()])
         console.echo(f"written to {out}")
     return 0

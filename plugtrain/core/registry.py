@@ -54,6 +54,49 @@ def _as_roles(value: Any) -> frozenset[str]:
     return frozenset((value,) if isinstance(value, str) else value or ())
 
 
+#: What each task's model outputs, which is what a loss or a metric of that task consumes.
+TASK_OUTPUTS = {"classification": "logits", "regression": "values", "metric_learning": "embeddings"}
+
+
+@attrs.frozen
+class Fits:
+    """What a component declares it fits (``Component(..., fits={...})``); anything left out is not checked.
+
+    ``tasks``: the ``run.task`` values it works for. ``consumes``: what it takes from the model, ``"logits"``
+    (classification), ``"values"`` (regression) or ``"embeddings"`` (metric learning). ``views``: a loss that
+    learns from several views of each sample (``data.num_views > 1``) says ``True``, one that ignores them ``False``.
+    Other keys are kept in ``other`` for plugins' own use.
+    """
+
+    tasks: tuple[str, ...] = ()
+    consumes: str | None = None
+    views: bool | None = None
+    other: tuple[tuple[str, Any], ...] = ()
+
+    def fits_task(self, task: str) -> bool:
+        """False only when a declaration rules ``task`` out (unknown declarations are permissive)."""
+        if self.tasks and task not in self.tasks:
+            return False
+        produced = TASK_OUTPUTS.get(task)
+        return not (self.consumes and produced and self.consumes != produced)
+
+    def task_text(self) -> str:
+        if self.tasks:
+            return " or ".join(self.tasks)
+        return " or ".join(t for t, out in TASK_OUTPUTS.items() if out == self.consumes) or "other"
+
+
+def _as_fits(value: Any) -> Fits:
+    if isinstance(value, Fits):
+        return value
+    d = dict(value or {})
+    tasks = d.pop("tasks", ())
+    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks or ())
+    consumes = d.pop("consumes", None)
+    views = d.pop("views", None)
+    return Fits(tasks, consumes, None if views is None else bool(views), tuple(sorted(d.items())))
+
+
 @attrs.frozen
 class Component:
     """A component a plugin provides: a name, the factory that builds it, a one-line summary and its roles.
@@ -72,6 +115,8 @@ class Component:
     plugin: str = ""
     distribution: str = ""
     version: str = ""
+    #: What the component fits (:class:`Fits`): ``fits={"tasks": ("classification",), "consumes": "logits"}``.
+    fits: Fits = attrs.field(default=Fits(), converter=_as_fits, kw_only=True)
 
     @property
     def qualified_name(self) -> str:
@@ -177,17 +222,54 @@ def _type_hints(factory: Callable[..., Any]) -> dict[str, Any]:
         target = factory.func
     if inspect.isclass(target):
         target = target.__init__
-    return typing.get_type_hints(target)
+    return typing.get_type_hints(target, include_extras=True)  # keep Annotated[...] constraints
 
 
 def _annotation_str(annotation: Any) -> str:
+    """The annotation as ``plugtrain show`` prints it; ``Annotated`` constraints after their type (``float >= 0``,
+    ``float in [0, 1)``, ``int | None`` with ``int > 0`` as ``int > 0 | None``)."""
     if annotation is None or annotation is _EMPTY:
         return ""
     if isinstance(annotation, str):
         return annotation
+    if _has_annotated(annotation):
+        return _annotated_str(annotation)
     if isinstance(annotation, type):
         return annotation.__name__
     return inspect.formatannotation(annotation).replace("typing.", "")
+
+
+def _has_annotated(annotation: Any, depth: int = 0) -> bool:
+    import typing
+
+    if depth > 10:
+        return False
+    if typing.get_origin(annotation) is typing.Annotated:
+        return True
+    return any(_has_annotated(a, depth + 1) for a in typing.get_args(annotation) if not isinstance(a, (str, int)))
+
+
+def _annotated_str(annotation: Any) -> str:
+    import types
+    import typing
+
+    from plugtrain.core.spec.typecheck import _metadata_checks
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        base = _annotation_str(args[0])
+        checks = _metadata_checks(annotation.__metadata__)
+        text = checks.text() if checks is not None else ""
+        if not text:
+            return base
+        return f"{base}, {text}" if text.startswith("inf/nan") else f"{base} {text}"
+    if origin is typing.Union or isinstance(annotation, types.UnionType):
+        return " | ".join("None" if a is type(None) else _annotation_str(a) for a in args)
+    if origin is not None and args:
+        name = getattr(origin, "__name__", None) or _annotation_str(origin)
+        inner = ", ".join("..." if a is Ellipsis else _annotation_str(a) for a in args)
+        return f"{name}[{inner}]"
+    return _annotation_str(annotation)
 
 
 def _jsonable(value: Any) -> Any:
@@ -464,6 +546,17 @@ class Registry:
                 )
             where = f" in plugin {plugin!r}" if plugin is not None else ""
             candidates = sorted({c.name for c in comps if plugin is None or c.plugin == plugin}, key=str.lower)
+            broken = [p for p in self.plugins if p.error and not p.disabled and (plugin is None or p.name == plugin)
+                      and (p.module is None or not p.hooks or hook_name(kind) in p.error)]
+            if broken:  # the name may well be theirs: say so first, with what went wrong
+                said = "; ".join(
+                    f"plugin {p.name!r} ({p.dist_label}) "
+                    + (f"failed to load: {p.error}" if p.module is None else f"is broken: {p.error}")
+                    for p in broken)
+                raise PlugtrainError(
+                    f"unknown {kind_label} {name!r}{where}: {said}, so its components are missing; fix or "
+                    f"uninstall it (see `plugtrain plugins`).{did_you_mean(name, candidates)}"
+                )
             raise PlugtrainError(
                 f"unknown {kind_label} {name!r}{where}."
                 + did_you_mean(name, candidates)

@@ -56,16 +56,31 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="evaluate a finished run's checkpoint")
     s.add_argument("run_dir", metavar="RUN_DIR")
-    s.add_argument("--checkpoint", default="best", metavar="best|last|PATH")
+    s.add_argument("--checkpoint", metavar="best|last|PATH", help="default: best (last with --weights swa)")
+    s.add_argument("--weights", choices=["model", "ema", "swa"],
+                   help="the trained model, its EMA or its SWA average (default: what best.pt was chosen by)")
     s.add_argument("--split", default="val", choices=["val", "test"])
     s.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("predict", help="top-k classes for images, from a finished run")
-    s.add_argument("run_dir", metavar="RUN_DIR")
+    s = sub.add_parser("predict", help="top-k classes for images, from a finished run or an exported ONNX/pt2 file")
+    s.add_argument("run_dir", metavar="RUN_DIR|MODEL.onnx")
     s.add_argument("images", nargs="+", metavar="IMAGE")
-    s.add_argument("--checkpoint", default="best", metavar="best|last|PATH")
+    s.add_argument("--checkpoint", metavar="best|last|PATH", help="default: best (last with --weights swa)")
+    s.add_argument("--weights", choices=["model", "ema", "swa"],
+                   help="the trained model, its EMA or its SWA average (default: what best.pt was chosen by)")
     s.add_argument("--top-k", type=int, default=5)
     s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("export", help="export a finished run's model (ONNX, pt2, safetensors), checked against it")
+    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("--checkpoint", metavar="best|last|PATH", help="default: best (last with --weights swa)")
+    s.add_argument("--format", dest="fmt", default="onnx", choices=["onnx", "pt2", "safetensors"])
+    s.add_argument("--weights", choices=["model", "ema", "swa"],
+                   help="the trained model, its EMA or its SWA average (default: the EMA when the run kept one)")
+    s.add_argument("--output", metavar="PATH", help="default: RUN_DIR/export/<checkpoint>-<weights>.<format>")
+    s.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest absolute difference allowed between the exported and the eager model")
+    s.add_argument("--json", action="store_true", help="print the sidecar JSON")
     return p
 
 
@@ -98,12 +113,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         from plugtrain.commands import evaluate
 
-        return evaluate.run(args.run_dir, checkpoint=args.checkpoint, split=args.split, as_json=args.json)
+        return evaluate.run(args.run_dir, checkpoint=args.checkpoint, split=args.split, weights=args.weights,
+                            as_json=args.json)
     if args.command == "predict":
         from plugtrain.commands import predict
 
-        return predict.run(args.run_dir, args.images, checkpoint=args.checkpoint, top_k=args.top_k,
-                           as_json=args.json)
+        return predict.run(args.run_dir, args.images, checkpoint=args.checkpoint, weights=args.weights,
+                           top_k=args.top_k, as_json=args.json)
+    if args.command == "export":
+        from plugtrain.commands import export
+
+        return export.run(args.run_dir, checkpoint=args.checkpoint, fmt=args.fmt, weights=args.weights,
+                          output=args.output, tolerance=args.tolerance, as_json=args.json)
     raise AssertionError(args.command)
 
 

@@ -36,7 +36,9 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from annotated_types import Ge, Gt, Interval
 
 from plugtrain import Component, hookimpl
 
@@ -121,17 +123,17 @@ def _modules() -> dict[str, type]:
 def timm_backbone(
     model_name: str,
     num_classes: int = 0,
-    in_chans: int = 3,
+    in_chans: Annotated[int, Ge(1)] = 3,
     pretrained: str | bool | None = None,
-    drop_rate: float = 0.0,
-    drop_path_rate: float | None = None,
+    drop_rate: Annotated[float, Interval(ge=0, lt=1)] = 0.0,
+    drop_path_rate: Annotated[float, Interval(ge=0, lt=1)] | None = None,
     global_pool: str = "avg",
-    gem_p: float = 3.0,
-    gem_eps: float = 1e-6,
+    gem_p: Annotated[float, Gt(0)] = 3.0,
+    gem_eps: Annotated[float, Gt(0)] = 1e-6,
     gem_learnable_p: bool = False,
-    embedding_dim: int | None = None,
+    embedding_dim: Annotated[int, Ge(1)] | None = None,
     freeze: list[str] | None = None,
-    unfreeze_after_epochs: int | None = None,
+    unfreeze_after_epochs: Annotated[int, Ge(0)] | None = None,
 ):
     """A timm model (``timm.create_model``, never downloaded), with optional GeM pooling and embedding head.
 

@@ -8,7 +8,9 @@ the role ``ema``: the runtime builds it for ``trainer.ema = true``; a spec does 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
+
+from annotated_types import Ge, Interval
 
 from plugtrain import Component, hookimpl
 
@@ -16,7 +18,7 @@ from plugtrain import Component, hookimpl
 class EarlyStopping:
     """Stop when the run's primary metric has not improved by ``min_delta`` for ``patience`` epochs."""
 
-    def __init__(self, patience: int = 5, min_delta: float = 0.0) -> None:
+    def __init__(self, patience: Annotated[int, Ge(1)] = 5, min_delta: Annotated[float, Ge(0)] = 0.0) -> None:
         self.patience = patience
         self.min_delta = min_delta
         self.best: float | None = None
@@ -55,7 +57,7 @@ class Unfreeze:
     unfreezes again at the first epoch past the threshold.
     """
 
-    def __init__(self, after_epochs: int | None = None) -> None:
+    def __init__(self, after_epochs: Annotated[int, Ge(0)] | None = None) -> None:
         self.after_epochs = after_epochs
 
     def threshold(self, trainer: Any) -> int | None:
@@ -77,7 +79,7 @@ class Unfreeze:
                 changed()
 
 
-def model_ema(model: Any, decay: float = 0.9998) -> Any:
+def model_ema(model: Any, decay: Annotated[float, Interval(ge=0, le=1)] = 0.9998) -> Any:
     """timm's ``ModelEmaV3`` of ``model``: ``.module`` is the averaged copy, ``update(model, step=)`` moves it."""
     from timm.utils import ModelEmaV3
 

@@ -8,15 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from plugtrain import Component, hookimpl
+from plugtrain.core.runtime.rundir import RunPath, run_path
 
 
 class TensorBoardLogger:
     """Scalars, images, text and hparams as TensorBoard event files under ``<run_dir>/<subdir>``."""
 
-    def __init__(self, run_dir: Path, subdir: str = "tb", flush_secs: int = 10) -> None:
+    def __init__(self, run_dir: Path, subdir: RunPath = "tb", flush_secs: int = 10) -> None:
+        log_dir = run_path(run_dir, subdir, what="[loggers] tensorboard subdir")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / subdir), flush_secs=flush_secs)
+        self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=flush_secs)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():
@@ -49,8 +51,9 @@ class TensorBoardLogger:
 class CSVLogger:
     """A row per epoch in ``<run_dir>/<filename>``; new columns are added as they appear."""
 
-    def __init__(self, run_dir: Path, filename: str = "metrics.csv") -> None:
-        self.path = Path(run_dir) / filename
+    def __init__(self, run_dir: Path, filename: RunPath = "metrics.csv") -> None:
+        self.path = run_path(run_dir, filename, what="[loggers] csv filename")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
         if self.path.exists():  # a resumed run keeps its earlier rows
             with self.path.open(newline="") as f:

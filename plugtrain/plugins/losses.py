@@ -20,9 +20,16 @@ cast to float32 first (so that bf16/fp16 outputs work outside autocast too).
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge, Gt, Interval
 
 from plugtrain import Component, hookimpl
+
+#: A probability / smoothing factor: a number in [0, 1].
+Unit = Annotated[float, Interval(ge=0, le=1)]
+#: Class weights: non-negative numbers.
+Weights = list[Annotated[float, Ge(0)]]
 
 
 @functools.cache
@@ -171,22 +178,22 @@ def _modules() -> dict[str, type]:
 
 
 # -- classification --------------------------------------------------------------------------------------------------
-def cross_entropy(label_smoothing: float = 0.0, ignore_index: int = -100, weight: list[float] | None = None):
+def cross_entropy(label_smoothing: Unit = 0.0, ignore_index: int = -100, weight: Weights | None = None):
     """Cross-entropy on logits (``F.cross_entropy``); class-index or soft (N, C) targets, optional label smoothing."""
     return _modules()["CrossEntropy"](label_smoothing, ignore_index, weight)
 
 
-def label_smoothing(label_smoothing: float = 0.1, weight: list[float] | None = None):
+def label_smoothing(label_smoothing: Unit = 0.1, weight: Weights | None = None):
     """Cross-entropy with label smoothing (default 0.1); class-index or soft (N, C) targets."""
     return _modules()["CrossEntropy"](label_smoothing, -100, weight)
 
 
-def kl_div(label_smoothing: float = 0.0, temperature: float = 1.0):
+def kl_div(label_smoothing: Unit = 0.0, temperature: Annotated[float, Gt(0)] = 1.0):
     """KL divergence between the target distribution (one-hot, smoothed, or soft) and softmax(logits / T)."""
     return _modules()["KLDiv"](label_smoothing, temperature)
 
 
-def bce_with_logits(pos_weight: list[float] | None = None, label_smoothing: float = 0.0):
+def bce_with_logits(pos_weight: Weights | None = None, label_smoothing: Unit = 0.0):
     """Binary cross-entropy on logits: class indices become one-hot; float (N, C) multi-label/soft targets as given."""
     return _modules()["BCEWithLogits"](pos_weight, label_smoothing)
 
@@ -206,14 +213,14 @@ def l1():
     return _modules()["Regression"](torch.nn.L1Loss())
 
 
-def smooth_l1(beta: float = 1.0):
+def smooth_l1(beta: Annotated[float, Ge(0)] = 1.0):
     """Smooth L1 (``torch.nn.SmoothL1Loss``): quadratic below ``beta``, linear above."""
     import torch
 
     return _modules()["Regression"](torch.nn.SmoothL1Loss(beta=beta))
 
 
-def huber(delta: float = 1.0):
+def huber(delta: Annotated[float, Gt(0)] = 1.0):
     """Huber loss (``torch.nn.HuberLoss``): quadratic below ``delta``, linear above."""
     import torch
 
@@ -232,7 +239,7 @@ def _needs_classes(name: str, num_classes: int, embedding_dim: int) -> None:
         )
 
 
-def supcon(temperature: float = 0.1, gather_across_ranks: bool = True):
+def supcon(temperature: Annotated[float, Gt(0)] = 0.1, gather_across_ranks: bool = True):
     """Supervised contrastive loss (pytorch-metric-learning ``SupConLoss``) on embeddings and labels."""
     from pytorch_metric_learning import losses
 
@@ -241,12 +248,12 @@ def supcon(temperature: float = 0.1, gather_across_ranks: bool = True):
 
 
 def triplet_margin(
-    margin: float = 0.05,
+    margin: Annotated[float, Ge(0)] = 0.05,
     swap: bool = False,
     smooth_loss: bool = False,
-    triplets_per_anchor: int | Literal["all"] = "all",
+    triplets_per_anchor: Annotated[int, Ge(1)] | Literal["all"] = "all",
     miner: Literal["none", "all", "hard", "semihard", "easy"] = "none",
-    miner_margin: float | None = None,
+    miner_margin: Annotated[float, Ge(0)] | None = None,
     gather_across_ranks: bool = True,
 ):
     """Triplet margin loss (pytorch-metric-learning), optionally on triplets from a ``TripletMarginMiner``.
@@ -265,7 +272,8 @@ def triplet_margin(
     return _modules()["MetricLearning"](loss, mine, gather_across_ranks, "TripletMargin")
 
 
-def arcface(num_classes: int, embedding_dim: int, margin: float = 28.6, scale: float = 64.0):
+def arcface(num_classes: int, embedding_dim: int, margin: Annotated[float, Ge(0)] = 28.6,
+            scale: Annotated[float, Gt(0)] = 64.0):
     """ArcFace (additive angular margin, pytorch-metric-learning ``ArcFaceLoss``); ``margin`` in degrees.
 
     Owns the class centres ``W`` (embedding_dim x num_classes), trained with the model (or by ``[loss.optimizer]``).
@@ -277,8 +285,8 @@ def arcface(num_classes: int, embedding_dim: int, margin: float = 28.6, scale: f
         losses.ArcFaceLoss(num_classes=num_classes, embedding_size=embedding_dim, margin=margin, scale=scale), None, False, "ArcFace")
 
 
-def subcenter_arcface(num_classes: int, embedding_dim: int, margin: float = 28.6, scale: float = 64.0,
-                      sub_centers: int = 3):
+def subcenter_arcface(num_classes: int, embedding_dim: int, margin: Annotated[float, Ge(0)] = 28.6,
+                      scale: Annotated[float, Gt(0)] = 64.0, sub_centers: Annotated[int, Ge(1)] = 3):
     """Sub-center ArcFace (pytorch-metric-learning ``SubCenterArcFaceLoss``): ``sub_centers`` centres per class."""
     from pytorch_metric_learning import losses
 
@@ -289,7 +297,8 @@ def subcenter_arcface(num_classes: int, embedding_dim: int, margin: float = 28.6
         None, False, "SubCenterArcFace")
 
 
-def cosface(num_classes: int, embedding_dim: int, margin: float = 0.35, scale: float = 64.0):
+def cosface(num_classes: int, embedding_dim: int, margin: Annotated[float, Ge(0)] = 0.35,
+            scale: Annotated[float, Gt(0)] = 64.0):
     """CosFace (large margin cosine loss, pytorch-metric-learning ``CosFaceLoss``); owns its class centres."""
     from pytorch_metric_learning import losses
 
@@ -302,20 +311,27 @@ def cosface(num_classes: int, embedding_dim: int, margin: float = 0.35, scale: f
 METRIC_LEARNING_LOSSES = ("SupCon", "TripletMargin", "ArcFace", "SubCenterArcFace", "CosFace")
 
 
+#: What each family of losses fits (see ``plugtrain.Component``'s ``fits``): ``plugtrain check`` refuses a loss whose
+#: task is not the run's, or several views (``data.num_views > 1``) with a loss that ignores them.
+_CLASSIFICATION = {"tasks": ("classification",), "consumes": "logits", "views": False}
+_REGRESSION = {"tasks": ("regression",), "consumes": "values", "views": False}
+_METRIC_LEARNING = {"tasks": ("metric_learning",), "consumes": "embeddings", "views": True}
+
+
 @hookimpl
 def plugtrain_losses() -> list[Any]:
     return [
-        Component("CrossEntropy", cross_entropy),
-        Component("LabelSmoothing", label_smoothing),
-        Component("KLDiv", kl_div),
-        Component("BCEWithLogits", bce_with_logits),
-        Component("MSE", mse),
-        Component("L1", l1),
-        Component("SmoothL1", smooth_l1),
-        Component("Huber", huber),
-        Component("SupCon", supcon),
-        Component("TripletMargin", triplet_margin),
-        Component("ArcFace", arcface),
-        Component("SubCenterArcFace", subcenter_arcface),
-        Component("CosFace", cosface),
+        Component("CrossEntropy", cross_entropy, fits=_CLASSIFICATION),
+        Component("LabelSmoothing", label_smoothing, fits=_CLASSIFICATION),
+        Component("KLDiv", kl_div, fits=_CLASSIFICATION),
+        Component("BCEWithLogits", bce_with_logits, fits=_CLASSIFICATION),
+        Component("MSE", mse, fits=_REGRESSION),
+        Component("L1", l1, fits=_REGRESSION),
+        Component("SmoothL1", smooth_l1, fits=_REGRESSION),
+        Component("Huber", huber, fits=_REGRESSION),
+        Component("SupCon", supcon, fits=_METRIC_LEARNING),
+        Component("TripletMargin", triplet_margin, fits=_METRIC_LEARNING),
+        Component("ArcFace", arcface, fits=_METRIC_LEARNING),
+        Component("SubCenterArcFace", subcenter_arcface, fits=_METRIC_LEARNING),
+        Component("CosFace", cosface, fits=_METRIC_LEARNING),
     ]

@@ -411,19 +411,26 @@ def embeddings(max_points: int = 10000):
     return _visual_classes()["Embeddings"](max_points)
 
 
+#: What each family of metrics fits (see ``plugtrain.Component``'s ``fits``): ``plugtrain check`` refuses a metric
+#: whose task is not the run's.
+_FITS_CLS = {"tasks": ("classification",), "consumes": "logits"}
+_FITS_REG = {"tasks": ("regression",), "consumes": "values"}
+_FITS_ML = {"tasks": ("metric_learning",), "consumes": "embeddings"}
+
+
 @hookimpl
 def plugtrain_metrics():
     return [
-        Component("accuracy", accuracy, roles=(_CLS, "always:classification")),
-        Component("top5", top5, roles=_CLS),
-        Component("f1_macro", f1_macro, roles=_CLS),
-        Component("mae", mae, roles=_REG),
-        Component("rmse", rmse, roles=_REG),
-        Component("r2", r2, roles=_REG),
-        Component("precision_at_1", precision_at_1, roles=_ML),
-        Component("recall_at_1", recall_at_1, roles=_ML),
-        Component("map_at_r", map_at_r, roles=_ML),
-        Component("confusion_matrix", confusion_matrix, roles=_CLS),
-        Component("parity_plot", parity_plot, roles=_REG),
-        Component("embeddings", embeddings, roles=_ML),
+        Component("accuracy", accuracy, roles=(_CLS, "always:classification"), fits=_FITS_CLS),
+        Component("top5", top5, roles=_CLS, fits=_FITS_CLS),
+        Component("f1_macro", f1_macro, roles=_CLS, fits=_FITS_CLS),
+        Component("mae", mae, roles=_REG, fits=_FITS_REG),
+        Component("rmse", rmse, roles=_REG, fits=_FITS_REG),
+        Component("r2", r2, roles=_REG, fits=_FITS_REG),
+        Component("precision_at_1", precision_at_1, roles=_ML, fits=_FITS_ML),
+        Component("recall_at_1", recall_at_1, roles=_ML, fits=_FITS_ML),
+        Component("map_at_r", map_at_r, roles=_ML, fits=_FITS_ML),
+        Component("confusion_matrix", confusion_matrix, roles=_CLS, fits=_FITS_CLS),
+        Component("parity_plot", parity_plot, roles=_REG, fits=_FITS_REG),
+        Component("embeddings", embeddings, roles=_ML, fits=_FITS_ML),
     ]

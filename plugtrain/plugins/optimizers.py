@@ -24,9 +24,18 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge, Gt, Interval
 
 from plugtrain import Component, hookimpl
+
+Positive = Annotated[float, Gt(0)]
+NonNegative = Annotated[float, Ge(0)]
+#: A momentum or beta coefficient: in [0, 1).
+Coefficient = Annotated[float, Interval(ge=0, lt=1)]
+#: LookAhead's interpolation factor: in [0, 1].
+Factor = Annotated[float, Interval(ge=0, le=1)]
 
 #: torch.optim classes that plugtrain's training loop cannot use, and why.
 UNSUPPORTED = {
@@ -79,8 +88,8 @@ def _build(comp: Any, kwargs: dict[str, Any], **context: Any) -> Any:
     return comp.factory(**call)
 
 
-def madgrad(params, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
-            weight_decouple: bool = False, eps: float = 1e-6):
+def madgrad(params, lr: Positive = 1e-3, momentum: Coefficient = 0.9, weight_decay: NonNegative = 0.0,
+            weight_decouple: bool = False, eps: Positive = 1e-6):
     """MADGRAD (pytorch-optimizer): momentumized, adaptive, dual averaged gradient method."""
     import pytorch_optimizer
 
@@ -88,9 +97,9 @@ def madgrad(params, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float
                                      weight_decouple=weight_decouple, eps=eps)
 
 
-def ranger(params, lr: float = 1e-3, betas: tuple[float, float] = (0.95, 0.999), alpha: float = 0.5, k: int = 6,
-           n_sma_threshold: int = 5, degenerated_to_sgd: bool = False, weight_decay: float = 0.0,
-           use_gc: bool = True, gc_conv_only: bool = False, eps: float = 1e-5):
+def ranger(params, lr: Positive = 1e-3, betas: tuple[Coefficient, Coefficient] = (0.95, 0.999), alpha: Factor = 0.5,
+           k: Annotated[int, Ge(1)] = 6, n_sma_threshold: Annotated[int, Ge(0)] = 5, degenerated_to_sgd: bool = False,
+           weight_decay: NonNegative = 0.0, use_gc: bool = True, gc_conv_only: bool = False, eps: Positive = 1e-5):
     """Ranger (pytorch-optimizer): RAdam + LookAhead (``k``, ``alpha``) + gradient centralisation."""
     import pytorch_optimizer
 
@@ -99,8 +108,8 @@ def ranger(params, lr: float = 1e-3, betas: tuple[float, float] = (0.95, 0.999),
                                     weight_decay=weight_decay, use_gc=use_gc, gc_conv_only=gc_conv_only, eps=eps)
 
 
-def lookahead(params, model=None, base: str = "AdamW", k: int = 5, alpha: float = 0.5,
-              pullback_momentum: Literal["none", "reset", "pullback"] = "none", lr: float | None = None,
+def lookahead(params, model=None, base: str = "AdamW", k: Annotated[int, Ge(1)] = 5, alpha: Factor = 0.5,
+              pullback_momentum: Literal["none", "reset", "pullback"] = "none", lr: Positive | None = None,
               base_params: dict[str, Any] | None = None):
     """LookAhead (pytorch-optimizer) around any optimizer ``base`` built with ``base_params``.
 
@@ -180,7 +189,8 @@ def _sam_class() -> type:
     return SAM
 
 
-def sam(params, model=None, base: str = "SGD", rho: float = 0.05, adaptive: bool = False, lr: float | None = None,
+def sam(params, model=None, base: str = "SGD", rho: NonNegative = 0.05, adaptive: bool = False,
+        lr: Positive | None = None,
         base_params: dict[str, Any] | None = None):
     """SAM, sharpness-aware minimisation (pytorch-optimizer), around any optimizer ``base`` with ``base_params``.
 

@@ -23,9 +23,17 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Literal
+from typing import Annotated, Literal
+
+from annotated_types import Ge, Gt, Interval
 
 from plugtrain import Component, hookimpl
+
+Positive = Annotated[float, Gt(0)]
+NonNegative = Annotated[float, Ge(0)]
+#: A momentum for cycle_momentum, or a fraction of the run: in [0, 1].
+Unit = Annotated[float, Interval(ge=0, le=1)]
+Steps = Annotated[int, Ge(1)]
 
 _SKIP = {"LRScheduler", "_LRScheduler", "ChainedScheduler", "SequentialLR", "LambdaLR", "MultiplicativeLR"}
 
@@ -47,7 +55,7 @@ def _has_momentum(optimizer) -> bool:
     return "momentum" in defaults and float(group.get("momentum", 0.0) or 0.0) > 0.0
 
 
-def cosine_annealing(optimizer, epochs: int, T_max: int | None = None, eta_min: float = 0.0):
+def cosine_annealing(optimizer, epochs: int, T_max: Steps | None = None, eta_min: NonNegative = 0.0):
     """Cosine annealing from the initial lr to ``eta_min`` over ``T_max`` epochs (default: the whole run)."""
     import torch
 
@@ -57,15 +65,15 @@ def cosine_annealing(optimizer, epochs: int, T_max: int | None = None, eta_min: 
 def cyclic_lr(
     optimizer,
     steps_per_epoch: int,
-    base_lr: float | None = None,
-    max_lr: float | None = None,
-    step_size_up: int | None = None,
-    step_size_down: int | None = None,
+    base_lr: Positive | None = None,
+    max_lr: Positive | None = None,
+    step_size_up: Steps | None = None,
+    step_size_down: Steps | None = None,
     mode: Literal["triangular", "triangular2", "exp_range"] = "triangular",
-    gamma: float = 1.0,
+    gamma: Positive = 1.0,
     cycle_momentum: bool | None = None,
-    base_momentum: float = 0.8,
-    max_momentum: float = 0.9,
+    base_momentum: Unit = 0.8,
+    max_momentum: Unit = 0.9,
 ):
     """Cyclical learning rate (per step) between ``base_lr`` and ``max_lr`` (default: the optimizer's lr and a tenth
     of it); ``step_size_up`` steps up (default: two epochs), ``step_size_down`` down (default: the same)."""
@@ -123,14 +131,14 @@ def _classes() -> dict[str, type]:
 def one_cycle_lr(
     optimizer,
     total_steps: int,
-    max_lr: float | None = None,
-    pct_start: float = 0.3,
+    max_lr: Positive | None = None,
+    pct_start: Annotated[float, Interval(gt=0, lt=1)] = 0.3,
     anneal_strategy: Literal["cos", "linear"] = "cos",
     cycle_momentum: bool | None = None,
-    base_momentum: float = 0.85,
-    max_momentum: float = 0.95,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
+    base_momentum: Unit = 0.85,
+    max_momentum: Unit = 0.95,
+    div_factor: Positive = 25.0,
+    final_div_factor: Positive = 1e4,
     three_phase: bool = False,
 ):
     """One-cycle policy (per step) over the run's steps: up from ``max_lr / div_factor`` to ``max_lr`` (default: the
@@ -151,13 +159,13 @@ def one_cycle_lr(
 def reduce_lr_on_plateau(
     optimizer,
     mode: Literal["auto", "min", "max"] = "auto",
-    factor: float = 0.1,
-    patience: int = 10,
-    threshold: float = 1e-4,
+    factor: Annotated[float, Interval(gt=0, lt=1)] = 0.1,
+    patience: Annotated[int, Ge(0)] = 10,
+    threshold: NonNegative = 1e-4,
     threshold_mode: Literal["rel", "abs"] = "rel",
-    cooldown: int = 0,
-    min_lr: float = 0.0,
-    eps: float = 1e-8,
+    cooldown: Annotated[int, Ge(0)] = 0,
+    min_lr: NonNegative = 0.0,
+    eps: NonNegative = 1e-8,
 ):
     """Multiply the lr by ``factor`` when the monitored metric (the run's primary metric) has not improved for
     ``patience`` validations; ``mode = "auto"`` follows the metric's direction."""

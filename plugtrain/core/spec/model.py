@@ -8,6 +8,7 @@ parameters, read from its factory's signature, beside these keys.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
@@ -75,6 +76,21 @@ class _Between:
 
 
 _probability = _Between(0.0, 1.0)
+#: A seed must fit every generator a component may seed with it (numpy's legacy ``RandomState`` and scikit-learn's
+#: ``random_state`` take 0 .. 2**32 - 1; ``numpy.random.default_rng`` refuses negative seeds).
+SEED_MAX = 2**32 - 1
+_seed = _Between(0, SEED_MAX)
+
+BACKENDS = ("auto", "gloo", "nccl", "mpi", "ucc", "xccl")
+_DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+
+
+def _device(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, str) and not _DEVICE.fullmatch(value):
+        from plugtrain.core.errors import did_you_mean
+
+        hint = did_you_mean(value, ["auto", "cpu", "cuda", "mps", "xpu"])
+        raise ValueError(f"expected \"auto\", \"cpu\", \"cuda\", \"cuda:N\", \"mps\" or \"xpu[:N]\", got {value!r}.{hint}")
 
 
 @attrs.define
@@ -105,7 +121,7 @@ class AugmentationSpec(ComponentSpec):
 class RunSection:
     name: str
     output_dir: str = "runs"
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=_seed)
     epochs: int = attrs.field(default=10, validator=_positive)
     task: Literal["classification", "regression", "metric_learning"] = attrs.field(
         default="classification", validator=v.in_(TASKS)
@@ -184,8 +200,9 @@ class TrainerSection:
     clip_grad_value: float | None = attrs.field(default=None, validator=_positive)
     channels_last: bool = False
     compile: bool = False
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | gloo | nccl
+    device: str = attrs.field(default="auto", validator=_device)  # auto | cpu | cuda | cuda:N | mps | xpu[:N]
+    backend: Literal["auto", "gloo", "nccl", "mpi", "ucc", "xccl"] = attrs.field(
+        default="auto", validator=v.in_(BACKENDS))  # auto: nccl on GPU, gloo on CPU
     strategy: Literal["ddp", "fsdp"] = "ddp"
     sync_batchnorm: bool = False
     log_every_steps: int = attrs.field(default=50, validator=_positive)

@@ -8,7 +8,8 @@ Shape:
 
 * each component kind is a definition: ``name`` (``dataset`` in ``[data]``) is an enum of the registered names; for
   each group of components that share one parameter list, an ``if name in [...] then {properties, no others}``
-  validates the parameters (types from the annotations, ranges from the spec's range rules). All 1,300+ timm
+  validates the parameters (types and ``Annotated`` constraints from the annotations, plus the spec's range rules on
+  well-known names; where both bound a value, the stricter bound holds). All 1,300+ timm
   backbones share one signature, hence one group.
 * augmentation compositions take ``transforms``: an array of the augmentation definition itself (any depth).
 * a spec with ``extends`` may leave sections, names and required parameters to the file it extends, so what is
@@ -47,11 +48,17 @@ def _jsonable(v: Any) -> Any:
     return None
 
 
+_STRICTER = {"minimum": max, "exclusiveMinimum": max, "maximum": min, "exclusiveMaximum": min}
+
+
 def _with_range(schema: dict[str, Any] | bool, rng: Range | None) -> dict[str, Any] | bool:
+    """``schema`` narrowed by a range rule: where the annotation already bounds the value (``Annotated[float,
+    Ge(0)]``) both hold, so the stricter bound of each kind is kept."""
     if rng is None or schema is False:
         return schema
     out = dict(schema) if isinstance(schema, dict) else {}
-    out.update(rng.json())
+    for key, bound in rng.json().items():
+        out[key] = _STRICTER[key](out[key], bound) if key in out else bound
     return out
 
 

@@ -10,15 +10,21 @@ loaded.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import types
+import typing
 from typing import Any
 
 import attrs
 
 from plugtrain.core.errors import PlugtrainError, did_you_mean
 from plugtrain.core.hookspecs import CONTEXT, SINGULAR
+from plugtrain.core.registry import TASK_OUTPUTS
 from plugtrain.core.spec import model
 from plugtrain.core.spec.model import REQUIRED_SECTIONS, SECTIONS
+from plugtrain.core.runtime.rundir import InsideRunDir, run_path_problem
 from plugtrain.core.spec.retired import collect, retired_hint
 from plugtrain.core.spec.tomlpos import format_path
 from plugtrain.core.spec.typecheck import T, describe, from_annotation, matches, mismatch, toml_view
@@ -32,6 +38,7 @@ class Problem:
     message: str
     at: str = "value"  # "key" | "value"
     warning: bool = False
+    related: tuple = ()  # other key paths that take part (a combination): an override among them is named
 
 
 # -- range rules -----------------------------------------------------------------------------------------------------
@@ -45,7 +52,7 @@ class Range:
     hi_open: bool = False
 
     def ok(self, x: float) -> bool:
-        if isinstance(x, float) and math.isnan(x):
+        if isinstance(x, float) and not math.isfinite(x):  # a range means a finite number: nan and inf are refused
             return False
         if self.lo is not None and (x < self.lo or (self.lo_open and x == self.lo)):
             return False
@@ -145,8 +152,8 @@ class Validator:
         self._retired: dict[str, dict[str, str]] | None = None
 
     # -- helpers -------------------------------------------------------------------------------------------------
-    def add(self, path: tuple, message: str, at: str = "value", warning: bool = False) -> None:
-        self.problems.append(Problem(tuple(path), message, at, warning))
+    def add(self, path: tuple, message: str, at: str = "value", warning: bool = False, related: tuple = ()) -> None:
+        self.problems.append(Problem(tuple(path), message, at, warning, tuple(tuple(r) for r in related)))
 
     @property
     def retired(self) -> dict[str, dict[str, str]]:
@@ -217,6 +224,10 @@ class Validator:
                 self.add(("trainer", "strategy"), f'trainer.strategy = "fsdp" cannot be combined with '
                                                   f'{", ".join(bad)} (yet); use strategy = "ddp" for those')
         data = d.get("data") if isinstance(d.get("data"), dict) else {}
+        self.fit_checks(d, run, data)
+        self.schedule_checks(d, run, trainer)
+        self.pipeline_checks(d, data)
+        self.run_dir_checks(run)
         batch, m = data.get("batch_size"), data.get("m_per_class", 4)
         if (data.get("sampler") == "m_per_class" and isinstance(batch, int) and isinstance(m, int)
                 and not isinstance(batch, bool) and not isinstance(m, bool) and batch >= 1 and m >= 1
@@ -224,6 +235,145 @@ class Validator:
             self.add(("data", "batch_size"),
                      f"data.batch_size ({batch}) must be a multiple of data.m_per_class ({m}) with sampler = "
                      "'m_per_class': every batch (on every process) holds whole groups of m samples of a class")
+
+    # -- combinations that cannot train ------------------------------------------------------------------------
+    def _quiet(self, kind: str, name: Any) -> Any:
+        """The component ``name`` of ``kind``, or None (an unknown name is reported where it is written)."""
+        if not isinstance(name, str):
+            return None
+        try:
+            return self.registry.get(kind, name)
+        except PlugtrainError:
+            return None
+
+    def _fitting(self, kind: str, task: str, views: bool = False) -> str:
+        names = [c.name for c in self.registry.components(kind)
+                 if (c.fits.tasks or c.fits.consumes) and c.fits.fits_task(task) and (not views or c.fits.views)]
+        if not names:
+            return ""
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        return f" {SINGULAR[kind].capitalize()}s that fit: {shown}."
+
+    def fit_checks(self, d: dict[str, Any], run: dict[str, Any], data: dict[str, Any]) -> None:
+        """What each loss and metric declares it fits (``Component.fits``) against ``run.task`` and the views."""
+        task = run.get("task", "classification")
+        if task not in model.TASKS:
+            return  # reported with run.task
+        produced = TASK_OUTPUTS.get(task, "outputs")
+        task_path = ("run", "task")
+        loss = d.get("loss") if isinstance(d.get("loss"), dict) else {}
+        lcomp = self._quiet("losses", loss.get("name"))
+        if lcomp is not None and not lcomp.fits.fits_task(task):
+            takes = f" (it takes {lcomp.fits.consumes})" if lcomp.fits.consumes else ""
+            self.add(("loss", "name"), f"loss.name: loss {loss['name']!r} fits {lcomp.fits.task_text()} runs{takes}, "
+                                       f"but run.task = {task!r} gives the loss {produced}."
+                     + self._fitting("losses", task), related=(task_path,))
+        metrics = d.get("metrics")
+        for i, m in enumerate(metrics if isinstance(metrics, list) else []):
+            mcomp = self._quiet("metrics", m.get("name")) if isinstance(m, dict) else None
+            if mcomp is not None and not mcomp.fits.fits_task(task):
+                self.add(("metrics", i, "name"), f"{format_path(('metrics', i, 'name'))}: metric {m['name']!r} fits "
+                                                 f"{mcomp.fits.task_text()} runs, not run.task = {task!r} (whose "
+                                                 f"model gives {produced})." + self._fitting("metrics", task),
+                         related=(task_path,))
+        views = data.get("num_views", 1)
+        if (isinstance(views, int) and not isinstance(views, bool) and views > 1 and lcomp is not None
+                and lcomp.fits.views is False and lcomp.fits.fits_task(task)):
+            self.add(("data", "num_views"), f"data.num_views = {views} makes {views} views of every sample, but loss "
+                                            f"{loss['name']!r} ignores views (it scores each image alone): set "
+                                            "num_views = 1, or use a loss that learns from views."
+                     + self._fitting("losses", task, views=True), related=(("loss", "name"),))
+        if "mixup" in d and task != "classification":
+            self.add(("mixup",), f"[mixup] mixes class labels: it works for classification runs only, not run.task = "
+                                 f"{task!r}; remove the [mixup] section", at="key", related=(task_path,))
+        batch = data.get("batch_size")
+        if "mixup" in d and isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 and batch % 2:
+            self.add(("data", "batch_size"), f"data.batch_size ({batch}) must be even with [mixup]: it mixes each "
+                                             "batch with its reverse in pairs", related=(("mixup",),))
+        self.primary_metric_check(d, run, task)
+
+    def primary_metric_check(self, d: dict[str, Any], run: dict[str, Any], task: str) -> None:
+        primary = run.get("primary_metric")
+        metrics = d.get("metrics")
+        if not isinstance(primary, str) or (metrics is not None and not (
+                isinstance(metrics, list) and all(isinstance(m, dict) and isinstance(m.get("name"), str)
+                                                  for m in metrics))):
+            return
+        names = [m["name"] for m in metrics] if metrics is not None else list(model.DEFAULT_METRICS[task])
+        always = [self.registry.spec_name(c) for c in self.registry.role_components("metrics", f"always:{task}")]
+        names = [n for n in always if n not in names] + names
+        if any(self._quiet("metrics", n) is None for n in names):
+            return  # an unknown metric is reported where it is named
+        keys: list[str] = []
+        for n in names:
+            key, k = n.split(":")[-1], 2
+            while key in keys:
+                key, k = f"{n.split(':')[-1]}_{k}", k + 1
+            keys.append(key)
+        trainer = d.get("trainer") if isinstance(d.get("trainer"), dict) else {}
+        known = ["train/loss", "val/loss"] + [f"val/{k}" for k in keys]
+        for flag, prefix in (("ema", "val_ema"), ("swa", "val_swa")):
+            if trainer.get(flag) is True:
+                known += [f"{prefix}/loss"] + [f"{prefix}/{k}" for k in keys]
+        if primary not in known:
+            self.add(("run", "primary_metric"), f"run.primary_metric = {primary!r} is not a metric of this run."
+                     + did_you_mean(primary, known) + f" Known: {', '.join(known)}", related=(("metrics",),))
+
+    def schedule_checks(self, d: dict[str, Any], run: dict[str, Any], trainer: dict[str, Any]) -> None:
+        """A warmup longer than the whole run (when the run's length is known without the data)."""
+        sched = d.get("scheduler") if isinstance(d.get("scheduler"), dict) else {}
+        epochs = run.get("epochs", 10)
+        if not _is_int(epochs) or epochs < 1:
+            return
+        w_epochs, w_steps = sched.get("warmup_epochs"), sched.get("warmup_steps")
+        if _is_number(w_epochs) and math.isfinite(w_epochs) and w_epochs > epochs and not w_steps:
+            self.add(("scheduler", "warmup_epochs"), f"scheduler.warmup_epochs ({w_epochs:g}) is longer than the "
+                                                     f"whole run (run.epochs = {epochs}): the learning rate would "
+                                                     "never reach its value", related=(("run", "epochs"),))
+        cap = trainer.get("max_steps_per_epoch")
+        if _is_int(w_steps) and w_steps > 0 and _is_int(cap) and cap > 0 and w_steps > epochs * cap:
+            self.add(("scheduler", "warmup_steps"), f"scheduler.warmup_steps ({w_steps}) is longer than the whole "
+                                                    f"run (at most run.epochs x trainer.max_steps_per_epoch = "
+                                                    f"{epochs * cap} optimizer steps)",
+                     related=(("run", "epochs"), ("trainer", "max_steps_per_epoch")))
+
+    def pipeline_checks(self, d: dict[str, Any], data: dict[str, Any]) -> None:
+        """A validation crop larger than the images the pipeline ends with; mean / std that cannot normalise."""
+        aug = d.get("augmentations") if isinstance(d.get("augmentations"), dict) else {}
+        size = data.get("image_size")
+        if _is_int(size) and size > 0:
+            for path, item in _augmentation_items(aug.get("val"), ("augmentations", "val")):
+                name = str(item.get("name", "")).rpartition(":")[2]
+                h, w = item.get("height"), item.get("width")
+                if "Crop" in name and _is_int(h) and _is_int(w) and (h > size or w > size) \
+                        and item.get("pad_if_needed") is not True:
+                    self.add(path, f"{format_path(path)}: {name} crops {h}x{w}, larger than data.image_size = {size} "
+                                   "(every validation image ends at image_size): crop at most image_size, or set "
+                                   "pad_if_needed = true", related=(("data", "image_size"),))
+        for key in ("mean", "std"):
+            values = aug.get(key)
+            if not isinstance(values, list):
+                continue
+            for i, x in enumerate(values):
+                if _is_number(x) and (not math.isfinite(x) or (key == "std" and x <= 0)):
+                    self.add(("augmentations", key, i), f"augmentations.{key}[{i}] must be a finite number"
+                                                        + (" > 0" if key == "std" else "") + f", got {x!r}")
+
+    def run_dir_checks(self, run: dict[str, Any]) -> None:
+        """``run.output_dir`` / ``run.name`` that no run directory can be made of (checked without writing)."""
+        for key in ("output_dir", "name"):
+            value = run.get(key)
+            if not isinstance(value, str):
+                continue
+            problem = path_problem(value)
+            if problem:
+                self.add(("run", key), f"run.{key}: {problem}")
+        out = run.get("output_dir", "runs")
+        if isinstance(out, str) and not path_problem(out):
+            blocker = _file_in_the_way(out)
+            if blocker is not None:
+                self.add(("run", "output_dir"), f"run.output_dir = {out!r}: {blocker} is a file, not a directory: "
+                                                "no run directory can be made under it")
 
     # -- plain sections ------------------------------------------------------------------------------------------
     def plain(self, cls: type, d: dict[str, Any], path: tuple, skip: tuple[str, ...] = ()) -> None:
@@ -267,21 +417,26 @@ class Validator:
                 self.component("augmentations", item, (*path, split, i), model.AugmentationSpec)
 
     # -- component sections --------------------------------------------------------------------------------------
-    def component(self, kind: str, d: dict[str, Any], path: tuple, cls: type, name_key: str = "name") -> None:
-        """A table that names a component of ``kind`` with ``name_key`` and gives its parameters beside."""
+    def component(self, kind: str, d: dict[str, Any], path: tuple, cls: type, name_key: str = "name",
+                  name_path: tuple | None = None, implied: tuple[str, ...] = ()) -> None:
+        """A table that names a component of ``kind`` with ``name_key`` and gives its parameters beside.
+
+        ``name_path`` is where the name sits when it is not ``path + (name_key,)`` (a wrapper's ``base``, whose
+        parameters are its ``base_params``); ``implied`` are parameters the caller supplies (not required here)."""
         where = _where(path)
         singular = SINGULAR[kind]
         own = {k: f for k, f in section_fields(cls).items() if k not in ("name", name_key)}
         comp = None
         name = d.get(name_key)
+        npath = name_path if name_path is not None else (*path, name_key)
         if name_key not in d:
             self.add(path, f"{where} is missing {name_key!r}: which {singular}? "
                            f"Run `plugtrain list {kind}` to see them all.")
         elif not isinstance(name, str):
-            self.add((*path, name_key), f"{format_path((*path, name_key))}: expected the name of a {singular} "
-                                        f"(a string), got {describe_value(name)}")
+            self.add(npath, f"{format_path(npath)}: expected the name of a {singular} "
+                            f"(a string), got {describe_value(name)}")
         else:
-            comp = self.lookup(kind, name, (*path, name_key))
+            comp = self.lookup(kind, name, npath)
         label = f"{where} ({singular} {name!r})" if comp is not None else where
         params = {p.name: p for p in comp.params} if comp is not None else {}
         context = CONTEXT.get(kind, frozenset())
@@ -327,8 +482,9 @@ class Validator:
             self.add(kpath, msg, at="key")
         if comp is None:
             return
+        self.nested(kind, comp, d, path)
         for p in comp.params:
-            if p.required and p.name not in d and p.name not in own:
+            if p.required and p.name not in d and p.name not in own and p.name not in implied:
                 if kind == "augmentations" and p.name == "transforms":
                     what = 'an array of augmentation tables, e.g. transforms = [{ name = "HorizontalFlip" }]'
                 else:
@@ -336,6 +492,45 @@ class Validator:
                 self.add(path, f"{label} is missing required parameter {p.name!r} ({what})")
         if not any(pr.path[: len(path)] == path and not pr.warning for pr in self.problems):
             self.plugin_checks(comp, given, path, label)
+
+    def nested(self, kind: str, comp: Any, d: dict[str, Any], path: tuple) -> None:
+        """Components named inside a component, checked exactly like a top-level one.
+
+        The convention: a parameter ``NAME`` (a string) next to a parameter ``NAME_params`` (a table) names another
+        component of the same kind and gives its parameters (``base`` / ``base_params`` of the wrapper optimizers
+        LookAhead and SAM); a parameter ``lr`` of the wrapper is a shortcut for ``NAME_params.lr``."""
+        params = {p.name: p for p in comp.params}
+        for p in comp.params:
+            holder = params.get(f"{p.name}_params")
+            if holder is None:
+                continue
+            inner_name = d.get(p.name, p.default)
+            inner = d.get(holder.name)
+            if not isinstance(inner_name, str) or (inner is not None and not isinstance(inner, dict)):
+                continue  # a wrong type, reported with the parameter
+            inner = dict(inner or {})
+            name_path = (*path, p.name) if p.name in d else path
+            ppath = (*path, holder.name)
+            if "name" in inner:
+                self.add((*ppath, "name"), f"{format_path((*ppath, 'name'))}: the {SINGULAR[kind]} is named by "
+                                           f"{format_path((*path, p.name))}, not inside {holder.name}", at="key")
+                inner.pop("name")
+            before = len(self.problems)
+            implied = ("lr",) if "lr" in d and "lr" in params else ()
+            self.component(kind, {"name": inner_name, **inner}, ppath, model.ComponentSpec, name_path=name_path,
+                           implied=implied)
+            for pr in self.problems[before:]:
+                if pr.path == name_path and p.name not in d:  # a default that does not resolve: say whose
+                    pr.message += f" (the default {p.name} of {SINGULAR[kind]} {comp.name!r})"
+            if not isinstance(inner_name, str):
+                continue
+            try:
+                target = self.registry.get(kind, inner_name)
+            except PlugtrainError:
+                continue
+            if _same_factory(target.factory, comp.factory):
+                self.add(name_path, f"{format_path(name_path)}: {SINGULAR[kind]} {comp.name!r} cannot wrap "
+                                    f"{inner_name!r} (itself): pick another {p.name}")
 
     def lookup(self, kind: str, name: str, path: tuple) -> Any:
         try:
@@ -365,7 +560,14 @@ class Validator:
             self.add(path, f"{format_path(path)}: {SINGULAR[kind]} {comp.name!r} takes {ann} here, which a TOML spec "
                            "cannot express; leave it out")
             return
-        self.check_value(path, value, t, PARAM_RANGES.get(kind, {}).get(p.name))
+        if not self.check_value(path, value, t, PARAM_RANGES.get(kind, {}).get(p.name)):
+            return
+        for marker in param_markers(comp.factory).get(p.name, ()):
+            if isinstance(marker, InsideRunDir) and isinstance(value, str):
+                problem = run_path_problem(value)
+                if problem is not None:
+                    self.add(path, f"{format_path(path)}: {problem} ({SINGULAR[kind]} {comp.name!r} writes "
+                                   f"{marker.what} here)")
 
     def transforms(self, value: Any, path: tuple) -> None:
         if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
@@ -395,6 +597,101 @@ class Validator:
             else:
                 where = (*path, key)
                 self.add(where, f"{format_path(where)}: {message}", warning=warning)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _augmentation_items(items: Any, path: tuple):
+    """``(path, table)`` of every augmentation in a list, compositions' ``transforms`` included."""
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        if isinstance(item, dict):
+            yield (*path, i), item
+            yield from _augmentation_items(item.get("transforms"), (*path, i, "transforms"))
+
+
+#: The longest path most systems take (PATH_MAX), in bytes.
+PATH_MAX = 4096
+
+
+def path_problem(value: str) -> str | None:
+    """Why the string ``value`` cannot be a path on this system (a NUL byte, a name or path too long), or None."""
+    from plugtrain.core.runtime.rundir import NAME_MAX
+
+    if "\x00" in value:
+        return f"{value!r} holds a NUL byte, which no file name can hold"
+    if not value.strip():
+        return "is empty"
+    encoded = value.encode("utf-8", "surrogateescape")
+    if len(encoded) > PATH_MAX:
+        return f"the path is {len(encoded)} bytes long; the system takes at most {PATH_MAX}"
+    long = next((p for p in value.replace("\\", "/").split("/") if len(p.encode("utf-8", "surrogateescape"))
+                 > NAME_MAX), None)
+    if long is not None:
+        return f"the name {long[:24]!r}... is {len(long.encode('utf-8', 'surrogateescape'))} bytes long; a file " \
+               f"name takes at most {NAME_MAX}"
+    return None
+
+
+def _file_in_the_way(output_dir: str) -> str | None:
+    """The existing file (not a directory) that ``output_dir`` is, or lies under; None when there is none."""
+    import os
+    from pathlib import Path
+
+    p = Path(output_dir)
+    for candidate in (p, *p.parents):
+        try:
+            if candidate.exists():
+                return None if candidate.is_dir() else os.fspath(candidate)
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def _same_factory(a: Any, b: Any) -> bool:
+    unwrap = lambda f: f.func if isinstance(f, functools.partial) else f  # noqa: E731
+    return unwrap(a) is unwrap(b)
+
+
+_MARKERS: dict[int, dict[str, tuple[Any, ...]]] = {}
+
+
+def param_markers(factory: Any) -> dict[str, tuple[Any, ...]]:
+    """``{parameter: (metadata, ...)}`` of the factory's ``typing.Annotated`` parameters (``RunPath`` and others),
+    looking into ``X | None`` too."""
+    key = id(factory)
+    if key in _MARKERS:
+        return _MARKERS[key]
+    target = factory
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.isclass(target):
+        target = target.__init__
+    try:
+        hints = typing.get_type_hints(target, include_extras=True)
+    except Exception:  # unresolvable string annotations: look the bare names up in the factory's module
+        from plugtrain.core.spec.typecheck import factory_namespace
+
+        ns = factory_namespace(factory)
+        try:
+            raw = inspect.signature(target).parameters
+        except (TypeError, ValueError):
+            raw = {}
+        hints = {n: ns.get(p.annotation.strip()) for n, p in raw.items()
+                 if isinstance(p.annotation, str) and p.annotation.strip().isidentifier()}
+    out: dict[str, tuple[Any, ...]] = {}
+    for name, hint in hints.items():
+        members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        meta = tuple(m for h in members if typing.get_origin(h) is typing.Annotated for m in h.__metadata__)
+        if meta:
+            out[name] = meta
+    _MARKERS[key] = out
+    return out
 
 
 def _where(path: tuple) -> str:

@@ -76,8 +76,10 @@ def fraction_split(paths: list[str], targets: list[Any], val_fraction: float, se
     }
 
 
-def file_splits(indexed, class_names, channels, decoder, task, problems, skipped):
+def file_splits(indexed, class_names, channels, decoder, task, problems, skipped, *, cache="none", cache_dir=None,
+                cache_max_gb=None, dataset=""):
     from plugtrain.core.data import DatasetSplits
+    from plugtrain.plugins.datasets.cache import attach
     from plugtrain.plugins.datasets.splits import ImageFileSplit
 
     splits = {
@@ -92,6 +94,7 @@ def file_splits(indexed, class_names, channels, decoder, task, problems, skipped
         )
         for name, (paths, targets) in indexed.items()
     }
+    attach(splits, cache, cache_dir, cache_max_gb, dataset)
     return DatasetSplits(
         train=splits["train"],
         val=splits["val"],

@@ -1,8 +1,11 @@
 """The one image decoder of the built-in datasets: image files into ``HxWxC`` uint8 arrays.
 
-:func:`decode_image` is the one entry point (``plugtrain predict`` reaches it through the datasets' ``read_image``). It never returns a partial or garbage image: a missing, unreadable,
-zero-byte, truncated or corrupt file raises :class:`plugtrain.core.data.SampleError` with the path and a precise
-reason, which the runtime turns into an error naming the file (``data.on_error = "raise"``) or a skipped sample.
+:func:`decode_image` is the one entry point (``plugtrain predict`` reaches it through the datasets' ``read_image``);
+:func:`decode_bytes` decodes the bytes of an image file (a webdataset shard's member) to the very same pixels, and
+:func:`image_size` reads the size from the header only (the decoded-sample cache lays out its file with it).
+Decoding never returns a partial or garbage image: a missing, unreadable, zero-byte, truncated or corrupt file
+raises :class:`plugtrain.core.data.SampleError` with the path and a precise reason, which the runtime turns into an
+error naming the file (``data.on_error = "raise"``) or a skipped sample.
 
 Channel handling, whatever the file holds:
 
@@ -108,8 +111,7 @@ def _decode_png_fast(path: str) -> np.ndarray | None:
     libpng checks the chunk CRCs, so a corrupt one fails here and goes to Pillow too. Images larger than Pillow's
     decompression-bomb limit go to Pillow as well (it raises)."""
     try:
-        import cv2
-        from PIL import Image
+        import cv2  # noqa: F401
     except ImportError:  # pragma: no cover - albumentations brings OpenCV
         return None
     _check_file(path)
@@ -117,6 +119,14 @@ def _decode_png_fast(path: str) -> np.ndarray | None:
         buf = np.fromfile(path, dtype=np.uint8)
     except OSError:
         return None
+    return _png_fast_buffer(buf)
+
+
+def _png_fast_buffer(buf: np.ndarray) -> np.ndarray | None:
+    """:func:`_decode_png_fast` on the bytes of a file (a uint8 array)."""
+    import cv2
+    from PIL import Image
+
     head = buf[:26].tobytes()
     if (len(buf) < 57 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR" or head[24] != 8
             or head[25] not in (0, 2, 6) or buf[-12:].tobytes() != _PNG_IEND):
@@ -156,15 +166,20 @@ def _check_file(path: str) -> None:
 
 
 def _decode_pil(path: str, channels: int) -> np.ndarray:
+    _check_file(path)
+    return _decode_pil_source(path, path, channels)
+
+
+def _decode_pil_source(source: Any, path: str, channels: int) -> np.ndarray:
+    """Pillow's decode of ``source`` (a path or a binary file object); faults name ``path``."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
 
-    _check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 array = _pil_to_array(img, channels)
     except SampleError:
         raise
@@ -222,6 +237,12 @@ def _decode_cv2(path: str, channels: int) -> np.ndarray | None:
         return None
     finally:
         logging.setLogLevel(level)
+    return _cv2_result(image, channels)
+
+
+def _cv2_result(image: Any, channels: int) -> np.ndarray | None:
+    import cv2
+
     if image is None or image.size == 0:
         return None
     if image.dtype != np.uint8:
@@ -229,6 +250,67 @@ def _decode_cv2(path: str, channels: int) -> np.ndarray | None:
     if channels == 3:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(image[..., None])
+
+
+def _decode_cv2_buffer(buf: np.ndarray, channels: int) -> np.ndarray | None:
+    import cv2
+
+    flags = cv2.IMREAD_IGNORE_ORIENTATION | (cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE)
+    logging = cv2.utils.logging
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        image = cv2.imdecode(buf, flags)
+    except cv2.error:
+        return None
+    finally:
+        logging.setLogLevel(level)
+    return _cv2_result(image, channels)
+
+
+def decode_bytes(data: bytes | bytearray | memoryview | np.ndarray, name: str, channels: int = 3,
+                 decoder: str = "pil") -> np.ndarray:
+    """:func:`decode_image` of the bytes of an image file: the same pixels as decoding a file named ``name`` (its
+    extension picks the PNG fast path, as a path's does) holding ``data``; faults raise :class:`SampleError` naming
+    ``name`` (a webdataset sample, ``shard.tar:key.png``)."""
+    import io
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, not {channels!r}")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
+    buf = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+    if buf.size == 0:
+        raise SampleError(name, "empty file (0 bytes)")
+    if decoder == "cv2":
+        image = _decode_cv2_buffer(buf, channels)
+        if image is not None:
+            return image
+    elif channels == 3 and name[-4:].lower() == ".png":
+        image = _png_fast_buffer(buf)
+        if image is not None:
+            return image
+    return _decode_pil_source(io.BytesIO(buf.tobytes()), name, channels)
+
+
+def image_size(source: str | os.PathLike[str] | bytes) -> tuple[int, int] | None:
+    """``(height, width)`` of an image file (a path, or its first bytes) from its header, without decoding it;
+    ``None`` when Pillow cannot read the header. The pixels :func:`decode_image` returns have this size (EXIF
+    orientation is not applied)."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            src = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+            with Image.open(src) as img:
+                width, height = img.size
+    except Exception:  # noqa: BLE001 - any unreadable header: the sample is then decoded every time
+        return None
+    return (int(height), int(width)) if width > 0 and height > 0 else None
 
 
 def read_image_file(path: str | os.PathLike[str], channels: int, decoder: str = "pil") -> np.ndarray:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
-from plugtrain.plugins.datasets.decode import decode_image
+from plugtrain.plugins.datasets.decode import decode_image, image_size
 
 
 class PathTable:
@@ -71,6 +72,8 @@ class _SplitBase:
 
     skipped: int
     problems: list[tuple[str, str]]
+    #: the decoded-sample cache (:class:`plugtrain.plugins.datasets.cache.DecodedCache`) of a file split, or None
+    cache: Any = None
 
     def _target_list(self) -> list[Any]:
         raise NotImplementedError
@@ -143,7 +146,26 @@ class ImageFileSplit(_SplitBase):
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, Any]:
         i = _normalise_index(i, len(self._paths))
-        return decode_image(self._paths[i], self.channels, self.decoder), _target_at(self._targets, i, self._vector)
+        cache = self.cache
+        image = cache.read(i) if cache is not None else None
+        if image is None:
+            image = decode_image(self._paths[i], self.channels, self.decoder)
+            if cache is not None:
+                cache.write(i, image)
+        return image, _target_at(self._targets, i, self._vector)
+
+    def cache_entries(self) -> Iterator[str]:
+        """One identity per sample for the cache's key: the file's path, size and modification time."""
+        for p in self._paths:
+            try:
+                st = os.stat(p)
+                yield f"{p}\0{st.st_size}\0{st.st_mtime_ns}"
+            except OSError:
+                yield f"{p}\0-1"
+
+    def cache_shape(self, i: int) -> tuple[int, int] | None:
+        """``(height, width)`` of sample ``i`` from its file's header (the cache's layout), or None."""
+        return image_size(self._paths[i])
 
     def path(self, i: int) -> str:
         """The file of sample ``i`` (for messages)."""
@@ -157,7 +179,8 @@ class ImageFileSplit(_SplitBase):
         return _target_list(self._targets, self._vector)
 
     def subset(self, indices: Iterable[int]) -> ImageFileSplit:
-        """A split of the samples at ``indices`` (in that order); ``skipped`` and ``problems`` carry over."""
+        """A split of the samples at ``indices`` (in that order); ``skipped`` and ``problems`` carry over (the
+        cache does not: its slots are this split's)."""
         idx = np.asarray(list(indices), dtype=np.int64)
         return ImageFileSplit(
             self._paths.take(idx),
@@ -170,7 +193,8 @@ class ImageFileSplit(_SplitBase):
         )
 
     def __repr__(self) -> str:
-        return f"ImageFileSplit({len(self)} files, channels={self.channels}, task={self.task!r})"
+        cached = f", cache={self.cache.mode}" if self.cache is not None else ""
+        return f"ImageFileSplit({len(self)} files, channels={self.channels}, task={self.task!r}{cached})"
 
 
 class LazyMemmap:
