@@ -4,12 +4,32 @@ Plugin authors need only :data:`hookimpl` and :class:`Component`::
 
     from plugtrain import Component, hookimpl
 
-Importing this package is cheap: torch, timm and albumentations load only when a component of their kind is used.
+The Python API (:mod:`plugtrain.api`): ``plugtrain.train``, ``plugtrain.check``, ``plugtrain.load_run`` and their
+``Result`` / ``LoadedRun``, imported on first use; its errors are ``plugtrain.PlugtrainError`` (``TrainingFailed`` for a
+run that failed while training).
+
+Importing this package is cheap: torch, timm and albumentations load only when a component of their kind is used,
+and the API module only when one of its names is.
 """
 
+from plugtrain.core.errors import PlugtrainError, TrainingFailed
 from plugtrain.core.hookspecs import KINDS, hookimpl
 from plugtrain.core.registry import Component
 
 __version__ = "0.1.0"
 
-__all__ = ["KINDS", "Component", "hookimpl", "__version__"]
+_API = ("LoadedRun", "Result", "check", "load_run", "train")
+
+__all__ = ["KINDS", "Component", "PlugtrainError", "TrainingFailed", "hookimpl", "__version__", *_API]
+
+
+def __getattr__(name: str) -> object:
+    if name in _API:
+        from plugtrain import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'plugtrain' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

@@ -66,13 +66,14 @@ def default_weights(state: dict[str, Any]) -> str:
     return "ema" if best_metric.startswith("val_ema/") else "model"
 
 
-def load_weights(model: Any, state: dict[str, Any], weights: str, path: Path, spec_path: Path) -> None:
-    """Load ``weights`` of the checkpoint ``state`` (read from ``path``) into ``model``, the run's backbone.
+def load_weights(model: Any, state: dict[str, Any], weights: str, path: Path, spec: Any) -> None:
+    """Load ``weights`` of the checkpoint ``state`` (read from ``path``) into ``model``, the backbone of ``spec``.
 
-    The EMA (timm's ``ModelEmaV3``) and SWA (torch's ``AveragedModel``) states hold the averaged copy as
-    ``module.<name>`` (SWA also ``n_averaged``); they load into the backbone with that prefix stripped. A checkpoint
-    without the chosen average, an SWA average of no epoch, or SWA batch-norm statistics never recomputed (a
-    checkpoint saved before the end of training) is bad input."""
+    The EMA state is restored into an EMA of the ``ema`` role (timm's ``ModelEmaV3`` by default) built over the
+    backbone, whose ``.module`` then gives the weights; the SWA state is torch's ``AveragedModel``'s (``module.<name>``
+    and ``n_averaged``) and loads with that prefix stripped. A checkpoint without the chosen average, an SWA average
+    of no epoch, or, for a model with batch norm, an SWA average whose statistics were not recomputed (any checkpoint
+    but the ``last.pt`` of a finished run) is bad input."""
     check_weights(weights)
     if weights == "model":
         saved = state.get("model")
@@ -85,23 +86,36 @@ def load_weights(model: Any, state: dict[str, Any], weights: str, path: Path, sp
                                  f"true); choose --weights model")
         if weights == "swa" and "n_averaged" in averaged and int(averaged["n_averaged"]) == 0:
             raise PlugtrainError(f"{path}: its SWA average holds no epoch yet (saved before trainer.swa_start_epoch)")
-        saved = {k.removeprefix("module."): v for k, v in averaged.items() if k.startswith("module.")}
     try:
+        if weights == "ema":
+            from plugtrain.core.runtime.build import build_ema
+
+            ema = build_ema(model, spec.trainer.ema_decay)
+            ema.load_state_dict(averaged)
+            saved = ema.module.state_dict()
+        elif weights == "swa":
+            saved = {k.removeprefix("module."): v for k, v in averaged.items() if k.startswith("module.")}
         model.load_state_dict(saved)
     except (RuntimeError, KeyError, ValueError) as exc:
-        raise PlugtrainError(f"{path}: its {_LABEL[weights]} do not fit the model of {spec_path}: "
+        raise PlugtrainError(f"{path}: its {_LABEL[weights]} do not fit the model of {spec.source or 'the spec'}: "
                              f"{first_line(exc)}") from None
-    if weights == "swa" and _batch_norm_never_updated(model):
-        raise PlugtrainError(f"{path}: its SWA average has no batch-norm statistics yet (they are recomputed at the "
-                             "end of training and saved in last.pt); use --checkpoint last of a finished run")
+    if weights == "swa" and _has_batch_norm(model) and not _swa_finished(state):
+        raise PlugtrainError(f"{path}: its SWA average has no batch-norm statistics of its own yet (they are "
+                             "recomputed at the end of training and saved in last.pt); use --checkpoint last of a "
+                             "finished run")
 
 
-def _batch_norm_never_updated(model: Any) -> bool:
+def _has_batch_norm(model: Any) -> bool:
     import torch
 
-    counts = [m.num_batches_tracked for m in model.modules()
-              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None]
-    return bool(counts) and all(int(c) == 0 for c in counts)
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _swa_finished(state: dict[str, Any]) -> bool:
+    """Whether the checkpoint was saved after the end-of-training SWA evaluation (its batch-norm statistics
+    recomputed): the trainer adds ``val_swa/*`` to the last epoch's metrics and then saves ``last.pt`` again."""
+    history = state.get("history") or []
+    return bool(history) and any(str(k).startswith("val_swa/") for k in history[-1])
 
 
 def image_reader(spec: Any, in_chans: int) -> Callable[[str | os.PathLike[str]], Any]:
@@ -243,7 +257,7 @@ class LoadedRun(Predictor):
         torch.manual_seed(spec.run.seed)
         model = build.component("backbones", spec.backbone, "backbone",
                                 num_classes=0 if task == "metric_learning" else num_classes)
-        load_weights(model, state, chosen, path, root / "spec.toml")
+        load_weights(model, state, chosen, path, spec)
         self.model = model.to(self.device).eval()
         self.model_input = ModelInput.for_spec(spec, in_chans, self.device)
 

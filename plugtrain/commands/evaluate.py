@@ -50,7 +50,7 @@ def run(run_dir: str, *, checkpoint: str | None = None, split: str = "val", weig
         raise PlugtrainError(f"dataset {spec.data.dataset.name!r} of {run_dir} has no {split} split")
     model = built.backbone.to(env.device)
     criterion = built.criterion.to(env.device)
-    load_weights(model, state, chosen, path, root / "spec.toml")
+    load_weights(model, state, chosen, path, spec)
     try:
         criterion.load_state_dict(state["loss"])
     except (RuntimeError, KeyError) as exc:
@@ -70,7 +70,8 @@ def run(run_dir: str, *, checkpoint: str | None = None, split: str = "val", weig
     if as_json:
         console.print_json(record)
     else:
-        console.table(f"{root.name}: {path.name} (epoch {state.get('epoch')}), {chosen} weights, on {split} "
-                      f"({len(data)} samples)", ["metric", "value"], [(k, f"{v:.4f}") for k, v in results.items()])
+        console.echo(f"{root.name}: {path.name} (epoch {state.get('epoch')}), {chosen} weights, on {split} "
+                     f"({len(data)} samples)")
+        console.table("metrics", ["metric", "value"], [(k, f"{v:.4f}") for k, v in results.items()])
         console.echo(f"written to {out}")
     return 0

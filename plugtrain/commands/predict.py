@@ -18,9 +18,11 @@ from plugtrain.core import console
 from plugtrain.core.errors import PlugtrainError
 
 
-def open_predictor(source: str, checkpoint: str | None = None, weights: str | None = None):  # noqa: ANN201
-    """A run directory -> :class:`~._finished_run.LoadedRun`; an exported ``.onnx`` / ``.pt2`` file ->
-    :class:`~.export.ExportedModel` (``checkpoint`` and ``weights`` are then fixed by the export)."""
+def open_predictor(source: str, checkpoint: str | None = None, weights: str | None = None,
+                   device: str | None = None):  # noqa: ANN201
+    """A run directory -> :class:`~._finished_run.LoadedRun` (on ``device``, default the spec's); an exported
+    ``.onnx`` / ``.pt2`` file -> :class:`~.export.ExportedModel` (on the CPU; ``checkpoint`` and ``weights`` are
+    fixed by the export)."""
     from plugtrain.commands import export
     from plugtrain.commands._finished_run import LoadedRun
 
@@ -29,7 +31,7 @@ def open_predictor(source: str, checkpoint: str | None = None, weights: str | No
             raise PlugtrainError(f"{source}: an exported model has its weights built in; --checkpoint and --weights "
                                  "apply to run directories")
         return export.ExportedModel(source)
-    return LoadedRun(source, checkpoint, weights)
+    return LoadedRun(source, checkpoint, weights, device=device)
 
 
 def run(run_dir: str, images: Sequence[str], *, checkpoint: str | None = None, weights: str | None = None,

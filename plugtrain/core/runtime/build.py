@@ -113,6 +113,24 @@ def class_subset(spec: RunSpec, splits: DatasetSplits) -> tuple[dict[str, list[i
     return out, label_map, list(subset)
 
 
+def fold_subsets(spec: RunSpec, splits: DatasetSplits, subsets: dict[str, list[int] | None]) -> list[int]:
+    """``data.fold = [k, K]``: sets ``subsets["train"]`` to the train split's positions outside fold k (stratified,
+    seeded folds of its samples, or of its ``class_subset`` selection) and returns those of fold k."""
+    from plugtrain.core.runtime.folds import fold_split
+
+    k, folds = spec.data.fold
+    base, targets = subsets["train"], getattr(splits.train, "targets", None)
+    if targets is None:
+        raise PlugtrainError(f"[data] fold needs the train split's targets (a `targets` attribute); dataset "
+                             f"{spec.data.dataset.name!r} has none")
+    targets = list(targets) if base is None else [targets[i] for i in base]
+    train, val = fold_split(targets, k, folds, spec.run.seed)
+    if base is not None:
+        train, val = [base[i] for i in train], [base[i] for i in val]
+    subsets["train"] = list(train)
+    return list(val)
+
+
 def split_targets(split: Any, indices: list[int] | None, label_map: dict[int, int] | None) -> list[int]:
     targets = getattr(split, "targets", None)
     if targets is None:
@@ -336,9 +354,12 @@ def build_run(spec: RunSpec, dist: DistEnv, purpose: str = "train") -> Built:
     val_tf = build_transform(spec, "val", in_chans)
     to_tensor = spec.augmentations.normalize
     seed = spec.run.seed
+    val_split, val_subset = splits.val, subsets["val"]
+    if spec.data.fold:  # cross-validation: fold k of K of the train split validates, the rest trains
+        val_split, val_subset = splits.train, fold_subsets(spec, splits, subsets)
     train_data = AugmentedDataset(splits.train, train_tf, seed, "train", spec.data.num_views, subsets["train"],
                                   label_map, to_tensor)
-    val_data = AugmentedDataset(splits.val, val_tf, seed, "val", 1, subsets["val"], label_map, to_tensor)
+    val_data = AugmentedDataset(val_split, val_tf, seed, "val", 1, val_subset, label_map, to_tensor)
     test_data = None
     if splits.test is not None:
         test_data = AugmentedDataset(splits.test, val_tf, seed, "test", 1, subsets["test"], label_map, to_tensor)

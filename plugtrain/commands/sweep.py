@@ -1,0 +1,74 @@
+"""``plugtrain sweep SWEEP_FILE [--trials N] [--storage URL] [--set K=V] [--check]`` and
+``plugtrain sweep status SWEEP_DIR [--storage URL] [--json]``: hyperparameter sweeps on Optuna.
+
+The sweep file (:mod:`plugtrain.sweep.space`) names a run spec and holds the search space, the objective, the
+sampler and the pruner. Before any trial, the run spec and every choice and both ends of every range are checked
+like any spec (``--check`` stops there); then this process is one worker of the study
+(:mod:`plugtrain.sweep.study`): start as many as there are GPUs (``CUDA_VISIBLE_DEVICES``) or machines (one
+``--storage`` database URL). Optuna is imported here only, never by ``plugtrain list`` or the core.
+
+Exit codes: 0 the study is done (or the check passed); 2 a bad sweep file, spec or storage; 128 + signal number for a
+worker stopped by SIGTERM / SIGINT (its trial is queued again; run the same command to continue).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from plugtrain.core.errors import PlugtrainError
+
+#: The storage URL when --storage is not given (keeps a database password off the command line).
+STORAGE_ENV = "PLUGTRAIN_SWEEP_STORAGE"
+
+
+def run(sweep_file: str, overrides: Sequence[str] = (), *, trials: int | None = None, storage: str | None = None,
+        check: bool = False) -> int:
+    from plugtrain.sweep import space, study
+
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        raise PlugtrainError("plugtrain sweep runs one worker per process: start one per GPU with "
+                             "CUDA_VISIBLE_DEVICES=<i> instead of under torchrun")
+    sw = space.read(sweep_file)
+    base_spec = space.check(sw, list(overrides))
+    if check:
+        study.check_only(sw, base_spec)
+        return 0
+    total = trials if trials is not None else sw.trials
+    if total is None:
+        raise PlugtrainError(f"{sweep_file}: how many trials? give --trials N or [sweep] trials = N (the study's "
+                             "total over all workers)")
+    if total < 1:
+        raise PlugtrainError(f"--trials {total}: give at least 1")
+    study.import_optuna()
+    worker = study.Worker(sw, base_spec, list(overrides), total, storage or os.environ.get(STORAGE_ENV) or None)
+    return worker.run()
+
+
+def status(sweep_dir: str, *, storage: str | None = None, as_json: bool = False) -> int:
+    """The trial table, best first; best.toml and the plots are written again from the study."""
+    from plugtrain.sweep import results, study
+
+    where = Path(sweep_dir)
+    meta = results.read_meta(where)
+    url = storage or os.environ.get(STORAGE_ENV) or None
+    if url is None:
+        if (where / "study.db").is_file():
+            url = study.default_storage(where)
+        else:
+            url = meta.get("storage") or ""
+            if not url or "***" in url:
+                raise PlugtrainError(f"{where}: the study's storage {url or '(unknown)'} is not in this directory and "
+                                     f"sweep.json does not keep its password: give --storage URL (or set "
+                                     f"{STORAGE_ENV})")
+    optuna = study.import_optuna()
+    storage_obj = study.make_storage(url, None, None, 0)
+    try:
+        st = optuna.load_study(study_name=meta.get("study_name", meta.get("name")), storage=storage_obj)
+    except KeyError:
+        raise PlugtrainError(f"{where}: no study {meta.get('study_name')!r} in {study.masked(url)}") from None
+    results.print_status(st, meta, as_json=as_json)
+    if not as_json:
+        results.write_all(st, where, meta)
+    return 0

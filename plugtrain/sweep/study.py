@@ -1,0 +1,564 @@
+"""A sweep worker: one ``plugtrain sweep`` process taking trials of an Optuna study, one after another, in-process.
+
+* The study lives in an Optuna RDB storage: ``sqlite:///<sweep_dir>/study.db`` by default, any SQLAlchemy URL with
+  ``--storage`` (PostgreSQL, MySQL) for workers on several machines. Workers on one study take trials
+  asynchronously (``study.optimize``); the number of trials is the study's total (``MaxTrialsCallback``), counted
+  over every worker: complete and pruned trials, and failed trials that were not retried.
+* A worker does not start a trial when the trials that are done or running elsewhere already fill the total; it
+  waits (polling the storage) while the last trials run on other workers, so that if one of those dies its retry is
+  taken at once, and stops when the study is done.
+* Heartbeats (``RDBStorage(heartbeat_interval=, grace_period=)``): a trial whose worker died (SIGKILL, a lost
+  machine) is failed by the next worker that looks, and Optuna's retry callback queues the same parameters again
+  (``max_retries`` times). A worker stopped by SIGTERM / SIGINT writes the run's ``last.pt``, fails its trial and
+  queues its retry before it exits (128 + signal). Restarting ``plugtrain sweep`` continues the study.
+* Each trial is an ordinary run in ``<sweep_dir>/trial-NNNN/`` (or K fold runs in ``trial-NNNN/fold-k/``), with a
+  ``trial.json`` (state, parameters, objective, times, worker); a pruned trial's directory is kept and gets a
+  ``PRUNED`` file. The objective is reported to Optuna after every epoch (``trial.report(value, epoch)``) by a
+  callback given to the trainer, which calls ``trainer.request_stop`` when the pruner says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import inspect
+import logging
+import math
+import os
+import socket
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from plugtrain.core import console
+from plugtrain.core.errors import PlugtrainError, first_line
+from plugtrain.sweep import results
+from plugtrain.sweep.space import Sweep, SweepError, relocate, toml_value
+
+
+def import_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise PlugtrainError("plugtrain sweep needs Optuna: pip install 'plugtrain[sweep]' (optuna, matplotlib)") \
+            from None
+    if not (os.environ.get("PLUGTRAIN_DEBUG", "") not in ("", "0")):
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+class TrialError(Exception):
+    """A trial that failed (bad sampled spec, NaN loss, out of memory, ...): recorded, and the sweep goes on."""
+
+
+# -- storage, sampler, pruner ------------------------------------------------------------------------------------------
+def default_storage(sweep_dir: Path) -> str:
+    return f"sqlite:///{Path(sweep_dir).resolve() / 'study.db'}"
+
+
+def masked(url: str) -> str:
+    """The URL with its password hidden (what sweep.json records)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: RDBStorage will say so
+        return url
+
+
+def retry_callback(optuna: Any, max_retries: int) -> Any:
+    """Optuna's retry callback (the same parameters queued again, ``max_retries`` times), marking the failed trial's
+    ``trial.json`` too."""
+    cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    return MarkedRetry(cls(max_retry=max_retries))
+
+
+class MarkedRetry:
+    """Wraps Optuna's retry callback: after queuing the retry, the failed trial's ``trial.json`` (when its run
+    directory is on this machine) says FAIL, why, and which trial retries it."""
+
+    def __init__(self, retry: Any, reason: str = "its worker stopped sending heartbeats (killed, or its machine "
+                                                 "was lost)") -> None:
+        self.retry, self.reason = retry, reason
+
+    def __call__(self, study: Any, frozen: Any) -> None:
+        self.retry(study, frozen)
+        retried_as = None
+        for t in study.get_trials(deepcopy=False):
+            history = t.system_attrs.get("retry_history") or []
+            if history and history[-1] == frozen.number and t.number != frozen.number:
+                retried_as = t.number
+        run_dir = frozen.user_attrs.get("run_dir")
+        path = Path(run_dir) / "trial.json" if run_dir else None
+        if path is None or not path.is_file():
+            return
+        with contextlib.suppress(OSError, ValueError):
+            import json
+
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if record.get("state") == "RUNNING" or self.reason.startswith("interrupted"):
+                record.update(state="FAIL", error=self.reason, retried_as=retried_as,
+                              finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                results.write_json(path, record)
+
+
+def make_storage(url: str, heartbeat: int | None, grace_period: int | None, max_retries: int) -> Any:
+    """An ``RDBStorage`` with heartbeats and the retry callback (none for ``heartbeat=None``: reading only); SQLite
+    waits for its lock instead of failing."""
+    optuna = import_optuna()
+    kwargs: dict[str, Any] = {}
+    if heartbeat is not None:
+        kwargs = {"heartbeat_interval": heartbeat, "grace_period": grace_period or 2 * heartbeat}
+        params = inspect.signature(optuna.storages.RDBStorage).parameters
+        key = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params \
+            else "failed_trial_callback"
+        kwargs[key] = retry_callback(optuna, max_retries)
+    engine: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine["connect_args"] = {"timeout": 120}
+    last: Exception | None = None
+    for attempt in range(5):  # workers that start at once race to create the tables
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
+        except ImportError as exc:
+            raise PlugtrainError(f"--storage {masked(url)}: {first_line(exc)} (install the database's driver, "
+                                 "e.g. psycopg2-binary for PostgreSQL)") from None
+        except Exception as exc:  # noqa: BLE001 - sqlalchemy's OperationalError and friends
+            last = exc
+            time.sleep(0.5 * (attempt + 1))
+    raise PlugtrainError(f"cannot open the study storage {masked(url)}: {type(last).__name__}: {first_line(last)}")
+
+
+def make_sampler(optuna: Any, sw: Sweep, seed: int | None) -> Any:
+    s = sw.sampler
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.name == "grid":
+        return optuna.samplers.GridSampler({q.name: q.grid() for q in sw.params}, seed=seed)
+    kwargs: dict[str, Any] = {"seed": seed, "constant_liar": True}
+    if "startup_trials" in s.options:
+        kwargs["n_startup_trials"] = s.options["startup_trials"]
+    if "multivariate" in s.options:
+        kwargs["multivariate"] = s.options["multivariate"]
+    return optuna.samplers.TPESampler(**kwargs)
+
+
+def make_pruner(optuna: Any, sw: Sweep) -> Any:
+    p = sw.pruner
+    if p.name == "none":
+        return optuna.pruners.NopPruner()
+    if p.name == "successive_halving":
+        o = p.options
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=o.get("min_resource", "auto"),
+                                                      reduction_factor=o.get("reduction_factor", 4),
+                                                      min_early_stopping_rate=o.get("min_early_stopping_rate", 0))
+    o = p.options
+    return optuna.pruners.MedianPruner(n_startup_trials=o.get("startup_trials", 5),
+                                       n_warmup_steps=o.get("warmup_epochs", 0), interval_steps=o.get("interval", 1))
+
+
+# -- the callback given to the trainer ---------------------------------------------------------------------------------
+class Reporter:
+    """``on_epoch_end``: the objective to Optuna (``trial.report(value, offset + epoch)``); when the pruner says so,
+    ``trainer.request_stop``. The last step of the trial (its last epoch of its last fold) is never pruned: the trial
+    is complete by then."""
+
+    def __init__(self, trial: Any, metric: str, offset: int = 0, final_step: int | None = None,
+                 on_start: Any = None) -> None:
+        self.trial, self.metric, self.offset, self.final_step = trial, metric, offset, final_step
+        self.on_start = on_start
+        self.pruned_at: int | None = None
+        self.last: float | None = None
+
+    def on_train_start(self, trainer: Any) -> None:
+        if self.on_start is not None:  # the run directory exists now: the trial's record goes in it
+            self.on_start()
+        for row in trainer.history:  # resumed from an interrupted attempt: its epochs count for this trial
+            value = row.get(self.metric)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.trial.report(float(value), self.offset + int(row["epoch"]))
+                self.last = float(value)
+
+    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+        value = metrics.get(self.metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return
+        step = self.offset + epoch
+        self.trial.report(float(value), step)
+        self.last = float(value)
+        if step != self.final_step and self.trial.should_prune():
+            self.pruned_at = epoch
+            trainer.request_stop(f"pruned by the sweep's pruner ({self.metric} = {value:.4g} at epoch {epoch})")
+
+
+# -- the worker --------------------------------------------------------------------------------------------------------
+class Worker:
+    def __init__(self, sw: Sweep, base_spec: Any, cli_overrides: list[str], trials: int, storage: str | None) -> None:
+        self.sw = sw
+        self.base_spec = base_spec
+        self.cli_overrides = list(cli_overrides)
+        self.base = [*sw.fixed_overrides(), *self.cli_overrides]
+        self.trials = trials
+        self.sweep_dir = Path(base_spec.run.output_dir) / sw.name
+        self.storage_url = storage or default_storage(self.sweep_dir)
+        self.objective_name = sw.objective or base_spec.primary_metric
+        self.mode = sw.mode or (base_spec.mode if not sw.objective else _guess_mode(sw.objective, base_spec))
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.tb = results.ObjectiveWriter(self.sweep_dir)
+        self.interrupted: Any = None
+        self.poll = max(0.5, min(float(sw.heartbeat), 5.0))
+        self._carried: tuple[Path, int] | None = None
+
+    # -- set-up ------------------------------------------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        return {"name": self.sw.name, "sweep_file": str(self.sw.path.resolve()),
+                "spec": str(Path(self.sw.spec).resolve()), "overrides": self.base,
+                "output_dir": self.base_spec.run.output_dir, "storage": masked(self.storage_url),
+                "study_name": self.sw.name, "objective": self.objective_name, "mode": self.mode,
+                "trials": self.trials, "folds": self.sw.folds, "sampler": self.sw.sampler.name,
+                "pruner": self.sw.pruner.name}
+
+    def _write_meta(self) -> dict[str, Any]:
+        path = self.sweep_dir / results.SWEEP_JSON
+        meta = self.meta()
+        if path.is_file():
+            old = results.read_meta(self.sweep_dir)
+            for key in ("objective", "mode"):
+                if old.get(key) != meta[key]:
+                    raise PlugtrainError(f"{self.sweep_dir}: this sweep directory's study optimises "
+                                         f"{old.get('objective')} ({old.get('mode')}), not {self.objective_name} "
+                                         f"({self.mode}): choose another [sweep] name")
+            meta["created"] = old.get("created")
+        meta.setdefault("created", None)
+        meta["created"] = meta["created"] or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        results.write_json(path, meta)
+        return meta
+
+    def open_study(self) -> Any:
+        optuna = import_optuna()
+        storage = make_storage(self.storage_url, self.sw.heartbeat, self.sw.grace_period, self.sw.max_retries)
+        direction = "maximize" if self.mode == "max" else "minimize"
+        pruner = make_pruner(optuna, self.sw)
+        try:
+            study = optuna.create_study(storage=storage, study_name=self.sw.name, direction=direction, pruner=pruner,
+                                        sampler=optuna.samplers.RandomSampler(), load_if_exists=False)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(storage=storage, study_name=self.sw.name, pruner=pruner,
+                                      sampler=optuna.samplers.RandomSampler())
+            created = False
+        want = optuna.study.StudyDirection.MAXIMIZE if self.mode == "max" else optuna.study.StudyDirection.MINIMIZE
+        if study.direction != want:
+            raise PlugtrainError(f"study {self.sw.name!r} in {masked(self.storage_url)} is to "
+                                 f"{study.direction.name.lower()}, but this sweep's mode is {self.mode!r}")
+        seed = None if self.sw.seed is None else self.sw.seed + len(study.get_trials(deepcopy=False))
+        study.sampler = make_sampler(optuna, self.sw, seed)
+        if created:
+            for point in self.sw.enqueue:
+                study.enqueue_trial(point, skip_if_exists=True)
+        return study
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        optuna = import_optuna()
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        meta = self._write_meta()
+        study = self.open_study()
+        optuna.storages.fail_stale_trials(study)
+        c = results.tally(study.get_trials(deepcopy=False))
+        console.echo(f"sweep {self.sw.name}: {c['done']} of {self.trials} trials done, {c['running']} running "
+                     f"elsewhere; study {masked(self.storage_url)}; worker {self.worker}; sweep dir {self.sweep_dir}")
+        code = 0
+        try:
+            if self._go_on(study):
+                max_trials = optuna.study.MaxTrialsCallback(
+                    self.trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+                study.optimize(self.objective, catch=(TrialError,), gc_after_trial=True,
+                               callbacks=[self._after_trial, max_trials, self._budget])
+        except BaseException as exc:
+            from plugtrain.core.runtime.trainer import Interrupted
+
+            if not isinstance(exc, Interrupted):
+                raise
+            code = 128 + exc.signum
+            console.echo(f"sweep {self.sw.name}: worker stopped by signal {exc.signum}; its trial was failed and "
+                         "queued again: run the same command to continue the study")
+        finally:
+            self.tb.close()
+            from plugtrain.core.runtime import distributed
+
+            distributed.teardown()
+        if code == 0:
+            c = results.tally(study.get_trials(deepcopy=False))
+            if self.sw.sampler.name == "grid" and c["done"] < self.trials:
+                n = 1
+                for q in self.sw.params:
+                    n *= len(q.grid() or [])
+                console.echo(f"sweep {self.sw.name}: every point of the grid ({n}) has been tried")
+            results.write_all(study, self.sweep_dir, meta)
+            results.print_status(study, meta)
+        return code
+
+    def _go_on(self, study: Any) -> bool:
+        """Whether this worker should start another trial: the trials done plus those running (anywhere) leave room.
+        While the last trials run on other workers, wait for them: one that dies is failed and queued again, and
+        this worker takes it."""
+        import optuna
+
+        said = False
+        while True:
+            c = results.tally(study.get_trials(deepcopy=False))
+            if c["done"] >= self.trials:
+                return False
+            if c["done"] + c["running"] < self.trials:
+                return True
+            if not said:
+                console.echo(f"sweep {self.sw.name}: {c['done']} of {self.trials} trials done; waiting for the "
+                             f"{c['running']} running on other workers")
+                said = True
+            time.sleep(self.poll)
+            optuna.storages.fail_stale_trials(study)
+
+    def _budget(self, study: Any, frozen: Any) -> None:
+        if not self._go_on(study):
+            study.stop()
+
+    def _after_trial(self, study: Any, frozen: Any) -> None:
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        c = results.tally(trials)
+        what = frozen.state.name.lower()
+        if frozen.state == TrialState.COMPLETE:
+            self.tb.add(frozen.number, float(frozen.value))
+            what += f": {self.objective_name} = {frozen.value:.4g}"
+        elif frozen.state == TrialState.PRUNED:
+            what += f" at epoch {frozen.user_attrs.get('pruned_at_epoch')}"
+        elif frozen.state == TrialState.FAIL:
+            what = "failed"
+        best = ""
+        with contextlib.suppress(ValueError):
+            b = study.best_trial
+            best = f"; best: trial {b.number}, {self.objective_name} = {b.value:.4g}"
+        console.echo(f"sweep {self.sw.name}: trial {frozen.number} {what}; {c['done']} of {self.trials} done{best}")
+
+    # -- one trial ---------------------------------------------------------------------------------------------
+    def objective(self, trial: Any) -> float:
+        import optuna
+
+        from plugtrain.core.runtime.trainer import Interrupted
+        from plugtrain.core.spec import SpecError, load_spec
+
+        started = datetime.datetime.now(datetime.timezone.utc)
+        name = f"trial-{trial.number:04d}"
+        tdir = self.sweep_dir / name
+        values = {q.name: q.suggest(trial) for q in self.sw.params}
+        sampled = [q.override(values[q.name]) for q in self.sw.params]
+        places = {q.override(values[q.name]): f"{q.where}: [params] {q.name} = {toml_value(values[q.name])}"
+                  for q in self.sw.params}
+        own = [*sampled, f"run.primary_metric={toml_value(self.objective_name)}", f"run.mode={toml_value(self.mode)}"]
+        history = _frozen(trial).system_attrs.get("retry_history") or []
+        retry_of = history[0] if history else None
+        trial.set_user_attr("overrides", own)
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("run_dir", str(tdir.resolve()))
+        record = {"number": trial.number, "state": "RUNNING", "params": values, "objective": self.objective_name,
+                  "mode": self.mode, "value": None, "started": started.isoformat(timespec="seconds"),
+                  "worker": self.worker, "retry_of": retry_of, "folds": self.sw.folds or None}
+        for own_file in ("trial.json", "PRUNED"):  # left by a trial of this number in an earlier study
+            (tdir / own_file).unlink(missing_ok=True)
+        from plugtrain.core.runtime import rundir
+
+        overwrite = rundir.is_run_dir(tdir)
+        if self.sw.folds:
+            tdir.mkdir(parents=True, exist_ok=True)
+            results.write_json(tdir / "trial.json", record)
+        shown = ", ".join(f"{k}={toml_value(v)}" for k, v in values.items())
+        again = f" (retry of {retry_of})" if retry_of is not None else ""
+        console.echo(f"sweep {self.sw.name}: trial {trial.number}{again}: {shown}; run dir {tdir}")
+        overrides = [*self.base, *own, f"run.output_dir={toml_value(str(self.sweep_dir))}",
+                     f"run.name={toml_value(name)}"]
+        t0 = time.monotonic()
+
+        def finish(state: str, **extra: Any) -> None:
+            record.update(state=state, finished=datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"), seconds=round(time.monotonic() - t0, 2), **extra)
+            tdir.mkdir(parents=True, exist_ok=True)
+            results.write_json(tdir / "trial.json", record)
+
+        try:
+            try:
+                spec = load_spec(self.sw.spec, overrides)
+            except SpecError as exc:
+                problems = relocate(exc.problems, self.sw.spec, {**self.sw.locations(), **places})
+                raise TrialError("the sampled spec is not valid: " + "; ".join(problems)) from None
+            epochs = spec.run.epochs
+            folds = self.sw.folds
+            if folds:
+                value, reporters, done_epochs, best_epoch = self._cross_validate(trial, spec, overrides, folds)
+            else:
+                reporter = Reporter(trial, self.objective_name, 0, final_step=epochs,
+                                    on_start=lambda: results.write_json(tdir / "trial.json", record))
+                from plugtrain.sweep import runner
+
+                resume = self._resume_point(history, tdir) if not overwrite else None
+                if resume is not None:
+                    record["resumed_from"] = str(resume)
+                    console.echo(f"sweep {self.sw.name}: trial {trial.number} continues trial {history[-1]} from "
+                                 f"{resume}")
+                try:
+                    res = runner.train(self.sw.spec, overrides, overwrite=overwrite, callbacks=[reporter],
+                                       resume=str(resume) if resume is not None else None)
+                finally:
+                    self._carry_rows(tdir)
+                reporters, done_epochs = [reporter], res.epochs
+                best = res.best(self.objective_name, self.mode)
+                value, best_epoch = (float(best[1][self.objective_name]), best[0]) if best else (None, None)
+            trial.set_user_attr("epochs", done_epochs)
+            pruned = next((r for r in reporters if r.pruned_at is not None), None)
+            if pruned is not None:
+                trial.set_user_attr("pruned_at_epoch", pruned.pruned_at)
+                (tdir / "PRUNED").write_text(
+                    f"pruned by the {self.sw.pruner.name} pruner after epoch {pruned.pruned_at}: "
+                    f"{self.objective_name} = {pruned.last}\n", encoding="utf-8")
+                finish("PRUNED", epochs=done_epochs, pruned_at_epoch=pruned.pruned_at, value=pruned.last)
+                raise optuna.TrialPruned(f"pruned after epoch {pruned.pruned_at}")
+            if value is None:
+                raise TrialError(f"no epoch reported a finite {self.objective_name}")
+            trial.set_user_attr("best_epoch", best_epoch)
+            finish("COMPLETE", value=value, epochs=done_epochs, best_epoch=best_epoch)
+            return value
+        except optuna.TrialPruned:
+            raise
+        except Interrupted as exc:
+            finish("FAIL", error=f"interrupted by signal {exc.signum}; queued again")
+            trial.set_user_attr("error", f"interrupted by signal {exc.signum}")
+            self._retry(trial, f"interrupted by signal {exc.signum} (last.pt written)")
+            raise
+        except KeyboardInterrupt:
+            finish("FAIL", error="interrupted")
+            raise
+        except TrialError as exc:
+            self._failed(trial, str(exc), finish)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed trial is recorded; the sweep goes on
+            msg = str(exc) if isinstance(exc, PlugtrainError) else f"{type(exc).__name__}: {first_line(exc)}"
+            self._failed(trial, msg, finish)
+            if os.environ.get("PLUGTRAIN_DEBUG", "") not in ("", "0"):
+                import traceback
+
+                traceback.print_exc()
+            raise TrialError(msg) from exc
+
+    def _resume_point(self, history: list[int], tdir: Path) -> Path | None:
+        """A retry continues the interrupted attempt (``history[-1]``, same parameters) from its ``last.pt``, when
+        that run directory is on this machine: its ``metrics.csv`` rows up to the checkpoint's epoch are carried
+        over, and the trainer resumes exactly (epoch, batch, every state and RNG)."""
+        if not history:
+            return None
+        old = self.sweep_dir / f"trial-{int(history[-1]):04d}"
+        last = old / "checkpoints" / "last.pt"
+        if not last.is_file():
+            return None
+        try:
+            from plugtrain.core.runtime import checkpoint as ckpt
+
+            epoch = int(ckpt.load(last)["epoch"])
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint: start the retry from scratch
+            return None
+        self._carried = (old / "metrics.csv", epoch)
+        return last
+
+    def _carry_rows(self, tdir: Path) -> None:
+        """Put the interrupted attempt's ``metrics.csv`` rows (up to its checkpoint's epoch) before this run's."""
+        import csv
+
+        carried, self._carried = self._carried, None
+        if carried is None or not carried[0].is_file() or not (tdir / "metrics.csv").is_file():
+            return
+        source, epoch = carried
+        with source.open(newline="") as f:
+            old = [r for r in csv.DictReader(f) if r.get("epoch") and float(r["epoch"]) <= epoch]
+        with (tdir / "metrics.csv").open(newline="") as f:
+            new = list(csv.DictReader(f))
+        seen = {r.get("epoch") for r in new}
+        rows = [r for r in old if r.get("epoch") not in seen] + new
+        columns: list[str] = []
+        for r in rows:
+            columns += [c for c in r if c not in columns]
+        tmp = tdir / f".metrics.csv.tmp-{os.getpid()}"
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, tdir / "metrics.csv")
+
+    def _failed(self, trial: Any, msg: str, finish: Any) -> None:
+        trial.set_user_attr("error", msg[:2000])
+        finish("FAIL", error=msg)
+        console.error(f"sweep {self.sw.name}: trial {trial.number} failed: {msg}")
+
+    def _retry(self, trial: Any, reason: str) -> None:
+        """Queue the parameters of an interrupted trial again (as Optuna's retry callback does for a dead worker)."""
+        import optuna
+
+        retry = retry_callback(optuna, self.sw.max_retries)
+        retry.reason = reason
+        retry(trial.study, _frozen(trial))
+
+    def _cross_validate(self, trial: Any, spec: Any, overrides: list[str],
+                        folds: int) -> tuple[float | None, list[Reporter], int, Any]:
+        from plugtrain.sweep import cv
+
+        epochs = spec.run.epochs
+        reporters: list[Reporter] = []
+
+        def callbacks_for(k: int) -> list[Any]:
+            r = Reporter(trial, self.objective_name, (k - 1) * epochs, final_step=folds * epochs)
+            reporters.append(r)
+            return [r]
+
+        class _Pruned(Exception):
+            pass
+
+        def after_fold(k: int, res: Any) -> None:
+            if reporters[-1].pruned_at is not None:
+                raise _Pruned
+
+        done = 0
+        try:
+            result = cv.cross_validate(self.sw.spec, overrides, folds, overwrite=True, callbacks_for=callbacks_for,
+                                       after_fold=after_fold)
+        except _Pruned:
+            return None, reporters, sum(r.pruned_at or epochs for r in reporters), None
+        done = sum(r.epochs for r in result.runs)
+        cv.print_table(result)
+        best_epochs = [e for e, _ in result.best_rows]
+        return result.objective, reporters, done, best_epochs
+
+
+def _frozen(trial: Any) -> Any:
+    """The stored record of a running trial (its system attributes: a retry's ``failed_trial``)."""
+    return next(t for t in trial.study.get_trials(deepcopy=True) if t.number == trial.number)
+
+
+def _guess_mode(objective: str, spec: Any) -> str:
+    """The direction of an objective that is not the spec's primary metric: as the spec model guesses it."""
+    import attrs
+
+    guess = attrs.evolve(spec, run=attrs.evolve(spec.run, primary_metric=objective, mode=None))
+    return guess.mode
+
+
+def check_only(sw: Sweep, base_spec: Any) -> None:
+    """``plugtrain sweep --check``: what the check covered, one line."""
+    n = sum(len(q.extremes()) for q in sw.params)
+    console.echo(f"{sw.display}: OK ({len(sw.params)} parameter(s), {n} value(s) checked against {sw.spec}; "
+                 f"objective {sw.objective or base_spec.primary_metric}; sweep dir "
+                 f"{Path(base_spec.run.output_dir) / sw.name})")
+
+
+__all__ = ["Reporter", "SweepError", "TrialError", "Worker", "check_only", "default_storage", "import_optuna"]
