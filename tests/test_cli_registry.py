@@ -145,7 +145,7 @@ def test_show_text_prints_summary_doc_and_parameters(cli):
     assert "Focal loss: cross-entropy scaled by" in out  # the docstring
     params = {line.split("\t")[0]: line.split("\t") for line in out.splitlines() if "\t" in line}
     assert params["name"] == ["name", "annotation", "default"]
-    assert params["gamma"] == ["gamma", "float", "2.0"]
+    assert params["gamma"] == ["gamma", "float >= 0", "2.0"]
     assert params["alpha"] == ["alpha", "float | None", "None"]
     assert params["reduction"] == ["reduction", "Literal['mean', 'sum', 'none']", "'mean'"]
 
