@@ -11,12 +11,23 @@ prefetching). The references use the very ``Compose`` object the runtime built f
 * ``bare DataLoader`` -- a minimal ``Dataset`` (PIL decode, Compose, to tensor) and the default collate in a
   ``torch.utils.data.DataLoader`` with the same workers, prefetching and batch size: the framework's own cost.
 
+Two more rows measure the data-at-scale paths on the same PNGs:
+
+* ``cache (memory), epoch 2+`` -- the same spec with ``data.cache = "memory"``: one epoch fills the cache (not
+  timed), then every timed epoch reads decoded pixels from it; against the ``bare loop, decoded images`` reference.
+  Once with the spec's workers, once with ``num_workers = 0`` (plugtrain in one process like the reference: the
+  per-sample cost, which other load on the machine's cores does not skew).
+* ``webdataset vs imagefolder`` -- the folder written to shards by ``plugtrain shards`` (the spec's own splits,
+  so the same train images), read by the ``webdataset`` dataset; the reference is plugtrain's ``imagefolder`` path.
+
 Each number is one epoch in steady state (workers already started); the sides alternate; medians of ``--repeats``.
-Goal: plugtrain / reference >= 0.95 (images/s).
+Goal: plugtrain / reference >= 0.95 (images/s). ``--only`` runs some rows (``decoded,dataloader,cache,webdataset``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -49,7 +60,8 @@ def write_imagefolder(root: Path, n: int, size: int = SOURCE_SIZE, classes: int 
     return root
 
 
-def spec_text(root: Path, workers: int, out: Path, decoder: str = "pil") -> str:
+def spec_text(root: Path, workers: int, out: Path, decoder: str = "pil", data: str | None = None) -> str:
+    data = data or f'dataset = "imagefolder"\nroot = "{root}"\ndecoder = "{decoder}"\nval_fraction = 0.1'
     return f"""
 [run]
 name = "dataloader"
@@ -58,10 +70,7 @@ seed = 0
 epochs = 1
 
 [data]
-dataset = "imagefolder"
-root = "{root}"
-decoder = "{decoder}"
-val_fraction = 0.1
+{data}
 image_size = {IMAGE_SIZE}
 batch_size = {BATCH}
 num_workers = {workers}
@@ -117,6 +126,8 @@ def main() -> None:
         p.add_argument("--images", type=int, default=2048, help="images in the folder (train gets 90%%)")
         p.add_argument("--decoder", choices=("pil", "cv2"), default="pil",
                        help="plugtrain's imagefolder decoder (the references decode with PIL)")
+        p.add_argument("--only", default="decoded,dataloader,cache,webdataset",
+                       help="rows to run, comma-separated: decoded, dataloader, cache, webdataset (default: all)")
 
     args = main_args(__doc__, extra)
     n_images, repeats = (192, 1) if args.quick else (args.images, args.repeats)
@@ -139,14 +150,18 @@ def main() -> None:
 
         epoch = [0]
 
-        def plugtrain_epoch() -> float:
-            trainer.sampler.set_epoch(epoch[0], 0)
-            epoch[0] += 1
-            count = 0
-            t = time.perf_counter()
-            for batch in trainer.train_loader:
-                count += batch["images"].shape[0]
-            return count / (time.perf_counter() - t)
+        def epoch_of(tr: Any) -> Any:
+            def one_epoch() -> float:
+                tr.sampler.set_epoch(epoch[0], 0)
+                epoch[0] += 1
+                count = 0
+                t = time.perf_counter()
+                for batch in tr.train_loader:
+                    count += batch["images"].shape[0]
+                return count / (time.perf_counter() - t)
+            return one_epoch
+
+        plugtrain_epoch = epoch_of(trainer)
 
         bare_loader = torch.utils.data.DataLoader(
             BareDataset(paths, targets, transform), batch_size=BATCH, shuffle=True, drop_last=True,
@@ -173,16 +188,54 @@ def main() -> None:
                 count += images.shape[0]
             return count / (time.perf_counter() - t)
 
+        only = {x.strip() for x in args.only.split(",") if x.strip()}
+        extra_trainers: list[Any] = []
+        rows = []
+
+        def measure(case: str, ref: Any, cand: Any, what: str) -> None:
+            b, p = alternate(ref, cand, repeats)
+            rows.append(row("dataloader", case, b, p, "img/s", GOAL, better="higher"))
+            print(f"  {case}: {what} {b:.0f} img/s, plugtrain {p:.0f} img/s, ratio {p / b:.3f}", flush=True)
+
         try:
             plugtrain_epoch(), bare_loader_epoch(), bare_loop_epoch()  # warm-up: workers started, caches warm
-            rows = []
-            for label, ref in (("bare loop, decoded images (1 process)", bare_loop_epoch),
-                               (f"bare DataLoader ({args.workers} workers)", bare_loader_epoch)):
-                b, p = alternate(ref, plugtrain_epoch, repeats)
-                rows.append(row("dataloader", f"img/s vs {label}", b, p, "img/s", GOAL, better="higher"))
-                print(f"  vs {label}: bare {b:.0f} img/s, plugtrain {p:.0f} img/s, ratio {p / b:.3f}", flush=True)
+            for key, label, ref in (("decoded", "bare loop, decoded images (1 process)", bare_loop_epoch),
+                                    ("dataloader", f"bare DataLoader ({args.workers} workers)", bare_loader_epoch)):
+                if key in only:
+                    measure(f"img/s vs {label}", ref, plugtrain_epoch, "bare")
+            if "cache" in only:
+                cached = build_trainer(spec, ['data.cache="memory"'], progress=False)
+                extra_trainers.append(cached)
+                cached_epoch = epoch_of(cached)
+                t = time.perf_counter()
+                fill = cached_epoch()  # epoch 1: decodes and fills the cache (not timed in the row)
+                print(f"  cache (memory), epoch 1 (fills it): {fill:.0f} img/s, {time.perf_counter() - t:.1f} s",
+                      flush=True)
+                measure("cache (memory), epoch 2+, vs bare loop, decoded", bare_loop_epoch, cached_epoch, "bare")
+                # the same in one process (0 workers): the per-sample cost, whatever the other load on the cores
+                cached0 = build_trainer(spec, ['data.cache="memory"', "data.num_workers=0"], progress=False)
+                extra_trainers.append(cached0)
+                cached0_epoch = epoch_of(cached0)
+                cached0_epoch()
+                measure("cache, epoch 2+, 0 workers, vs bare loop", bare_loop_epoch, cached0_epoch, "bare")
+            if "webdataset" in only:
+                from plugtrain.commands import shards as shards_command
+
+                with contextlib.redirect_stdout(io.StringIO()):
+                    shards_command.run(str(spec), out=str(tmp / "shards"), shard_size=256)
+                wspec = tmp / "spec-webdataset.toml"
+                wspec.write_text(spec_text(root, args.workers, tmp / "runs", args.decoder,
+                                           data=f'dataset = "webdataset"\nshards = "{tmp / "shards"}"'))
+                wds_trainer = build_trainer(wspec, progress=False)
+                extra_trainers.append(wds_trainer)
+                wds_epoch = epoch_of(wds_trainer)
+                wds_epoch()  # warm-up
+                measure(f"webdataset vs imagefolder ({args.workers} workers)", plugtrain_epoch, wds_epoch,
+                        "imagefolder")
         finally:
             trainer.close()
+            for t in extra_trainers:
+                t.close()
     finish(rows, args)
 
 

@@ -1,7 +1,9 @@
-"""Built-in datasets: image folders, csv manifests, MNIST-format IDX files and scikit-learn's digits.
+"""Built-in datasets: image folders, csv manifests, WebDataset shards, MNIST-format IDX files and scikit-learn's
+digits.
 
-One module per dataset (:mod:`.imagefolder`, :mod:`.manifest`, :mod:`.idx`, :mod:`.sklearn_digits`), the one image
-decoder (:mod:`.decode`), the split sequences (:mod:`.splits`) and the shared checks (:mod:`.common`). Every factory
+One module per dataset (:mod:`.imagefolder`, :mod:`.manifest`, :mod:`.webdataset`, :mod:`.idx`,
+:mod:`.sklearn_digits`), the one image decoder (:mod:`.decode`), the split sequences (:mod:`.splits`), the
+decoded-sample cache of the file datasets (:mod:`.cache`) and the shared checks (:mod:`.common`). Every factory
 returns a :class:`plugtrain.core.data.DatasetSplits` whose splits are sequences of ``(image, target)`` with
 ``image`` an ``HxWxC`` uint8 array, a ``targets`` list (no decoding) for samplers, and ``skipped`` / ``problems``
 describing what indexing dropped (see :class:`.splits.ImageFileSplit`). Every factory has a ``read_image``
@@ -12,10 +14,12 @@ When faults are found
 ---------------------
 * At build time, always a :class:`~plugtrain.core.errors.PlugtrainError` (whatever ``on_error`` says): a missing
   root, manifest or IDX file, a folder without class sub-folders, a manifest without the needed header columns,
-  an IDX file with a bad header or too few bytes, a bad parameter, a data set with no usable sample left.
+  an IDX file with a bad header or too few bytes, a missing, compressed, truncated or corrupt tar shard, a bad
+  parameter, a data set with no usable sample left, a decoded-sample cache that does not fit.
 * At build time, per ``on_error``: an empty class folder, a manifest row whose file is missing or whose label is
-  out of range / unparsable, an IDX label out of range. ``"raise"``: a PlugtrainError naming the folder, or the
-  ``csv:line`` and path, or the IDX file and index. ``"skip"``: the sample is dropped and counted in the split's
+  out of range / unparsable, an IDX label out of range, a shard sample without an image or target member (or a
+  target out of range). ``"raise"``: a PlugtrainError naming the folder, or the ``csv:line`` and path, or the IDX
+  file and index, or ``shard:key``. ``"skip"``: the sample is dropped and counted in the split's
   ``skipped`` (an empty class folder drops no sample: the class is kept, so labels stay those of the folder names,
   and it is listed in ``problems``).
 * At ``__getitem__`` (in DataLoader workers): a corrupt, truncated, zero-byte, unreadable or vanished image file
@@ -31,12 +35,14 @@ from plugtrain import Component, hookimpl
 
 @hookimpl
 def plugtrain_datasets():
-    from plugtrain.plugins.datasets import idx, imagefolder, manifest, sklearn_digits
+    from plugtrain.plugins.datasets import idx, imagefolder, manifest, sklearn_digits, webdataset
 
     return [
         Component("imagefolder", imagefolder.imagefolder,
                   summary="Images in one sub-folder per class (train/val folders or a split)."),
         Component("csv", manifest.csv_manifest, summary="Images listed in a csv manifest: path,label or path,target."),
+        Component("webdataset", webdataset.webdataset,
+                  summary="Images in WebDataset .tar shards (paths, brace patterns, pipe: URLs), random access."),
         Component("idx", idx.idx, summary="MNIST-format IDX files (MNIST, Fashion-MNIST), raw or gzipped."),
         Component("sklearn-digits", sklearn_digits.sklearn_digits,
                   summary="scikit-learn's 1,797 8x8 handwritten digits (no files)."),

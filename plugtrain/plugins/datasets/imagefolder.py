@@ -27,10 +27,13 @@ def imagefolder(
     channels: Literal[1, 3] = 3,
     extensions: list[str] | None = None,
     decoder: Literal["pil", "cv2"] = "pil",
+    cache: Literal["none", "memory", "disk"] = "none",
+    cache_dir: str | None = None,
+    cache_max_gb: float | None = None,
     seed: int = 0,
     on_error: str = "raise",
 ):
-    """Images in one sub-folder per class, decoded from disk as they are read (never all held in memory).
+    """Images in one sub-folder per class, decoded from disk as they are read (held in memory only with ``cache``).
 
     Two layouts. With a ``train/`` folder under ``root``: ``train/<class>/...``, ``val/<class>/...`` (or ``valid/``,
     ``validation/``) and an optional ``test/<class>/...``; without ``val/``, ``val_fraction`` of ``train/`` is held
@@ -45,10 +48,19 @@ def imagefolder(
 
     An empty class folder is a fault: with ``on_error = "raise"`` an error naming it; with ``"skip"`` the class is
     kept (labels stay those of the folder names) with no samples and listed in the split's ``problems``.
+
+    ``cache``: ``"none"`` (default: decode every file every epoch, nothing kept), ``"memory"`` (decoded pixels in
+    ``/dev/shm``, one copy per machine, removed when the last process exits) or ``"disk"`` (in ``cache_dir``, kept
+    for later runs). Each image is decoded once, on first touch in the DataLoader workers; later epochs only
+    augment. Batches are bitwise those of ``"none"``. The size is checked first: a cache that does not fit (or
+    exceeds ``cache_max_gb``, for all splits together) is refused with the size and the free room. See
+    :mod:`plugtrain.plugins.datasets.cache`.
     """
+    from plugtrain.plugins.datasets.cache import check_params
     from plugtrain.plugins.datasets.decode import IMAGE_EXTENSIONS, iter_image_files
 
     check_common(on_error, channels)
+    check_params(cache, cache_dir, cache_max_gb)
     root = existing_dir(root, "dataset root")
     exts = tuple(e if e.startswith(".") else "." + e for e in (extensions or IMAGE_EXTENSIONS))
     top = subdirs(root)
@@ -115,7 +127,8 @@ def imagefolder(
         indexed.update(fraction_split(paths, targets, val_fraction, seed))
     for name in ("train", "val"):
         require_samples(indexed[name][0], split_dirs.get(name, root), name)
-    return file_splits(indexed, class_names, channels, decoder, "classification", {"train": problems}, {})
+    return file_splits(indexed, class_names, channels, decoder, "classification", {"train": problems}, {},
+                       cache=cache, cache_dir=cache_dir, cache_max_gb=cache_max_gb, dataset="imagefolder")
 
 
 def read_image(path: str | os.PathLike[str], *, in_chans: int, params: Mapping[str, Any] | None = None) -> Any:

@@ -105,6 +105,9 @@ def csv_manifest(
     channels: Literal[1, 3] = 3,
     check_files: bool = True,
     decoder: Literal["pil", "cv2"] = "pil",
+    cache: Literal["none", "memory", "disk"] = "none",
+    cache_dir: str | None = None,
+    cache_max_gb: float | None = None,
     seed: int = 0,
     on_error: str = "raise",
 ):
@@ -126,10 +129,20 @@ def csv_manifest(
     wrong number of fields): ``on_error = "raise"`` stops with the ``csv:line`` and the path; ``"skip"`` drops them
     and counts them in the split's ``skipped`` (rows of ``csv`` count in the train split). Image decoding faults come
     at read time as :class:`~plugtrain.core.data.SampleError`.
+
+    ``cache``: ``"none"`` (default: decode every file every epoch, nothing kept), ``"memory"`` (decoded pixels in
+    ``/dev/shm``, one copy per machine, removed when the last process exits) or ``"disk"`` (in ``cache_dir``, kept
+    for later runs). Each image is decoded once, on first touch in the DataLoader workers; later epochs only
+    augment. Batches are bitwise those of ``"none"``. The size is checked first: a cache that does not fit (or
+    exceeds ``cache_max_gb``, for all splits together) is refused with the size and the free room. See
+    :mod:`plugtrain.plugins.datasets.cache`.
     """
     import math
 
+    from plugtrain.plugins.datasets.cache import check_params
+
     check_common(on_error, channels)
+    check_params(cache, cache_dir, cache_max_gb)
     if task not in ("auto", "classification", "regression"):
         raise error(f"csv dataset: task must be 'auto', 'classification' or 'regression', not {task!r}")
     if num_classes is not None and (
@@ -232,7 +245,8 @@ def csv_manifest(
         paths, targets = indexed.pop("train")
         indexed.update(fraction_split(paths, targets, val_fraction, seed, stratify=task == "classification"))
         require_samples(indexed["val"][0], csv, "val")
-    return file_splits(indexed, names, channels, decoder, task, problems, skipped)
+    return file_splits(indexed, names, channels, decoder, task, problems, skipped, cache=cache, cache_dir=cache_dir,
+                       cache_max_gb=cache_max_gb, dataset="csv")
 
 
 def _line_key(where: str) -> tuple[str, int]:
