@@ -75,9 +75,15 @@ def test_embedding_head_outputs_l2_normalised_embeddings(pool):
     assert torch.allclose(classifier(X1), classifier.head(emb), atol=1e-6)
 
 
-def test_pretrained_true_and_bad_parameters_are_refused():
-    with pytest.raises(PlugtrainError, match="never downloads"):
-        backbone(pretrained=True)
+def test_pretrained_references_and_bad_parameters_are_refused():
+    from plugtrain.plugins.backbones import weights_ref
+
+    # true is the model's default weights on the hub (loaded from a cache in tests/plugins/test_hub_weights.py)
+    assert weights_ref("resnet18", True).label == "hf-hub:timm/resnet18.a1_in1k"
+    with pytest.raises(PlugtrainError, match='a hub reference is "hf-hub:ORG/NAME"'):
+        backbone(pretrained="hf-hub:no-slash")
+    with pytest.raises(PlugtrainError, match="does not exist"):
+        backbone(pretrained="no/such/weights.safetensors")
     with pytest.raises(PlugtrainError, match="embedding_dim must be a positive integer"):
         backbone(embedding_dim=0)
     with pytest.raises(PlugtrainError, match="freeze names no layers"):

@@ -127,6 +127,8 @@ def test_component_parameters_are_properties_from_the_signature(schema):
     focal = _groups(props["loss"])["example-focal"]["properties"]
     assert focal["reduction"]["enum"] == ["mean", "sum", "none"]
     assert focal["gamma"]["type"] == "number"
+    assert focal["gamma"]["minimum"] == 0  # Annotated[float, Ge(0)] in the plugin's signature
+    assert focal["gamma"]["description"] == "float >= 0 (default 2.0)"
     assert focal["alpha"]["type"] == "number"  # float | None: TOML has no null
     resnet = _groups(props["backbone"])["resnet18"]["properties"]
     assert {"in_chans", "pretrained", "drop_rate"} <= set(resnet)
@@ -215,6 +217,10 @@ TAPLO_REJECTS = {
                         '[{ name = "RandomResizedCrop" }] }]\n', '"size" is a required property'),
     "plugin_param_type": (SPEC_HEAD.replace('"resnet18"', '"example-tinycnn"\nwidth = "wide"'),
                           '"wide" is not of type "integer"'),
+    "plugin_param_range": (SPEC_HEAD.replace('"CrossEntropy"', '"example-focal"\ngamma = -1'),
+                           "-1 is less than the minimum of 0"),
+    "builtin_annotated_range": (SPEC_HEAD + '[scheduler]\nname = "OneCycleLR"\npct_start = 1.0\n',
+                                "1.0 is greater than or equal to the maximum of 1"),
     "plugin_param_unknown": (SPEC_HEAD.replace('"resnet18"', '"example-tinycnn"\ndrop_rate = 0.1'),
                              "'drop_rate' was unexpected"),
     "context_param": (SPEC_HEAD.replace('"resnet18"', '"resnet18"\nnum_classes = 3'), "'num_classes' was unexpected"),

@@ -9,8 +9,11 @@ example third-party plugin installed the way pip leaves it (a ``*.dist-info`` wi
 Paths in a spec are relative to the directory plugtrain runs in, as for a user in the repository root. A spec whose
 ``backbone.pretrained`` points into another spec's run directory (``runs/<run.name>/...``: a second stage) is queued
 after that spec; any other ``pretrained`` file is written first by the test (the spec's own backbone, saved with a
-1000-class head as a stand-in for downloaded weights). The run's checkpoint must then show that the weights were
-loaded, and frozen layers must not have moved.
+1000-class head as a stand-in for downloaded weights). Hub weights (``pretrained = true``, ``"hf-hub:..."``) are put
+into a Hugging Face cache made on disk the same way (``helpers_hub``), and every child runs with that ``HF_HOME`` and
+``HF_HUB_OFFLINE=1``: nothing is downloaded. The run's checkpoint must then show that the weights were loaded, and
+frozen layers must not have moved. A spec that reads files (``imagefolder``, ``csv``) gets a small data set written
+where it looks (``helpers_datafiles``: a few dozen tiny PNGs, a manifest).
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from typing import Any
 
 import pytest
 from helpers_plugins import EXAMPLE_PLUGIN_SRC, make_example_dist, plugin_env, run_plugtrain
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "plugins"))
+from helpers_datafiles import CLASSES, write_image_folder, write_regression_csv  # noqa: E402
+from helpers_hub import hub_cache  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS = sorted((REPO / "specs").glob("*.toml"))
@@ -49,6 +56,50 @@ def plugin_paths(tmp_path_factory) -> list[Path]:
     return [make_example_dist(tmp_path_factory.mktemp("example-plugin")), EXAMPLE_PLUGIN_SRC]
 
 
+def _hub_ref(spec: dict[str, Any]) -> Any:
+    """The hub reference of the spec's ``pretrained`` (None for none or a local file)."""
+    from plugtrain.plugins.backbones import weights_ref
+
+    ref = weights_ref(spec["backbone"]["name"], spec["backbone"].get("pretrained"))
+    return ref if ref is not None and ref.hub else None
+
+
+@pytest.fixture(scope="module")
+def hub_home(tmp_path_factory) -> Path:
+    """A Hugging Face cache holding every hub weight a spec names: the spec's own backbone with a 1000-class head
+    (a stand-in for the real download), saved with timm's ``save_for_hf``."""
+    import torch
+
+    from plugtrain.core.registry import get_registry
+
+    home = tmp_path_factory.mktemp("hf-home")
+    for path in SPECS:
+        spec = _spec(path)
+        ref = _hub_ref(spec)
+        if ref is None or (home / "hub" / ("models--" + ref.repo.replace("/", "--"))).exists():
+            continue
+        torch.manual_seed(1)
+        model = get_registry().get("backbones", spec["backbone"]["name"]).build({}, num_classes=1000)
+        hub_cache(home, ref.repo, model)
+    return home
+
+
+def _env(plugin_paths: list[Path], hub_home: Path) -> dict[str, str]:
+    out = plugin_env(plugin_paths, **ENV, HF_HOME=str(hub_home), HF_HUB_OFFLINE="1")
+    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        out.pop(key, None)
+    return out
+
+
+def _write_data(spec: dict[str, Any], work: Path) -> None:
+    """The files an ``imagefolder`` or ``csv`` spec reads, written where it looks (relative to ``work``)."""
+    data = spec["data"]
+    if data["dataset"] == "imagefolder":
+        write_image_folder(work / data["root"])
+    elif data["dataset"] == "csv":
+        write_regression_csv(work / data["csv"])
+
+
 def _queue(specs: list[Path], work: Path) -> list[Path]:
     """The specs in an order where a stage comes after the spec whose run directory holds its pretrained file; the
     other pretrained files are written under ``work``."""
@@ -60,8 +111,9 @@ def _queue(specs: list[Path], work: Path) -> list[Path]:
             return
         assert path not in seen, f"pretrained files form a cycle: {seen}"
         spec = _spec(path)
+        _write_data(spec, work)
         pretrained = spec["backbone"].get("pretrained")
-        if pretrained:
+        if pretrained and _hub_ref(spec) is None:
             output_dir = Path(spec["run"].get("output_dir", "runs"))
             rel = Path(pretrained).relative_to(output_dir) if Path(pretrained).is_relative_to(output_dir) else None
             if rel is not None and rel.parts and rel.parts[0] in producers:
@@ -95,12 +147,12 @@ def _write_weights(spec: dict[str, Any], path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, plugin_paths) -> tuple[Path, str]:
+def trained(tmp_path_factory, plugin_paths, hub_home) -> tuple[Path, str]:
     """Every spec trained a few steps, as one queue in a temporary working directory: ``(workdir, output)``."""
     work = tmp_path_factory.mktemp("spec-runs")
     order = _queue(SPECS, work)
     proc = subprocess.run([sys.executable, "-m", "plugtrain", "train", *map(str, order), *SHORT],
-                          env=plugin_env(plugin_paths, **ENV), capture_output=True, text=True, timeout=900, cwd=work)
+                          env=_env(plugin_paths, hub_home), capture_output=True, text=True, timeout=900, cwd=work)
     output = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert "Traceback" not in proc.stderr, output
     return work, output
@@ -109,22 +161,24 @@ def trained(tmp_path_factory, plugin_paths) -> tuple[Path, str]:
 def test_specs_dir_holds_the_issue_list():
     names = {p.stem for p in SPECS}
     assert {"quickstart", "bioencoder-supcon", "bioencoder-arcface", "dkfz-classification", "regression-digits",
-            "finetune-freeze", "example-plugin"} <= names
+            "finetune-freeze", "example-plugin", "imagefolder", "csv-regression"} <= names
     assert len({_spec(p)["run"]["name"] for p in SPECS}) == len(SPECS), "two specs share a run.name"
     for path in SPECS:  # every spec says in its first lines what it is
         assert path.read_text(encoding="utf-8").startswith("# "), f"{path.name} has no header comment"
 
 
-def test_every_spec_passes_check(plugin_paths):
-    proc = run_plugtrain("check", *[str(p) for p in SPECS], paths=plugin_paths, **ENV)
+def test_every_spec_passes_check(plugin_paths, hub_home):
+    proc = run_plugtrain("check", *[str(p) for p in SPECS], paths=plugin_paths, **ENV, HF_HOME=str(hub_home),
+                         HF_HUB_OFFLINE="1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "warning" not in proc.stderr, proc.stderr  # every hub weight is cached
     for path in SPECS:
         assert re.search(rf"{re.escape(path.name)}: OK", proc.stdout), proc.stdout
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec_path", SPECS, ids=[p.stem for p in SPECS])
-def test_spec_trains_a_few_steps(spec_path, trained):
+def test_spec_trains_a_few_steps(spec_path, trained, hub_home):
     import torch
 
     work, output = trained
@@ -145,8 +199,26 @@ def test_spec_trains_a_few_steps(spec_path, trained):
     for logger in spec.get("loggers", []):  # a third-party logger wrote its file too
         if logger["name"] == "example-jsonl":
             assert (run_dir / "metrics.jsonl").read_text().count("\n") == 1
-    if spec["backbone"].get("pretrained"):
+    if _hub_ref(spec) is not None:
+        ref = _hub_ref(spec)
+        (snapshot,) = (hub_home / "hub" / ("models--" + ref.repo.replace("/", "--")) / "snapshots").iterdir()
+        _assert_started_from_pretrained(spec, snapshot / "model.safetensors", state["model"])
+    elif spec["backbone"].get("pretrained"):
         _assert_started_from_pretrained(spec, work / spec["backbone"]["pretrained"], state["model"])
+    _assert_read_its_files(spec, output)
+
+
+def _assert_read_its_files(spec: dict[str, Any], output: str) -> None:
+    """A spec over files trained on the data set the test wrote: its classes, its number of samples."""
+    data = spec["data"]
+    if data["dataset"] not in ("imagefolder", "csv"):
+        return
+    head = next(line for line in output.splitlines() if line.startswith(f"{spec['run']['name']}: starting;"))
+    train, val = map(int, re.search(r"(\d+) train / (\d+) val samples", head).groups())
+    if data["dataset"] == "imagefolder":  # 3 classes x 16 images, about a fifth held out (stratified)
+        assert f"{len(CLASSES)} classes" in head and train + val == 48 and 7 <= val <= 12, head
+    else:  # 40 rows, a fifth held out
+        assert (train, val) == (32, 8), head
 
 
 def _assert_started_from_pretrained(spec: dict[str, Any], pretrained: Path, model: dict[str, Any]) -> None:

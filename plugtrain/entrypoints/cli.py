@@ -47,12 +47,33 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the JSON Schema of the run spec (plugins included)")
 
+    s = sub.add_parser("weights", help="fill the Hugging Face cache with the pretrained weights specs name")
+    s.add_argument("action", choices=["fetch"], help="fetch: download what is not cached (offline: report the cache)")
+    spec_args(s)
+
     s = sub.add_parser("train", help="train from run spec(s), one after another")
     spec_args(s)
     s.add_argument("--resume", metavar="auto|PATH", help="continue from the run's last.pt (auto) or a checkpoint")
     s.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     s.add_argument("--dry-run", action="store_true",
                    help="build everything, save augmented samples, run one batch forward and backward, then exit")
+    s.add_argument("--folds", type=int, metavar="K",
+                   help="k-fold cross-validation: K runs on stratified, seeded folds of the train split "
+                        "(<output_dir>/<name>/fold-<k>/), then the mean and std of every validation metric (cv.json)")
+
+    s = sub.add_parser("sweep", help="a hyperparameter sweep on Optuna (one worker per process); or: sweep status DIR",
+                       usage="plugtrain sweep SWEEP_FILE [--trials N] [--storage URL] [--set KEY.PATH=VALUE] [--check]"
+                             "\n       plugtrain sweep status SWEEP_DIR [--storage URL] [--json]")
+    s.add_argument("target", nargs="+", metavar="SWEEP_FILE | status SWEEP_DIR",
+                   help="a sweep file (it names the run spec and holds the search space), or `status SWEEP_DIR`")
+    s.add_argument("--trials", type=int, metavar="N", help="the study's total number of trials, over all workers")
+    s.add_argument("--storage", metavar="URL",
+                   help="the Optuna storage (database URL; default sqlite:///<sweep_dir>/study.db)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a value of the run spec for every trial (TOML value syntax); repeatable")
+    s.add_argument("--check", action="store_true",
+                   help="check the sweep file, the spec and every value of the search space, then exit")
+    s.add_argument("--json", action="store_true", help="status: print the trials as JSON")
 
     s = sub.add_parser("evaluate", help="evaluate a finished run's checkpoint")
     s.add_argument("run_dir", metavar="RUN_DIR")
@@ -81,6 +102,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest absolute difference allowed between the exported and the eager model")
     s.add_argument("--json", action="store_true", help="print the sidecar JSON")
+
+    s = sub.add_parser("shards", help="write WebDataset .tar shards of a data set (a spec's, a folder, a csv)")
+    s.add_argument("source", metavar="SPEC|FOLDER|CSV", help="a run spec (its [data]), an image folder or a manifest")
+    s.add_argument("--out", required=True, metavar="DIR", help="where the shards and plugtrain-shards.json go")
+    s.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard (default 1000)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a value of the spec (TOML value syntax); repeatable")
+    s.add_argument("--val-fraction", type=float, default=0.2, help="a folder or csv without val: held-out share")
+    s.add_argument("--seed", type=int, default=0, help="a folder or csv: the seed of the held-out split")
+    s.add_argument("--overwrite", action="store_true", help="replace the shards already in DIR")
     return p
 
 
@@ -105,6 +136,26 @@ def _run(args: argparse.Namespace) -> int:
         from plugtrain.commands import schema
 
         return schema.run()
+    if args.command == "weights":
+        from plugtrain.commands import weights
+
+        return weights.run(args.action, args.specs, args.overrides)
+    if args.command == "train" and args.folds is not None:
+        from plugtrain.sweep import cv
+
+        return cv.run(args.specs, args.overrides, folds=args.folds, resume=args.resume, overwrite=args.overwrite,
+                      dry_run=args.dry_run)
+    if args.command == "sweep":
+        from plugtrain.commands import sweep
+        from plugtrain.core.errors import PlugtrainError
+
+        if args.target[0] == "status":
+            if len(args.target) != 2:
+                raise PlugtrainError("plugtrain sweep status: give one SWEEP_DIR")
+            return sweep.status(args.target[1], storage=args.storage, as_json=args.json)
+        if len(args.target) != 1:
+            raise PlugtrainError("plugtrain sweep: give one SWEEP_FILE (or: status SWEEP_DIR)")
+        return sweep.run(args.target[0], args.overrides, trials=args.trials, storage=args.storage, check=args.check)
     if args.command == "train":
         from plugtrain.commands import train
 
@@ -125,6 +176,11 @@ def _run(args: argparse.Namespace) -> int:
 
         return export.run(args.run_dir, checkpoint=args.checkpoint, fmt=args.fmt, weights=args.weights,
                           output=args.output, tolerance=args.tolerance, as_json=args.json)
+    if args.command == "shards":
+        from plugtrain.commands import shards
+
+        return shards.run(args.source, out=args.out, shard_size=args.shard_size, overrides=args.overrides,
+                          val_fraction=args.val_fraction, seed=args.seed, overwrite=args.overwrite)
     raise AssertionError(args.command)
 
 

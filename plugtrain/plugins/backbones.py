@@ -1,4 +1,4 @@
-"""Backbones: every model that ``timm.list_models()`` knows, built by timm without any download.
+"""Backbones: every model that ``timm.list_models()`` knows, built by timm, with weights from a file or the hub.
 
 Every timm model name is a backbone, with the same parameters:
 
@@ -12,8 +12,12 @@ Every timm model name is a backbone, with the same parameters:
 * ``embedding_dim``: an embedding head for metric learning — a linear layer from the pooled features to
   ``embedding_dim`` followed by L2 normalisation. When ``num_classes`` (set by the runtime) is 0 the model outputs
   the normalised embeddings ``(N, embedding_dim)``; when it is > 0 a linear classifier follows the embedding;
-* ``pretrained``: the path of a local weights file (``.safetensors`` or a weights-only torch file). Never a hub
-  download. See :func:`load_pretrained` for what must match;
+* ``pretrained``: the weights to start from (:func:`weights_ref`): ``true`` (the model's default pretrained tag in
+  timm, e.g. ``timm/resnet18.a1_in1k``), ``"hf-hub:ORG/NAME"`` (``@REVISION`` optional) or ``"timm/NAME.TAG"``
+  (a Hugging Face Hub repository), or the path of a local weights file (``.safetensors`` or a weights-only torch
+  file; relative to the working directory). Hub files are downloaded by ``huggingface_hub`` into its cache
+  (``HF_HOME`` / ``HF_HUB_CACHE``), which ``HF_HUB_OFFLINE=1`` makes the only source; ``plugtrain weights fetch
+  SPEC`` fills it in advance. See :func:`load_pretrained` for what must match;
 * ``freeze``: module-name prefixes (``["conv1", "layer1"]``) whose parameters get ``requires_grad = False``;
   ``unfreeze_after_epochs``: when set, the built-in ``unfreeze`` callback turns them back on after that many
   epochs (see :mod:`plugtrain.plugins.callbacks`).
@@ -28,13 +32,21 @@ and ``head``. Every returned model carries these attributes for the runtime:
   after which they are unfrozen (``None``: never);
 * ``plugtrain_requires_callbacks`` — callback names the runtime adds to the run unless its spec lists them
   (``["unfreeze"]`` when ``unfreeze_after_epochs`` is set);
-* ``plugtrain_pretrained_report`` — ``None``, or ``{"path", "loaded", "skipped", "adapted"}`` after loading a file.
+* ``plugtrain_pretrained_report`` — ``None``, or ``{"path", "loaded", "skipped", "adapted"}`` after loading a file
+  (plus ``"source"``, the hub reference, for hub weights).
+
+``plugtrain check`` (this module's ``PLUGTRAIN_VALIDATE``) looks hub weights up in the cache without any network
+access: when they are not cached it warns (training will download them), or, with ``HF_HUB_OFFLINE=1`` set, reports
+an error naming ``plugtrain weights fetch`` (training could not get them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -135,10 +147,12 @@ def timm_backbone(
     freeze: list[str] | None = None,
     unfreeze_after_epochs: Annotated[int, Ge(0)] | None = None,
 ):
-    """A timm model (``timm.create_model``, never downloaded), with optional GeM pooling and embedding head.
+    """A timm model (``timm.create_model``), with optional GeM pooling and embedding head, from pretrained weights.
 
-    ``pretrained`` is the path of a local weights file (safetensors, or a weights-only torch file); no code path
-    downloads from a hub. ``drop_rate`` is the dropout before the head, ``drop_path_rate`` the stochastic depth rate,
+    ``pretrained``: ``true`` (the model's default pretrained weights on the Hugging Face Hub), ``"hf-hub:ORG/NAME"``
+    or ``"timm/NAME.TAG"`` (a hub repository; cached by huggingface_hub, ``HF_HUB_OFFLINE=1`` honoured; fill the cache
+    with ``plugtrain weights fetch SPEC``), or a local weights file (safetensors, or a weights-only torch file).
+    ``drop_rate`` is the dropout before the head, ``drop_path_rate`` the stochastic depth rate,
     ``global_pool`` timm's pooling (``avg``, ``max``, ``avgmax``, ``catavgmax``, ...) or ``gem`` (``gem_p``,
     ``gem_eps``, ``gem_learnable_p``). ``embedding_dim`` adds a linear + L2-normalisation embedding head (metric
     learning). ``freeze`` lists module-name prefixes to freeze; ``unfreeze_after_epochs`` unfreezes them after that
@@ -148,11 +162,7 @@ def timm_backbone(
 
     from plugtrain.core.errors import PlugtrainError, first_line
 
-    if pretrained is True:
-        raise PlugtrainError(
-            "backbone.pretrained = true would need a download, and plugtrain never downloads: "
-            "set pretrained to the path of a local weights file (.safetensors or .pt)."
-        )
+    ref = weights_ref(model_name, pretrained)
     if embedding_dim is not None and embedding_dim <= 0:
         raise PlugtrainError(f"backbone.embedding_dim must be a positive integer, got {embedding_dim!r}")
     if unfreeze_after_epochs is not None and unfreeze_after_epochs < 0:
@@ -186,8 +196,12 @@ def timm_backbone(
         out_features = _out_features(body, num_classes)
     model.plugtrain_out_features = int(out_features)
     model.plugtrain_pretrained_report = None
-    if pretrained not in (None, False, ""):
-        model.plugtrain_pretrained_report = load_pretrained(model, str(pretrained), model_name=model_name)
+    if ref is not None and ref.hub:
+        path = hub_weights_file(ref, model_name)
+        report = load_pretrained(model, path, model_name=model_name, source=ref.label)
+        model.plugtrain_pretrained_report = {**report, "source": ref.label}
+    elif ref is not None:
+        model.plugtrain_pretrained_report = load_pretrained(model, os.path.expanduser(ref.path), model_name=model_name)
     model.plugtrain_frozen = list(freeze or [])
     model.plugtrain_unfreeze_after = unfreeze_after_epochs
     model.plugtrain_requires_callbacks = ["unfreeze"] if unfreeze_after_epochs is not None else []
@@ -286,7 +300,8 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise PlugtrainError(f"weights file {str(path)!r} does not exist (pretrained weights must be a local file)")
+        raise PlugtrainError(f"weights file {str(path)!r} does not exist (a path is relative to the working "
+                             "directory; hub weights are written \"hf-hub:ORG/NAME\" or pretrained = true)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -304,7 +319,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return sd
 
 
-def load_pretrained(model: Any, path: str, model_name: str = "") -> dict[str, Any]:
+def load_pretrained(model: Any, path: str, model_name: str = "", source: str = "") -> dict[str, Any]:
     """Load a local weights file into a backbone built by :func:`timm_backbone`.
 
     The file may hold a timm model's state dict (keys like ``conv1.weight``) or a plugtrain wrapper's (``body.*``,
@@ -318,7 +333,8 @@ def load_pretrained(model: Any, path: str, model_name: str = "") -> dict[str, An
     ``num_classes`` or ``embedding_dim``): those keep their fresh initialisation. The first convolution's weight
     (``first_conv``) is adapted with ``timm.models.adapt_input_conv`` when only its input-channel count differs
     (``in_chans = 1`` from RGB weights). Anything else that differs is a :class:`PlugtrainError` listing the missing,
-    unexpected and mismatched keys. Returns ``{"path", "loaded", "skipped", "adapted"}``.
+    unexpected and mismatched keys (naming ``source``, the hub reference, when the file came from the hub).
+    Returns ``{"path", "loaded", "skipped", "adapted"}``.
     """
     import torch
 
@@ -402,12 +418,275 @@ def load_pretrained(model: Any, path: str, model_name: str = "") -> dict[str, An
         if mismatched:
             parts.append(f"shape mismatch: {few(mismatched)}")
         label = f"backbone {model_name!r}" if model_name else "the backbone"
+        what = f"weights {source} ({path})" if source else f"weights file {path}"
         raise PlugtrainError(
-            f"weights file {path} does not fit {label}: " + "; ".join(parts)
+            f"{what} does not fit {label}: " + "; ".join(parts)
             + ". (Only classifier/embedding-head keys may differ; is it the same architecture and in_chans?)"
         )
     target.load_state_dict(loaded, strict=False)
     return {"path": str(path), "loaded": len(loaded), "skipped": skipped, "adapted": adapted}
+
+
+# -- weights from the Hugging Face Hub -------------------------------------------------------------------------------
+
+#: The weight files a timm repository on the hub may hold, in the order they are taken (as timm does).
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_HUB_PREFIX = "hf-hub:"
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".tar")
+_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class WeightsRef:
+    """What ``backbone.pretrained`` names: a hub repository (``repo``, ``revision``) or a local file (``path``)."""
+
+    def __init__(self, *, repo: str = "", revision: str | None = None, path: str = "", why: str = "") -> None:
+        self.repo, self.revision, self.path, self.why = repo, revision, path, why
+
+    @property
+    def hub(self) -> bool:
+        return bool(self.repo)
+
+    @property
+    def label(self) -> str:
+        """``hf-hub:ORG/NAME[@REV]`` for hub weights, the path for a file."""
+        if not self.hub:
+            return self.path
+        return f"{_HUB_PREFIX}{self.repo}" + (f"@{self.revision}" if self.revision else "")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WeightsRef) and (self.repo, self.revision, self.path) == (
+            other.repo, other.revision, other.path)
+
+    def __hash__(self) -> int:
+        return hash((self.repo, self.revision, self.path))
+
+    def __repr__(self) -> str:
+        return f"WeightsRef({self.label!r})"
+
+
+def weights_ref(model_name: str, pretrained: Any) -> WeightsRef | None:
+    """What ``pretrained`` names for the backbone ``model_name`` (None: no weights).
+
+    * ``true``: the model's default pretrained weights in timm (``timm.models.get_pretrained_cfg(model_name)``), whose
+      ``hf_hub_id`` is a hub repository such as ``timm/resnet18.a1_in1k``;
+    * ``"hf-hub:ORG/NAME"`` or ``"hf-hub:ORG/NAME@REVISION"``: that hub repository (timm's own spelling);
+    * ``"timm/NAME.TAG"`` that is not an existing file: the repository of timm's weights with that tag;
+    * anything else: the path of a local weights file, relative to the working directory.
+    """
+    from plugtrain.core.errors import PlugtrainError
+
+    if pretrained is None or pretrained is False or pretrained == "":
+        return None
+    if pretrained is True:
+        import timm.models
+
+        try:
+            cfg = timm.models.get_pretrained_cfg(model_name, allow_unregistered=False)
+        except (RuntimeError, ValueError, KeyError):
+            cfg = None
+        repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        if not repo:
+            raise PlugtrainError(
+                f"backbone.pretrained: true asks for timm's default weights of {model_name!r}, and timm has none on "
+                "the Hugging Face Hub; name a hub repository (\"hf-hub:ORG/NAME\") or a local weights file instead"
+            )
+        repo, _, revision = str(repo).partition("@")
+        return WeightsRef(repo=repo, revision=revision or None, why=f"the default weights of {model_name}")
+    if not isinstance(pretrained, str):
+        raise PlugtrainError(f"backbone.pretrained: expected true, a hub reference or a file path, got {pretrained!r}")
+    text = pretrained.strip()
+    if text.startswith(_HUB_PREFIX):
+        repo, _, revision = text[len(_HUB_PREFIX):].partition("@")
+        if not _REPO.fullmatch(repo):
+            raise PlugtrainError(f"backbone.pretrained: {pretrained!r} is not a hub reference: a hub reference is "
+                                 "\"hf-hub:ORG/NAME\" (optionally \"@REVISION\"), e.g. \"hf-hub:timm/resnet18.a1_in1k\"")
+        return WeightsRef(repo=repo, revision=revision or None)
+    if (text.startswith("timm/") and _REPO.fullmatch(text) and not os.path.exists(os.path.expanduser(text))
+            and not text.lower().endswith(_WEIGHT_SUFFIXES)):
+        return WeightsRef(repo=text)
+    return WeightsRef(path=text)
+
+
+#: Whether ``PLUGTRAIN_VALIDATE`` looks hub weights up in the cache (``plugtrain weights fetch`` turns it off: it is
+#: the command that fills the cache).
+_CHECK_CACHE = [True]
+
+
+@contextlib.contextmanager
+def cache_checks(enabled: bool) -> Iterator[None]:
+    """Turn the spec check's cache look-up of hub weights on or off inside the block."""
+    before = _CHECK_CACHE[0]
+    _CHECK_CACHE[0] = enabled
+    try:
+        yield
+    finally:
+        _CHECK_CACHE[0] = before
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set (huggingface_hub then never touches the network)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_cache_dir() -> str:
+    """The huggingface_hub cache directory (``HF_HUB_CACHE``, else ``HF_HOME/hub``)."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def cached_weights_file(ref: WeightsRef) -> str | None:
+    """The cached weight file of the hub reference ``ref``, or None; never touches the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in HUB_WEIGHT_FILES:
+        found = try_to_load_from_cache(ref.repo, filename, revision=ref.revision)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def fetch_command() -> str:
+    return "plugtrain weights fetch SPEC"
+
+
+def _hub_miss(ref: WeightsRef, reason: str) -> str:
+    return (f"backbone.pretrained: {ref.label} is not in the Hugging Face cache ({hub_cache_dir()}) and {reason}. "
+            f"Fill the cache where there is network with `{fetch_command()}` (the same HF_HOME), then run again")
+
+
+def download_weights(ref: WeightsRef) -> str:
+    """The local path of ``ref``'s weight file: from the cache, else downloaded into it (``hf_hub_download``;
+    ``HF_HUB_OFFLINE=1`` allows the cache only). Also fetches the repository's ``config.json`` when it has one.
+    Raises :class:`PlugtrainError` with one line when the file cannot be had."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    from plugtrain.core.errors import PlugtrainError, first_line
+
+    def get(filename: str) -> str:
+        return hf_hub_download(ref.repo, filename, revision=ref.revision, library_name="plugtrain")
+
+    try:
+        path = None
+        for i, filename in enumerate(HUB_WEIGHT_FILES):
+            try:
+                path = get(filename)
+                break
+            except LocalEntryNotFoundError:
+                cached = cached_weights_file(ref)  # e.g. offline with only pytorch_model.bin cached
+                if cached is not None:
+                    path = cached
+                    break
+                raise
+            except EntryNotFoundError:  # the repository has no such file: try the next kind
+                if i == len(HUB_WEIGHT_FILES) - 1:
+                    raise PlugtrainError(f"backbone.pretrained: {ref.label} holds none of "
+                                         f"{', '.join(HUB_WEIGHT_FILES)}: not a timm model repository?") from None
+        try:
+            get("config.json")
+        except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError):
+            pass  # optional: it only lets plugtrain check the architecture
+    except LocalEntryNotFoundError:
+        if hub_offline():
+            raise PlugtrainError(_hub_miss(ref, "HF_HUB_OFFLINE is set")) from None
+        raise PlugtrainError(_hub_miss(ref, "the hub could not be reached")) from None
+    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as exc:
+        raise PlugtrainError(f"backbone.pretrained: {ref.label}: {first_line(exc) or type(exc).__name__} "
+                             "(a private or gated repository needs `hf auth login` or HF_TOKEN)") from None
+    except HfHubHTTPError as exc:
+        raise PlugtrainError(f"backbone.pretrained: {ref.label}: {first_line(exc) or type(exc).__name__}") from None
+    except OSError as exc:
+        raise PlugtrainError(f"backbone.pretrained: {ref.label}: cannot write the cache ({hub_cache_dir()}): "
+                             f"{exc.strerror or exc}") from None
+    return str(path)
+
+
+def hub_config(ref: WeightsRef) -> dict[str, Any] | None:
+    """The repository's cached ``config.json`` (timm's model config), or None; never touches the network."""
+    import json
+
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(ref.repo, "config.json", revision=ref.revision)
+    if not isinstance(found, str):
+        return None
+    try:
+        with open(found, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def hub_weights_file(ref: WeightsRef, model_name: str) -> str:
+    """The weight file of hub reference ``ref`` for the backbone ``model_name``: cached or downloaded, and checked
+    against the repository's ``config.json`` architecture when there is one."""
+    from plugtrain.core.errors import PlugtrainError
+
+    path = download_weights(ref)
+    cfg = hub_config(ref) or {}
+    arch = cfg.get("architecture") or (cfg.get("pretrained_cfg") or {}).get("architecture")
+    if isinstance(arch, str) and model_name and arch.split(".")[0] != model_name.split(".")[0]:
+        raise PlugtrainError(f"backbone.pretrained: {ref.label} holds weights of a timm {arch!r} (its config.json), "
+                             f"not of the backbone {model_name!r}: set backbone.name = {arch.split('.')[0]!r}")
+    return path
+
+
+def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any]) -> list[tuple[str | None, str, bool]]:
+    """``plugtrain check`` of a backbone's ``pretrained`` (this module's ``PLUGTRAIN_VALIDATE``): the reference must
+    parse, and hub weights are looked up in the cache (no network): missing is a warning (training will download
+    them), or an error when ``HF_HUB_OFFLINE`` is set (training could not). Local files are checked when the
+    backbone is built (a file a previous stage writes may not exist yet)."""
+    from plugtrain.core.errors import PlugtrainError
+
+    pretrained = params.get("pretrained", defaults.get("pretrained"))
+    model_name = factory.args[0] if isinstance(factory, functools.partial) and factory.args else ""
+    try:
+        ref = weights_ref(model_name, pretrained)
+    except PlugtrainError as exc:
+        return [("pretrained", str(exc).removeprefix("backbone.pretrained: "), False)]
+    if ref is None or not ref.hub or not _CHECK_CACHE[0]:
+        return []
+    try:
+        cached = cached_weights_file(ref)
+    except Exception:  # an unreadable cache is the build's to report
+        return []
+    if cached is not None:
+        return []
+    what = f"{ref.label}" + (f" ({ref.why})" if ref.why else "")
+    if hub_offline():
+        return [("pretrained", f"{what} is not in the Hugging Face cache ({hub_cache_dir()}) and HF_HUB_OFFLINE is "
+                               f"set, so training cannot get it: run `plugtrain weights fetch SPEC` where there is "
+                               "network (with the same HF_HOME) to fill the cache", False)]
+    return [("pretrained", f"{what} is not in the Hugging Face cache yet ({hub_cache_dir()}): training will download "
+                           "it; on a machine without network run `plugtrain weights fetch SPEC` first", True)]
+
+
+PLUGTRAIN_VALIDATE = validate
+
+
+def weights_note(model_name: str, pretrained: Any) -> str | None:
+    """One line on the hub weights a backbone names, for ``plugtrain check``'s output (no network): ``"weights
+    hf-hub:timm/resnet18.a1_in1k: cached"`` / ``"...: not cached"``; None for no weights or a local file."""
+    from plugtrain.core.errors import PlugtrainError
+
+    try:
+        ref = weights_ref(model_name.rpartition(":")[2], pretrained)
+    except PlugtrainError:
+        return None
+    if ref is None or not ref.hub:
+        return None
+    return f"weights {ref.label}: {'cached' if cached_weights_file(ref) is not None else 'not cached'}"
 
 
 @hookimpl

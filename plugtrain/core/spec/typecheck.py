@@ -583,7 +583,7 @@ def _problem(value: Any, t: T) -> str | None:
     checks = t.checks
     if isinstance(value, (int, float)) and not isinstance(value, bool) and t.kind in ("int", "float", "any"):
         if _big_int(value):
-            return "must be a 64-bit integer (TOML integers lie in [-2**63, 2**63 - 1])"
+            return f"does not fit in 64 bits: TOML integers go from {INT64_MIN} to {INT64_MAX}"
         nonfinite_ok = t.kind != "float" or (checks is not None and checks.nonfinite)
         if checks is None:
             return None if nonfinite_ok or math.isfinite(value) else "must be finite (inf and nan are refused here)"
@@ -644,8 +644,9 @@ def explain(value: Any, t: T) -> str | None:
     if big is not None:
         shown = str(big) if len(str(big)) <= 30 else str(big)[:27] + "..."
         if big is value:
-            return f"must be a 64-bit integer (TOML integers lie in [-2**63, 2**63 - 1]), got {shown}"
-        return f"holds the integer {shown}, beyond TOML's 64-bit range [-2**63, 2**63 - 1]"
+            return f"the integer {shown} does not fit in 64 bits: TOML integers go from {INT64_MIN} to {INT64_MAX}"
+        return (f"holds the integer {shown}, which does not fit in 64 bits: TOML integers go from {INT64_MIN} to "
+                f"{INT64_MAX}")
     if not _fits(value, t, False) or _fits(value, t, True):
         return None
     return _explain(value, t)

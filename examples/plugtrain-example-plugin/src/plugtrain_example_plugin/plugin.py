@@ -12,6 +12,10 @@ The factory's signature *is* the component's parameter list: ``plugtrain show ba
 spec checker read names, annotations and defaults from it. Arguments the runtime supplies (``num_classes`` for a
 backbone, ``run_dir`` for a logger, ...) are *context* arguments: never shown, never set from a spec.
 
+An annotation can carry a contract: ``gamma: Annotated[float, Ge(0)]`` (annotated-types) makes ``plugtrain check``
+refuse ``gamma = -1`` with the file, line and column, ``plugtrain show`` print ``float >= 0`` and ``plugtrain
+schema`` write ``"minimum": 0``. A float parameter never takes ``inf`` or ``nan`` unless its annotation says so.
+
 Heavy imports (torch) stay inside functions, so that ``plugtrain list`` and listing other kinds stay fast.
 """
 
@@ -21,7 +25,9 @@ import functools
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge
 
 from plugtrain import Component, hookimpl
 
@@ -108,13 +114,15 @@ def _focal_loss_class():
     return FocalLoss
 
 
-def focal_loss(gamma: float = 2.0, alpha: float | None = None, reduction: Literal["mean", "sum", "none"] = "mean"):
+def focal_loss(gamma: Annotated[float, Ge(0)] = 2.0, alpha: float | None = None,
+               reduction: Literal["mean", "sum", "none"] = "mean"):
     """Focal loss: cross-entropy scaled by ``(1 - p_t) ** gamma`` to focus training on hard examples.
 
-    ``gamma`` 0 is plain cross-entropy; larger values down-weight well-classified samples more. ``alpha``, when set,
+    ``gamma`` 0 is plain cross-entropy; larger values down-weight well-classified samples more (``gamma >= 0``: the
+    annotation says so, and ``plugtrain check`` refuses a negative one before anything runs). ``alpha``, when set,
     scales the whole loss.
     """
-    if gamma < 0 or math.isnan(gamma):
+    if gamma < 0 or math.isnan(gamma):  # for Python callers: a spec's value was checked against the annotation
         from plugtrain.core.errors import PlugtrainError
 
         raise PlugtrainError(f"example-focal: gamma must be >= 0, got {gamma}")
