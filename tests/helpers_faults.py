@@ -264,7 +264,7 @@ def _equal(a: Any, b: Any, where: str, diffs: list[str]) -> None:
 
 
 #: Metrics that measure time, not training: they differ between any two runs.
-TIMING = ("train/throughput", "train/epoch_time")
+TIMING = ("train/throughput", "train/epoch_time", "train/data_time", "train/compute_time", "train/step_time")
 
 
 def training_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ cutmix_alpha = 1.0
 switch_prob = 0.5
 """
 RANDOM_PARTS = dict(epochs=2, steps=5, batch_size=16, num_workers=2, backbone_params="drop_rate = 0.2", extra=EXTRA)
-TIMING = ("train/throughput", "train/epoch_time")
+TIMING = ("train/throughput", "train/epoch_time", "train/data_time", "train/compute_time", "train/step_time")
 
 
 def train_cmd(*args) -> list[str]:
