@@ -19,7 +19,7 @@ CPU_BENCHMARKS = ["overhead", "dataloader", "startup", "memory", "scaling"]
 #: The cases each quick run must report (a row that silently disappears is a defect too).
 EXPECTED_CASES = {
     "overhead": ["tiny-cnn/memory", "tiny-cnn/dataloader", "resnet18/memory", "resnet18/dataloader"],
-    "dataloader": ["bare loop, decoded images", "bare DataLoader"],
+    "dataloader": ["bare loop, decoded images", "bare DataLoader", "cache (memory), epoch 2+", "webdataset vs imagefolder"],
     "startup": ["plugtrain list", "plugtrain check", "first step"],
     "memory": ["peak RSS", "RSS growth epoch 2 -> 3, main process", "RSS growth epoch 2 -> 3, with workers"],
     "scaling": ["time/epoch 4x", "peak RSS 4x"],
