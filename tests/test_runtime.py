@@ -199,7 +199,7 @@ def test_predict_top_k_on_png_files(quick_run, tmp_path, capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith(str(paths[0])) and len(line.splitlines()) == 1
     assert cli("predict", run_dir, tmp_path / "missing.png") == 2
-    assert "no such image file" in capsys.readouterr().err
+    assert "missing.png: file not found" in capsys.readouterr().err
 
 
 # -- run directory protection, queue, dry run --------------------------------------------------------------------------
@@ -268,12 +268,27 @@ def model_for_spec():
 
 
 # -- precision, accumulation, callbacks --------------------------------------------------------------------------------
+def poison_the_heap() -> None:
+    """Leave freed CPU memory full of NaN, as earlier tests of the same process may leave it: a kernel that reads
+    memory it never wrote then fails far more often than now and then."""
+    junk = [torch.full((1 << n,), float("nan"), dtype=dt) for n in (10, 12, 14, 16, 18, 20)
+            for dt in (torch.bfloat16, torch.float16, torch.float32)]
+    del junk
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_on_cpu_trains(precision, spec_factory, tmp_path, capfd):
     """Autocast on the CPU (bf16; fp16 with a GradScaler, whose skipped first steps raise no scheduler warning),
-    channels_last memory format."""
+    channels_last memory format.
+
+    At 32 px, not the tiny spec's 16: at 16 px test_efficientnet's ``blocks.4.0.conv_dw`` (a 3x3 stride-2 depthwise
+    conv) sees a 1x1 input, and torch 2.14's oneDNN bf16 channels_last depthwise convolution computes the weight
+    gradient of exactly that shape from uninitialised memory (a NaN or a 1e33 gradient whenever freed memory holds
+    garbage; reproduced with torch alone, not with contiguous tensors nor with oneDNN off). That made this test fail
+    in a full suite and pass alone. The heap is poisoned first so that such a read shows here, not elsewhere."""
     spec = spec_factory(extra=f'precision = "{precision}"\nchannels_last = true', epochs=1, steps=8)
-    assert cli("train", spec) == 0
+    poison_the_heap()
+    assert cli("train", spec, "--set", "data.image_size=32") == 0
     assert "Warning" not in capfd.readouterr().err
     run_dir = tmp_path / "runs" / "tiny"
     row = read_csv(run_dir / "metrics.csv")[0]

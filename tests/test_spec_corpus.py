@@ -183,4 +183,6 @@ def test_check_cli_oks_every_shipped_and_good_spec(example_paths):
     proc = run_plugtrain("check", *paths, paths=example_paths)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [f"{p}: OK" for p in paths]
-    assert proc.stderr == ""
+    # warnings only (some depend on the machine: hub weights not in the cache yet), each located
+    assert all(re.match(r"^plugtrain: \S+\.toml:\d+:\d+: warning: ", line) for line in proc.stderr.splitlines()), \
+        proc.stderr

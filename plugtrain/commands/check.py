@@ -24,7 +24,7 @@ def run(specs: Sequence[str], overrides: Sequence[str] = (), *, print_resolved: 
         if print_resolved:
             if len(specs) > 1:
                 sys.stdout.write(f"# ---- {p}\n")
-            sys.stdout.write(dumps(spec))
+            sys.stdout.write(dumps(spec, notes=True))
         else:
             print(f"{p}: OK")
         sys.stdout.flush()

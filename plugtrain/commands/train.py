@@ -1,12 +1,17 @@
 """``plugtrain train SPEC... [--set K=V] [--resume auto|PATH] [--overwrite] [--dry-run]``: a queue of training runs.
 
-For each spec: load it, plan and open the run directory (spec.toml, env.json, loggers; undone on failure), print
-the banner, train with SIGTERM / SIGINT turned into a checkpoint and a clean stop, print the summary. A failing spec
-is reported in one message and the queue goes on; the highest exit code wins; a signal stops the queue.
+For each spec: load it, plan the run directory (:func:`rundir.plan`: nothing a start can lose is removed), build
+everything, run the pre-flight (:mod:`~plugtrain.core.runtime.preflight`: one sample of every split, one forward of
+model, loss and metrics), then open the run directory (spec.toml, env.json, loggers: a fresh directory is staged and
+renamed into place, an overwritten one kept aside until then; undone on failure), print the banner, train with
+SIGTERM / SIGINT turned into a checkpoint and a clean stop, print the summary. A failing spec is reported in one
+message and the queue goes on; the highest exit code wins; a signal stops the queue.
 
-Exit codes: 0 success; 2 bad input (:class:`PlugtrainError`: spec, data, CLI, checkpoint); 1 a run that failed while
-training (:class:`TrainingFailed`, e.g. a NaN loss) or an unexpected error; 128 + signum (143 / 130) a run stopped by
-SIGTERM / SIGINT after writing ``last.pt`` (``--resume auto`` continues it exactly).
+Exit codes: 0 success; 2 bad input (:class:`PlugtrainError`: spec, data, CLI, checkpoint) — before training with
+nothing written; a data fault found while training (``data.on_error = "raise"``) with ``last.pt`` at the last
+completed step, to fix and continue with ``--resume auto``; 1 a run that failed while training (:class:`TrainingFailed`,
+e.g. a NaN loss) or an unexpected error; 128 + signum (143 / 130) a run stopped by SIGTERM / SIGINT after writing
+``last.pt`` (``--resume auto`` continues it exactly).
 
 ``dry_run`` builds everything, runs one batch forward and backward, prints shapes and parameter counts and writes
 nothing under ``output_dir``: augmented samples (``augmentations.save_samples``) go to a fresh temporary directory
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -29,7 +35,7 @@ from typing import Any
 
 from plugtrain.core import console
 from plugtrain.core.errors import PlugtrainError, first_line
-from plugtrain.core.runtime import build, distributed, fsdp, rundir
+from plugtrain.core.runtime import build, distributed, fsdp, preflight, rundir
 from plugtrain.core.runtime import checkpoint as ckpt
 from plugtrain.core.spec import load_spec, to_dict
 
@@ -92,6 +98,11 @@ def configure_torch(spec: Any) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def elastic_restart() -> bool:
+    """True in a group that torchrun restarted (``TORCHELASTIC_RESTART_COUNT`` > 0)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+
+
 def _train_one(path: str, overrides: list[str], resume: str | None, overwrite: bool, dry_run: bool) -> int:
     from plugtrain.core.runtime.progress import Progress
     from plugtrain.core.runtime.trainer import Trainer
@@ -99,14 +110,31 @@ def _train_one(path: str, overrides: list[str], resume: str | None, overwrite: b
     t0 = time.monotonic()
     spec = load_spec(path, overrides)
     run_dir = rundir.run_dir_for(spec.run.output_dir, spec.run.name)
-    if not dry_run and resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:
-        resume = "auto"  # an elastic restart continues from the group's last checkpoint by itself
-    plan = None if dry_run else rundir.plan(run_dir, resume, overwrite)
-    state = ckpt.load(plan.checkpoint) if plan is not None and plan.checkpoint is not None else None
+    restarted = not dry_run and elastic_restart()
+    if restarted:  # an elastic restart continues from the group's last checkpoint by itself
+        overwrite = False  # the first start already replaced the old run
+        if resume is None or (run_dir / rundir.CHECKPOINTS / "last.pt").is_file():
+            resume = "auto"
+    plan = None if dry_run else rundir.plan(run_dir, resume, overwrite, elastic_restart=restarted)
+    state = ckpt.load(plan.checkpoint, purpose="resume") if plan is not None and plan.checkpoint is not None \
+        else None
     dist = distributed.setup(spec.trainer.device, spec.trainer.backend)
     configure_torch(spec)
     build.check_loggers(spec)
-    built = build.build_run(spec, dist)
+    try:
+        built = build.build_run(spec, dist)
+    except PlugtrainError:
+        raise
+    except Exception as exc:  # the build reads samples: a pipeline that cannot process them is bad input
+        bad = preflight.pipeline_error(exc)
+        if bad is None:
+            raise
+        raise bad from exc
+    if state is not None:
+        fits = ckpt.fit_problem(state, built.backbone)
+        if fits:
+            raise PlugtrainError(f"--resume {plan.checkpoint}: {fits} of {spec.source or 'the spec'} (was the spec "
+                                 "changed since the checkpoint?)")
     if spec.trainer.strategy == "fsdp":
         if dist.distributed:
             fsdp.shard(built, dist)
@@ -116,49 +144,124 @@ def _train_one(path: str, overrides: list[str], resume: str | None, overwrite: b
     trainer = Trainer(built, dist, progress=progress)
     try:
         if state is not None:
-            trainer.load_state_dict(state, plan.checkpoint)
+            restore(trainer, state, plan.checkpoint)
+        preflight.run(trainer)
         if dry_run:
             return _dry_run(trainer)
-        if plan.note:
-            console.echo(f"note: {plan.note}")
+        for note in [*spec.notes, plan.note]:
+            if note:
+                console.echo(f"note: {note}")
         _open_run_dir(trainer, plan, spec, state)
         _banner(trainer, plan)
         _report_data_problems(built)
         with _signals(trainer):
-            final = trainer.fit()
+            final = fit(trainer)
     finally:
         trainer.close()
     _summary(trainer, final, time.monotonic() - t0)
     return 0
 
 
+def restore(trainer: Any, state: dict[str, Any], source: Path) -> None:
+    """``trainer.load_state_dict``: a checkpoint that does not fit is bad input (exit 2), never a traceback."""
+    try:
+        trainer.load_state_dict(state, source)
+    except PlugtrainError:
+        raise
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise PlugtrainError(f"--resume {source}: cannot restore the training state from it: "
+                             f"{type(exc).__name__}: {first_line(exc)} (was the spec changed since the "
+                             "checkpoint?)") from None
+
+
+def fit(trainer: Any) -> dict[str, float]:
+    """``trainer.fit()``; a data fault found while training (``data.on_error = "raise"``) is bad input, exit 2, and
+    leaves a run that ``--resume auto`` continues once the file is fixed: ``last.pt`` is written at the last completed
+    step boundary before the fault (one process; under DDP the last checkpoint written stays)."""
+    from plugtrain.core.errors import TrainingFailed
+
+    try:
+        return trainer.fit()
+    except TrainingFailed:
+        raise
+    except PlugtrainError as exc:
+        split = _data_fault(exc)
+        if split is None or trainer.run_dir is None:
+            raise
+        raise PlugtrainError(f"{exc}. {_keep_resumable(trainer, split)}") from exc
+
+
+_FAULT = re.compile(r"\((\w+) split; set data\.on_error")
+
+
+def _data_fault(exc: BaseException) -> str | None:
+    """The split of a sample that could not be read, when ``exc`` is such a data fault raised while training."""
+    m = _FAULT.search(str(exc))
+    if m is None:
+        return None
+    tb, names = exc.__traceback__, []
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    if m.group(1) == "train" and "_train_epoch" in names:
+        return "train"
+    return m.group(1)
+
+
+def _keep_resumable(trainer: Any, split: str) -> str:
+    """Write ``last.pt`` at the last completed step boundary (a fault in the training data, one process) and say how
+    to go on."""
+    last = trainer.run_dir / rundir.CHECKPOINTS / "last.pt"
+    fix = 'fix it (or set data.on_error = "skip")'
+    if split == "train" and not trainer.dist.distributed:
+        accum = trainer.spec.trainer.grad_accum
+        trainer.batch_in_epoch -= trainer.batch_in_epoch % accum  # the micro-batches of an unfinished step redo
+        try:
+            saved = trainer.save_checkpoint()
+        except PlugtrainError:
+            saved = None
+        if saved is not None:
+            return (f"Training stopped at step {trainer.global_step} (epoch {trainer.epoch + 1}, batch "
+                    f"{trainer.batch_in_epoch}); {saved} holds that step: {fix} and continue with --resume auto")
+    if last.is_file():
+        return f"Training stopped; the last checkpoint is {last}: {fix} and continue with --resume auto"
+    return f"Training stopped before any checkpoint: {fix} and start the run again with --overwrite"
+
+
 def _open_run_dir(trainer: Any, plan: rundir.Plan, spec: Any, state: dict[str, Any] | None = None) -> None:
     """Create the run directory (rank 0), write spec.toml and env.json, build the loggers; undo on failure.
 
-    On a resume, rank 0 first cleans up after a process that was killed while saving: temporary files of dead
-    processes are removed and ``best.pt`` / ``epoch-NNNN.pt`` re-linked when they missed the last save."""
+    A fresh directory is written under a temporary sibling name and renamed into place whole; with ``--overwrite``
+    the old run is renamed aside meanwhile and deleted only once the loggers are built (:class:`rundir.Opening`):
+    a failure up to then puts it back untouched. Other ranks wait at the barriers. On a resume, rank 0 first cleans
+    up after a process that was killed while saving: temporary files of dead processes are removed and ``best.pt`` /
+    ``epoch-NNNN.pt`` re-linked when they missed the last save."""
     dist = trainer.dist
-    created = False
+    opening = None
     dist.barrier()  # every rank has planned against the same directory state
     try:
         spec_dict = to_dict(spec)
         if dist.is_main:
-            created = rundir.prepare(plan)
-            if plan.mode == "resume":
+            opening = rundir.Opening(plan)
+            if plan.mode == "resume" and not plan.fresh:
                 _repair_after_crash(plan, state)
-            rundir.write_spec(plan.run_dir, spec_dict)
+            rundir.write_spec(opening.where, spec_dict)
             env = rundir.environment(dist.world_size, spec.source)
-            rundir.write_env(plan.run_dir, env, plan.checkpoint if plan.mode == "resume" else None)
+            rundir.write_env(opening.where, env, plan.checkpoint if plan.mode == "resume" else None)
+            opening.publish()
         trainer.run_dir = plan.run_dir
         if dist.is_main:
             trainer.loggers = build.build_loggers(spec, plan.run_dir, dist.rank, spec_dict)
             if spec.augmentations.save_samples and plan.mode != "resume":
                 _save_samples(trainer, plan.run_dir)
         dist.barrier()
+        if opening is not None:
+            opening.commit()
     except BaseException:
         trainer.close()
-        if created:
-            rundir.discard(plan.run_dir)
+        trainer.run_dir = None
+        if opening is not None:
+            opening.rollback()
         raise
 
 

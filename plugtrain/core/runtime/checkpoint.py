@@ -35,17 +35,30 @@ def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     import torch
 
     path = Path(path)
+    if "\x00" in str(path):
+        raise PlugtrainError(f"{str(path)!r}: a path cannot hold a NUL byte")
+    if path.is_dir():
+        raise PlugtrainError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise PlugtrainError(f"{path}: no such file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's message advises loading with weights_only=False, which would let the file run code: never quoted
+        text = str(exc)
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found is None and re.search(r"Unsupported operand|invalid load key|could not find MARK", text):
+            raise PlugtrainError(f"{path}: not a torch checkpoint file (its bytes are not a torch.save archive)") \
+                from None
+        what = f" ({found.group(1)})" if found else ""
         raise PlugtrainError(
-            f"{path}: refused to load: the file holds pickled Python objects, not only tensors and plain types, and "
-            f"plugtrain loads with torch.load(weights_only=True) so that a file cannot run code. "
-            f"({first_line(exc, 200)})"
+            f"{path}: refused to load: the file holds a pickled Python object{what}, not only tensors and plain "
+            "types; plugtrain loads checkpoints with torch.load(weights_only=True) so that a file cannot run code, "
+            "and a plugtrain checkpoint never holds such objects"
         ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
+    except EOFError:
+        raise PlugtrainError(f"{path}: not a readable torch file: it is empty or cut short") from None
+    except (RuntimeError, OSError, ValueError, MemoryError) as exc:
         raise PlugtrainError(f"{path}: not a readable torch file: {first_line(exc, 200)}") from None
 
 
@@ -186,16 +199,166 @@ def repair_copies(last: Path, state: dict[str, Any]) -> list[str]:
     return repaired
 
 
-def load(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A plugtrain checkpoint, loaded with ``weights_only=True`` and checked for its format."""
+def load(path: str | os.PathLike[str], *, purpose: str = "read", model: Any = None) -> dict[str, Any]:
+    """A plugtrain checkpoint, loaded with ``weights_only=True`` and checked for its format and structure.
+
+    Every entry the runtime reads is checked for its type before anything uses it (:func:`structure_problem`), so a
+    checkpoint of the wrong structure is one :class:`PlugtrainError` (exit 2), never a ``KeyError`` or
+    ``TypeError`` later. ``purpose="resume"`` also requires what resuming needs (the position, the optimizer and
+    loss states). With ``model`` (the ``nn.Module`` the weights are for), the model weights and any EMA / SWA
+    average must fit it: the same names and shapes (:func:`fit_problem`)."""
     state = safe_torch_load(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise PlugtrainError(f"{path}: not a plugtrain checkpoint (no 'format': {FORMAT!r} key); to start from "
                              "weights only, set [backbone] pretrained to the file")
-    if int(state.get("format_version", 0)) > FORMAT_VERSION:
-        raise PlugtrainError(f"{path}: checkpoint format {state['format_version']} is newer than this plugtrain "
+    version = state.get("format_version", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise PlugtrainError(f"{path}: not a usable plugtrain checkpoint: its format_version is {version!r}, not a "
+                             f"version number (this plugtrain writes {FORMAT_VERSION})")
+    if version > FORMAT_VERSION:
+        raise PlugtrainError(f"{path}: checkpoint format {version} is newer than this plugtrain "
                              f"understands ({FORMAT_VERSION})")
+    problem = structure_problem(state, purpose)
+    if problem is None and model is not None:
+        problem = fit_problem(state, model)
+    if problem is not None:
+        raise PlugtrainError(f"{path}: not a usable plugtrain checkpoint: {problem}")
     return state
+
+
+def _tensor_dict(value: Any, allow_numbers: bool = False) -> bool:
+    import torch
+
+    plain = (int, float) if allow_numbers else ()
+    return isinstance(value, dict) and all(isinstance(k, str) and (isinstance(v, torch.Tensor) or (
+        isinstance(v, plain) and not isinstance(v, bool))) for k, v in value.items())
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+#: The top-level entries of a checkpoint: (what they must be, a check), when present.
+def _entries() -> dict[str, tuple[str, Any]]:
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    def opt_dict(v: Any) -> bool:
+        return v is None or isinstance(v, dict)
+
+    def pair(v: Any) -> bool:
+        return isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], str) and (
+            v[1] is None or (isinstance(v[1], (int, float)) and not isinstance(v[1], bool)))
+
+    return {
+        "model": ("a table of tensors (the model's state_dict)", _tensor_dict),
+        "loss": ("a table of tensors (the loss's state_dict)", _tensor_dict),
+        "ema": ("empty, or the EMA's state_dict (a table of tensors)",
+                lambda v: v is None or _tensor_dict(v, allow_numbers=True)),
+        "swa": ("empty, or the SWA average's state_dict (a table of tensors)",
+                lambda v: v is None or _tensor_dict(v, allow_numbers=True)),
+        "epoch": ("an integer >= 0", is_int),
+        "global_step": ("an integer >= 0", is_int),
+        "batch_in_epoch": ("an integer >= 0", is_int),
+        "optimizers": ("a list of optimizer state_dicts", lambda v: isinstance(v, list)
+                       and all(isinstance(o, dict) for o in v)),
+        "scheduler": ("empty or a scheduler state_dict", opt_dict),
+        "swa_scheduler": ("empty or a scheduler state_dict", opt_dict),
+        "scaler": ("empty or a grad scaler state_dict", opt_dict),
+        "callbacks": ("a table of callback states", opt_dict),
+        "frozen": ("a list of parameter names", lambda v: v is None or (isinstance(v, list)
+                                                                         and all(isinstance(x, str) for x in v))),
+        "history": ("a list of tables (a row per epoch)", lambda v: v is None or (
+            isinstance(v, list) and all(isinstance(r, dict) for r in v))),
+        "best": ("empty or a table", opt_dict),
+        "epoch_checkpoints": ("a list of [file name, value] pairs", lambda v: v is None or (
+            isinstance(v, list) and all(pair(e) for e in v))),
+        "rng": ("a list of generator states", lambda v: v is None or (isinstance(v, list)
+                                                                       and all(isinstance(r, dict) for r in v))),
+        "epoch_state": ("empty or a table", opt_dict),
+        "epoch_states": ("a list of tables", lambda v: v is None or (isinstance(v, list)
+                                                                      and all(isinstance(r, dict) for r in v))),
+        "sampler": ("a table", opt_dict),
+        "meta": ("a table", opt_dict),
+    }
+
+
+#: What resuming needs besides the model.
+RESUME_REQUIRED = ("loss", "epoch", "global_step", "batch_in_epoch", "optimizers")
+
+
+def structure_problem(state: dict[str, Any], purpose: str = "read") -> str | None:
+    """Why ``state`` (a dict with plugtrain's ``format``) does not have the structure plugtrain reads, or None."""
+    entries = _entries()
+    required = ["model", *(RESUME_REQUIRED if purpose == "resume" else ())]
+    for key in required:
+        if key not in state:
+            return f"it has no {key!r} entry" + (" (needed to resume)" if key != "model" else "")
+    for key, (what, ok) in entries.items():
+        if key in state and not ok(state[key]):
+            return f"its {key!r} entry is a {_kind(state[key])} that is not {what}"
+    meta = state.get("meta") or {}
+    meta_checks = {
+        "in_chans": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+        "num_classes": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+        "embedding_dim": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+        "class_names": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+        "task": ("one of classification, regression, metric_learning",
+                 lambda v: v in ("classification", "regression", "metric_learning")),
+        "input_shape": ("a list of positive integers", lambda v: isinstance(v, (list, tuple)) and all(
+            isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)),
+        "world_size": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+        "spec": ("a table", lambda v: isinstance(v, dict)),
+        "best_metric": ("a string", lambda v: isinstance(v, str)),
+    }
+    for key, (what, ok) in meta_checks.items():
+        if key in meta and not ok(meta[key]):
+            return f"its meta.{key} is {meta[key]!r}, not {what}"
+    if purpose == "resume" and state.get("sharded") is not None and not isinstance(state.get("sharded"), dict):
+        return f"its 'sharded' entry is a {_kind(state['sharded'])}, not a table"
+    return None
+
+
+def _shapes(sd: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in sd.items() if hasattr(v, "shape")}
+
+
+def _mismatch(saved: dict[str, Any], expected: dict[str, Any]) -> str | None:
+    have, want = _shapes(saved), _shapes(expected)
+    missing = [k for k in want if k not in have]
+    unexpected = [k for k in have if k not in want]
+    wrong = [k for k in want if k in have and have[k] != want[k]]
+    if not (missing or unexpected or wrong):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}"
+                     f"{', ...' if len(unexpected) > 3 else ''})")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} of another shape ({k}: {list(have[k])} here, {list(want[k])} in the model)")
+    return "; ".join(parts)
+
+
+def fit_problem(state: dict[str, Any], model: Any) -> str | None:
+    """Why the model weights or an EMA / SWA average of ``state`` do not fit ``model`` (an ``nn.Module``), or None.
+
+    Averages hold the averaged copy as ``module.<name>`` (timm's ``ModelEmaV3``, torch's ``AveragedModel``)."""
+    expected = model.state_dict()
+    diff = _mismatch(state["model"], expected)
+    if diff:
+        return f"its model weights do not fit the model: {diff}"
+    for key, label in (("ema", "EMA"), ("swa", "SWA")):
+        averaged = state.get(key)
+        if not averaged:
+            continue
+        inner = {k.removeprefix("module."): v for k, v in averaged.items() if k.startswith("module.")}
+        diff = _mismatch(inner, expected)
+        if diff:
+            return f"its {label} weights do not fit the model: {diff}"
+    return None
 
 
 # -- random number generators ------------------------------------------------------------------------------------------

@@ -2,8 +2,21 @@
 
 Contract: ``spec.toml`` (the resolved spec), ``env.json`` (versions, plugins, git revision, world size, host, start
 time), ``metrics.csv`` (a row per epoch), ``tb/`` (TensorBoard), ``checkpoints/`` (``last.pt``, ``best.pt``,
-``epoch-NNNN.pt``). An existing run directory is never replaced without ``--overwrite`` and never continued without
-``--resume``; the directory is created only once everything that can fail on bad input has been built.
+``epoch-NNNN.pt``).
+
+What is guaranteed (:func:`plan`, :class:`Opening`):
+
+* An existing run directory is never replaced without ``--overwrite`` and never continued without ``--resume``.
+* ``--overwrite`` keeps the old run intact until the new one has passed everything that can fail before training
+  (spec, data, model, pre-flight, loggers): the new directory is written under a temporary sibling name, the old one
+  renamed aside, the new one renamed into place, and the old one deleted only then; a failure up to then renames it
+  back. A process killed in that window leaves the old run aside (``.<name>.plugtrain-old-<pid>``), never deleted:
+  the next start refuses and says how to move it back.
+* ``--resume auto`` starts from scratch only where nothing is lost: no directory, an empty one, or an elastic restart
+  before the first checkpoint of the same torchrun job; a directory with files but no ``last.pt`` is refused.
+* A fresh directory appears whole (one rename) or not at all: nothing is half-written before the run is known to
+  start.
+* Every file a component writes stays inside the run directory: :func:`run_path` and the :data:`RunPath` annotation.
 """
 
 from __future__ import annotations
@@ -12,6 +25,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -35,7 +49,7 @@ NAME_MAX = 255
 class InsideRunDir:
     """Annotation marker: the parameter names a file or folder *inside* the run directory (see :data:`RunPath`)."""
 
-    what: str = "a path inside the run directory"
+    what: str = "this path inside the run directory"
 
 
 #: The annotation of a component parameter that names a file or folder the component writes in the run directory:
@@ -107,37 +121,150 @@ def run_dir_for(output_dir: str, name: str) -> Path:
 
 @attrs.define
 class Plan:
-    """What to do with the run directory: ``new``, ``overwrite`` (replace it) or ``resume`` (from ``checkpoint``)."""
+    """What to do with the run directory: ``new``, ``overwrite`` (replace it) or ``resume`` (from ``checkpoint``).
+
+    ``fresh``: this start creates the directory (``new``, ``overwrite``, and ``--resume PATH`` into a directory that
+    does not exist yet), so it is built under a temporary sibling name and put in place whole (:class:`Opening`)."""
 
     run_dir: Path
     mode: str
     checkpoint: Path | None = None
     note: str | None = None
+    fresh: bool = True
+    replace: bool = False  # a fresh directory that takes the place of an existing one (kept until the start is done)
 
 
 def is_run_dir(path: Path) -> bool:
     return any((path / m).exists() for m in MARKERS)
 
 
-def plan(run_dir: Path, resume: str | None, overwrite: bool) -> Plan:
-    """Decide, before anything is written, how this invocation treats ``run_dir``."""
+def _sibling(run_dir: Path, what: str, pid: int | None = None) -> Path:
+    return run_dir.parent / f".{run_dir.name}.plugtrain-{what}-{os.getpid() if pid is None else pid}"
+
+
+_SIBLING = re.compile(r"^\.(?P<name>.+)\.plugtrain-(?P<what>new|old)-(?P<pid>\d+)$")
+
+
+def _leftovers(run_dir: Path) -> list[tuple[Path, str, int]]:
+    """``(path, "new" | "old", pid)`` of the siblings that starts of ``run_dir`` by processes now gone left."""
+    out = []
+    try:
+        entries = list(run_dir.parent.iterdir()) if run_dir.parent.is_dir() else []
+    except OSError:
+        return out
+    for p in entries:
+        m = _SIBLING.match(p.name)
+        if m and m.group("name") == run_dir.name and int(m.group("pid")) != os.getpid() and not _alive(int(m.group("pid"))):
+            out.append((p, m.group("what"), int(m.group("pid"))))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _file_in_the_way(run_dir: Path) -> Path | None:
+    for candidate in (run_dir, *run_dir.parents):
+        try:
+            if candidate.exists():
+                return None if candidate.is_dir() else candidate
+        except OSError:
+            return None
+    return None
+
+
+def _contents(run_dir: Path) -> str:
+    names = sorted(p.name for p in run_dir.iterdir())
+    ckpts = sorted(p.name for p in (run_dir / CHECKPOINTS).glob("*.pt")) if (run_dir / CHECKPOINTS).is_dir() else []
+    shown = [*(f"{CHECKPOINTS}/{c}" for c in ckpts), *(n for n in names if n != CHECKPOINTS)]
+    return ", ".join(shown[:6]) + (", ..." if len(shown) > 6 else "")
+
+
+def _only_this_run(run_dir: Path) -> bool:
+    """An elastic restart before the first checkpoint: the directory holds nothing but what an earlier start of
+    this same torchrun job wrote (its env.json names the job; no checkpoint, no metrics row yet)."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    try:
+        env = json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not job or not isinstance(env, dict) or env.get("torchelastic_run_id") != job:
+        return False
+    if env.get("torchelastic_agent") != elastic_agent():  # the same job id ("none" by default) is not enough
+        return False
+    ckpt_dir = run_dir / CHECKPOINTS
+    written = [p for p in ckpt_dir.iterdir() if not p.name.startswith(".")] if ckpt_dir.is_dir() else []
+    return not written and not (run_dir / "metrics.csv").exists()
+
+
+def elastic_agent() -> str | None:
+    """Under torchrun, the agent that started this worker (``host:pid``): it stays the same across the restarts of
+    one job on a node, and differs for another job even when both use the default rendezvous id."""
+    if not os.environ.get("TORCHELASTIC_RUN_ID"):
+        return None
+    return f"{socket.gethostname()}:{os.getppid()}"
+
+
+def plan(run_dir: Path, resume: str | None, overwrite: bool, elastic_restart: bool = False) -> Plan:
+    """Decide, before anything is written, how this invocation treats ``run_dir``.
+
+    Nothing a start can lose is ever removed here: ``--resume auto`` starts from scratch only where nothing would
+    be lost (no directory, an empty one, or an elastic restart before the job's first checkpoint), and
+    ``--overwrite`` replaces an old run only once the new one has started (:class:`Opening`)."""
     if resume and overwrite:
         raise PlugtrainError("--resume and --overwrite exclude each other")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise PlugtrainError(f"run directory {run_dir} exists and is not a directory")
+    blocker = _file_in_the_way(run_dir)
+    if blocker is not None:
+        what = "the run directory" if blocker == run_dir else "run.output_dir (or a folder above it)"
+        raise PlugtrainError(f"{what} {blocker} exists and is a file, not a directory: no run directory can be made "
+                             "there; choose another run.output_dir")
+    for leftover, what, pid in _leftovers(run_dir):
+        if what == "old":
+            raise PlugtrainError(
+                f"{leftover} holds the run that an interrupted --overwrite (process {pid}) was replacing; nothing "
+                f"was deleted. Move it back (mv {leftover} {run_dir}) or remove it, then start again")
     exists = run_dir.is_dir() and any(run_dir.iterdir())
     if resume == "auto":
         last = run_dir / CHECKPOINTS / "last.pt"
         if last.is_file():
-            return Plan(run_dir, "resume", last)
-        if exists:
-            _check_replaceable(run_dir, "--resume auto")
-            return Plan(run_dir, "overwrite", note=f"no checkpoint in {run_dir / CHECKPOINTS}; starting from scratch")
-        return Plan(run_dir, "new", note=f"nothing to resume in {run_dir}; starting from scratch")
+            return Plan(run_dir, "resume", last, fresh=False)
+        if not exists:
+            return Plan(run_dir, "new", note=f"nothing to resume in {run_dir}; starting from scratch")
+        if elastic_restart and _only_this_run(run_dir):
+            return Plan(run_dir, "overwrite", replace=True, note=f"elastic restart before the first checkpoint of "
+                                                                 f"{run_dir}: starting again from scratch")
+        others = sorted((run_dir / CHECKPOINTS).glob("*.pt")) if (run_dir / CHECKPOINTS).is_dir() else []
+        best = next((c for c in others if c.name == "best.pt"), others[-1] if others else None)
+        other = f", --resume {best} to continue from another of its checkpoints" if best is not None else ""
+        raise PlugtrainError(
+            f"--resume auto: {run_dir} holds a run ({_contents(run_dir)}) but no {CHECKPOINTS}/last.pt, so there "
+            "is nothing to continue, and starting from scratch would replace it. Pass --overwrite instead to start "
+            f"it again (the old files are replaced only once the new run has started){other}, or choose another "
+            "run.name")
     if resume:
         ckpt = Path(resume)
         if not ckpt.is_file():
             raise PlugtrainError(f"--resume {resume}: no such checkpoint file (use --resume auto for the run's last.pt)")
+        if exists:
+            try:
+                inside = run_dir.resolve() in ckpt.resolve().parents
+            except OSError:
+                inside = False
+            if not inside and elastic_restart and _only_this_run(run_dir):
+                return Plan(run_dir, "resume", ckpt, replace=True, note=f"elastic restart before the first "
+                                                                       f"checkpoint of {run_dir}: again from {ckpt}")
+            if not inside:
+                raise PlugtrainError(
+                    f"--resume {resume}: the run directory {run_dir} already holds another run "
+                    f"({_contents(run_dir)}); continuing there would write over its checkpoints. Choose another "
+                    "run.name (e.g. --set run.name=\"...\") for the continued run")
+            return Plan(run_dir, "resume", ckpt, fresh=False)
         return Plan(run_dir, "resume", ckpt)
     if exists:
         if not overwrite:
@@ -146,7 +273,7 @@ def plan(run_dir: Path, resume: str | None, overwrite: bool) -> Plan:
                 "it, or choose another run.name"
             )
         _check_replaceable(run_dir, "--overwrite")
-        return Plan(run_dir, "overwrite")
+        return Plan(run_dir, "overwrite", replace=True)
     return Plan(run_dir, "new")
 
 
@@ -156,13 +283,111 @@ def _check_replaceable(run_dir: Path, flag: str) -> None:
                              f"(none of {', '.join(MARKERS)} in it)")
 
 
-def prepare(p: Plan) -> bool:
-    """Create (or empty, for ``overwrite``) the run directory. Returns True when this call created its content."""
-    if p.mode == "overwrite" and p.run_dir.exists():
-        shutil.rmtree(p.run_dir)
-    created = not p.run_dir.exists() or p.mode != "resume"
-    (p.run_dir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-    return created
+class Opening:
+    """Rank 0's file work when a run starts; nothing of an old run is lost at any moment.
+
+    A fresh run directory (``new``, ``overwrite``, a resume into a new directory) is written under a temporary
+    sibling name, ``.<name>.plugtrain-new-<pid>`` (:attr:`where`), and put in place whole by :meth:`publish`, one
+    rename; for ``overwrite`` the old run is first renamed aside to ``.<name>.plugtrain-old-<pid>``, still intact.
+    :meth:`commit` (once everything before training has passed, loggers included) deletes the old run;
+    :meth:`rollback` (on any failure before that) removes what this start wrote and renames the old run back. A
+    resume in place writes into the run directory itself (``spec.toml`` and ``env.json``, each atomically)."""
+
+    def __init__(self, p: Plan) -> None:
+        self.plan = p
+        self.run_dir = p.run_dir
+        self.staged = p.fresh
+        self.published = False
+        self.backup: Path | None = None
+        self.created: list[Path] = []  # folders above the run directory that this start made
+        for leftover, what, _ in _leftovers(p.run_dir):
+            if what == "new":  # a start that died before its directory was put in place: only its own files
+                shutil.rmtree(leftover, ignore_errors=True)
+        parent = p.run_dir.parent
+        missing = [d for d in (parent, *parent.parents) if not d.exists()]
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PlugtrainError(f"cannot create the folder {parent} for the run directory: "
+                                 f"{exc.strerror or exc}") from None
+        self.created = missing
+        self.where = _sibling(p.run_dir, "new") if self.staged else p.run_dir
+        #: a resume in place rewrites these two: what they held before, to put back on a failure
+        self.kept = {} if self.staged else {name: _read_bytes(p.run_dir / name) for name in ("spec.toml", "env.json")}
+        try:
+            (self.where / CHECKPOINTS).mkdir(parents=True, exist_ok=not self.staged)
+        except OSError as exc:
+            self._remove_created()
+            raise PlugtrainError(f"cannot create the run directory {p.run_dir}: {exc.strerror or exc}") from None
+
+    def publish(self) -> None:
+        """Put the staged directory in place (the old run, for ``overwrite``, moved aside first)."""
+        if not self.staged or self.published:
+            return
+        if self.plan.replace and self.run_dir.exists():
+            self.backup = _sibling(self.run_dir, "old")
+            os.rename(self.run_dir, self.backup)
+        try:
+            os.rename(self.where, self.run_dir)  # onto nothing, or onto an empty directory
+        except OSError as exc:
+            if self.backup is not None:
+                os.rename(self.backup, self.run_dir)
+                self.backup = None
+            raise PlugtrainError(f"cannot put the run directory {self.run_dir} in place: {exc.strerror or exc} "
+                                 "(did another process create it meanwhile?)") from None
+        self.published = True
+        _fsync_dir(self.run_dir.parent)
+
+    def commit(self) -> None:
+        """The new run has started: the old one (``overwrite``) is deleted now."""
+        if self.backup is not None:
+            shutil.rmtree(self.backup, ignore_errors=True)
+            self.backup = None
+
+    def rollback(self) -> None:
+        """A failure before training: remove what this start wrote, put the old run back where it was."""
+        for name, data in self.kept.items():  # a resume in place: spec.toml and env.json as they were
+            path = self.run_dir / name
+            if data is None:
+                path.unlink(missing_ok=True)
+            else:
+                tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+        if self.staged:
+            target = self.run_dir if self.published else self.where
+            shutil.rmtree(target, ignore_errors=True)
+            if self.backup is not None:
+                os.rename(self.backup, self.run_dir)
+                self.backup = None
+            self._remove_created()
+
+    def _remove_created(self) -> None:
+        for d in self.created:  # deepest first; only the empty ones
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def discard(run_dir: Path) -> None:
@@ -228,6 +453,9 @@ def environment(world_size: int, spec_source: str | None) -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "start_time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv,
+        "torchelastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID"),
+        "torchelastic_agent": elastic_agent(),
+        "torchelastic_restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0),
         "spec_file": str(Path(spec_source).resolve()) if spec_source else None,
     }
 

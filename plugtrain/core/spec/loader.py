@@ -22,8 +22,8 @@ import attrs
 
 from plugtrain.core.errors import PlugtrainError, did_you_mean
 from plugtrain.core.spec.model import SECTIONS, RunSpec, from_dict, to_dict
-from plugtrain.core.spec.overrides import OverrideError, apply, normalize, parse_override
-from plugtrain.core.spec.tomlpos import Pos, format_path, locate, open_string, unclosed
+from plugtrain.core.spec.overrides import OverrideError, apply, normalize, parse_key, parse_override
+from plugtrain.core.spec.tomlpos import Pos, format_path, locate, open_multiline, open_string, too_deep, unclosed
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,6 +61,13 @@ class Resolved:
     warnings: list[str] = attrs.Factory(list)
     files: list[str] = attrs.Factory(list)  # the spec and the files it extends, most derived first
     overrides: list[str] = attrs.Factory(list)  # the --set texts, in order
+    notes: list[str] = attrs.Factory(list)  # what composing did that a reader may not expect (extends)
+
+
+#: Nesting deeper than this (arrays and inline tables) is refused: no spec needs it, and readers recurse on it.
+MAX_DEPTH = 64
+#: TOML 1.0: integers are 64-bit signed; a value outside this range must be an error.
+INT64 = (-(2**63), 2**63 - 1)
 
 
 def _display(path: Path) -> str:
@@ -92,6 +99,13 @@ def _syntax(display: str, exc: Exception, text: str) -> str:
                        "string must end on its line (use \"\"\" for several lines)"
     if m:
         return f"{display}:{m.group(1)}:{m.group(2)}: TOML syntax error: {msg[: m.start()]}"
+    if at_end and msg.startswith(("Unterminated string", 'Expected "\'\'\'"')):
+        opened_string = open_multiline(text)
+        if opened_string is not None:
+            line, col = opened_string
+            quotes = text.splitlines()[line - 1][col - 1: col + 2]
+            return f"{display}:{line}:{col}: TOML syntax error: this multi-line string is never closed (the file " \
+                   f"ends inside it): close it with {quotes}"
     if at_end:
         opened = unclosed(text)
         if opened is not None:
@@ -138,8 +152,31 @@ def _walk(value: Any, prefix: tuple):
             yield from _walk(v, (*prefix, i))
 
 
+def _big_ints(data: Any, prefix: tuple = ()):
+    """Key paths of the integers outside TOML's 64-bit range."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield from _big_ints(v, (*prefix, k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from _big_ints(v, (*prefix, i))
+    elif isinstance(data, int) and not isinstance(data, bool) and not INT64[0] <= data <= INT64[1]:
+        yield prefix
+
+
 def _read(path: Path, display: str, chain: tuple[Path, ...], res: Resolved) -> tuple[dict, dict] | None:
     """The file at ``path`` merged over the files it extends, with origins; None after a reported problem."""
+    try:
+        return _read_file(path, display, chain, res)
+    except RecursionError:  # a structure too deep for the readers that too_deep() does not see (dotted keys)
+        res.problems.append(f"{display}:1:1: the spec is nested too deeply to read (more than {MAX_DEPTH} levels)")
+        return None
+
+
+def _read_file(path: Path, display: str, chain: tuple[Path, ...], res: Resolved) -> tuple[dict, dict] | None:
+    if "\x00" in str(path):
+        res.problems.append(f"{display!r}: a path cannot hold a NUL byte")
+        return None
     real = path.resolve()
     try:
         text = real.read_text(encoding="utf-8")
@@ -156,13 +193,36 @@ def _read(path: Path, display: str, chain: tuple[Path, ...], res: Resolved) -> t
         res.problems.append(f"{display}: cannot read: {exc.strerror or exc}")
         return None
     res.files.append(display)
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark (some editors write one): not part of the TOML
+    deep = too_deep(text, MAX_DEPTH)
+    if deep is not None:
+        res.problems.append(f"{display}:{deep[0]}:{deep[1]}: arrays and inline tables nested more than {MAX_DEPTH} "
+                            "levels deep: no spec needs that many")
+        return None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         res.problems.append(_syntax(display, exc, text))
         return None
     origins = {p: Origin(display, pos) for p, pos in locate(text).items()}
+    big = list(_big_ints(data))
+    if big:  # TOML 1.0 requires an error: the document is not TOML, like a syntax error
+        for p in big:
+            pos = origins[p].pos if p in origins else None
+            at = f"{display}:{pos.value_line}:{pos.value_col}" if pos else f"{display}:1:1"
+            res.problems.append(f"{at}: {format_path(p)}: the integer {_short(_value_at(data, p))} does not fit in 64 "
+                                f"bits: TOML integers go from {INT64[0]} to {INT64[1]}")
+        return None
+    upos = origins.get(("unset",))
+    unset = _pop_unset(data, origins, display, res)
     if "extends" not in data:
+        if unset:
+            at = f"{display}:{upos.pos.line}:{upos.pos.col}" if upos and upos.pos else display
+            res.problems.append(f"{at}: unset removes keys that this file inherits, but it has no extends: "
+                                "delete the keys themselves")
+            return None
+        if unset is None:
+            return None
         return data, origins
     parent = data.pop("extends")
     eorigin = origins.pop(("extends",), None)
@@ -172,10 +232,17 @@ def _read(path: Path, display: str, chain: tuple[Path, ...], res: Resolved) -> t
         res.problems.append(f"{where}: extends must be the path of another spec file (a string, relative to this "
                             "file), e.g. extends = \"base.toml\"")
         return None
+    if "\x00" in parent:
+        res.problems.append(f"{where}: extends {parent!r}: a path cannot hold a NUL byte")
+        return None
     ppath = real.parent / parent
     if ppath.resolve() in (*chain, real):
         cycle = " -> ".join(_display(p) for p in (*chain, real, ppath.resolve()))
         res.problems.append(f"{where}: extends cycle: {cycle}")
+        return None
+    if ppath.is_dir():
+        res.problems.append(f"{where}: extends {parent!r}: {_display(ppath)!r} is a directory, not a spec file; "
+                            "name a .toml file in it")
         return None
     if not ppath.is_file():
         siblings = [p.name for p in ppath.parent.glob("*.toml")] if ppath.parent.is_dir() else []
@@ -183,14 +250,163 @@ def _read(path: Path, display: str, chain: tuple[Path, ...], res: Resolved) -> t
                             + did_you_mean(Path(parent).name, siblings))
         return None
     base = _read(ppath, _display(ppath), (*chain, real), res)
-    if base is None:
+    if base is None or unset is None:
         return None
     bdata, borigins = base
+    pdisplay = _display(ppath)
+    bdata = _apply_unset(bdata, borigins, unset, data, display, pdisplay, res)
+    if bdata is None:
+        return None
+    bdata = _switched_components(bdata, borigins, data, origins, display, pdisplay, res)
     merged = deep_merge(bdata, data)
     for p in _replaced(bdata, data):
         _drop_under(borigins, p)
     borigins.update(origins)
     return merged, borigins
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 30 else f"{text[:12]}...{text[-6:]} ({len(text)} digits)"
+
+
+def _value_at(data: Any, path: tuple) -> Any:
+    for p in path:
+        data = data[p]
+    return data
+
+
+def _pop_unset(data: dict[str, Any], origins: dict[tuple, Origin], display: str,
+               res: Resolved) -> list[tuple[tuple, str, str]] | None:
+    """The file's ``unset = ["section.key", ...]`` as ``(key path, text, place)``; ``[]`` when absent, None after a
+    reported problem. ``unset`` deletes keys the file inherits through ``extends`` (see :func:`_apply_unset`)."""
+    if "unset" not in data:
+        return []
+    value = data.pop("unset")
+    uorigin = origins.pop(("unset",), None)
+    upos = uorigin.pos if uorigin is not None else None
+    where = f"{display}:{upos.value_line}:{upos.value_col}" if upos else display
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        res.problems.append(f"{where}: unset must be an array of key paths (strings), e.g. "
+                            'unset = ["optimizer.weight_decay", "scheduler"]')
+        return None
+    out = []
+    ok = True
+    for i, text in enumerate(value):
+        ipos = origins.pop(("unset", i), None)
+        at = f"{display}:{ipos.pos.value_line}:{ipos.pos.value_col}" if ipos and ipos.pos else where
+        try:
+            key_path = parse_key(text)
+        except OverrideError as exc:
+            res.problems.append(f"{at}: unset {text!r}: {exc}")
+            ok = False
+            continue
+        if key_path[0] == "extends":
+            res.problems.append(f"{at}: unset {text!r}: extends is not inherited")
+            ok = False
+            continue
+        out.append((key_path, text, at))
+    return out if ok else None
+
+
+def _apply_unset(bdata: dict[str, Any], borigins: dict[tuple, Origin], unset: list[tuple[tuple, str, str]],
+                 data: dict[str, Any], display: str, pdisplay: str, res: Resolved) -> dict[str, Any] | None:
+    """``bdata`` (what the file inherits) without the keys ``unset`` names; each must exist there."""
+    import copy
+
+    if not unset:
+        return bdata
+    out = copy.deepcopy(bdata)
+    ok = True
+    for key_path, text, at in unset:
+        if _has_path(data, key_path):
+            res.problems.append(f"{at}: unset {text!r}: {display} also sets {text}; unset only removes inherited "
+                                "keys, so drop one of the two")
+            ok = False
+            continue
+        node: Any = out
+        for depth, seg in enumerate(key_path):
+            last = depth == len(key_path) - 1
+            have = node if isinstance(node, dict) else {}
+            fits = (isinstance(seg, str) and seg in have) or (
+                isinstance(seg, int) and isinstance(node, list) and -len(node) <= seg < len(node))
+            if not fits:
+                here = format_path(key_path[:depth]) or "the spec"
+                hint = did_you_mean(str(seg), [str(k) for k in have]) if isinstance(seg, str) else ""
+                res.problems.append(f"{at}: unset {text!r}: {pdisplay} (what {display} extends) has no "
+                                    f"{format_path(key_path[: depth + 1])} in {here}.{hint}")
+                ok = False
+                break
+            if last:
+                del node[seg]
+                _drop_under(borigins, key_path)
+                res.notes.append(f"{display}: unset {text} (inherited from {pdisplay})")
+                break
+            node = node[seg]
+    return out if ok else None
+
+
+def _has_path(d: Any, path: tuple) -> bool:
+    for seg in path:
+        if isinstance(seg, str) and isinstance(d, dict) and seg in d:
+            d = d[seg]
+        elif isinstance(seg, int) and isinstance(d, list) and -len(d) <= seg < len(d):
+            d = d[seg]
+        else:
+            return False
+    return True
+
+
+def _component_tables(bdata: dict[str, Any], data: dict[str, Any]):
+    """``(path, name_key, own keys)`` of the component tables that both ``bdata`` and ``data`` hold."""
+    from plugtrain.core.spec.model import own_keys
+
+    for sec, (cls, kind) in SECTIONS.items():
+        if kind is None or sec in ("loggers", "metrics", "callbacks", "augmentations"):
+            continue
+        b, o = bdata.get(sec), data.get(sec)
+        if not isinstance(b, dict) or not isinstance(o, dict):
+            continue
+        yield (sec,), ("dataset" if sec == "data" else "name"), set(own_keys(cls))
+        if sec == "loss" and isinstance(b.get("optimizer"), dict) and isinstance(o.get("optimizer"), dict):
+            yield ("loss", "optimizer"), "name", set()
+
+
+def _switched_components(bdata: dict[str, Any], borigins: dict[tuple, Origin], data: dict[str, Any],
+                         origins: dict[tuple, Origin], display: str, pdisplay: str,
+                         res: Resolved) -> dict[str, Any]:
+    """A child that names another component in a table drops the parent's parameters of the old one.
+
+    ``[optimizer] name = "SGD"`` over a parent's AdamW must not inherit AdamW's ``weight_decay``: parameters
+    belong to the component they were written for. The table's own keys (``[data] batch_size``,
+    ``[scheduler] warmup_epochs``, ...) are kept; the child repeats any parameter it wants to keep."""
+    import copy
+
+    out = bdata
+    for path, name_key, own in list(_component_tables(bdata, data)):
+        b = _value_at(out, path)
+        o = _value_at(data, path)
+        old, new = b.get(name_key), o.get(name_key)
+        if not isinstance(old, str) or not isinstance(new, str) or old == new:
+            continue
+        dropped = [k for k in b if k != name_key and k not in own and (path != ("loss",) or k != "optimizer")]
+        if not dropped:
+            continue
+        if out is bdata:
+            out = copy.deepcopy(bdata)
+        table = _value_at(out, path)
+        for k in dropped:
+            del table[k]
+            _drop_under(borigins, (*path, k))
+        kept = [k for k in dropped if k in o]
+        gone = [k for k in dropped if k not in o]
+        what = f"[{format_path(path)}] {name_key} {old!r} (from {pdisplay}) becomes {new!r} in {display}"
+        note = f"{what}: the parameters written for {old!r} are not inherited"
+        if gone:
+            note += f" ({', '.join(gone)} dropped"
+            note += f"; {', '.join(kept)} set again here)" if kept else ")"
+        res.notes.append(note)
+    return out
 
 
 def resolve(path: str | Path, overrides: list[str] | tuple[str, ...] = (), validate: bool = True) -> Resolved:
@@ -219,19 +435,39 @@ def resolve(path: str | Path, overrides: list[str] | tuple[str, ...] = (), valid
     from plugtrain.core.spec.validate import validate as run_validation
 
     found = run_validation(res.data)
-    located = sorted(((_place(res, pr.path, pr.at), pr) for pr in found), key=lambda x: x[0])
+    located = sorted(((_place(res, pr.path, pr.at, pr.related), pr) for pr in found), key=lambda x: x[0])
     for (_, where, note), pr in located:
         (res.warnings if pr.warning else res.problems).append(
             f"{where}: {'warning: ' if pr.warning else ''}{pr.message}{note}")
     return res
 
 
-def _place(res: Resolved, path: tuple, at: str) -> tuple[tuple, str, str]:
+def _override_of(res: Resolved, path: tuple) -> Origin | None:
+    """The override that set ``path`` or a table above it, if one did."""
+    p = path
+    while p:
+        origin = res.origins.get(p)
+        if origin is not None:
+            return origin if origin.override else None
+        p = p[:-1]
+    return None
+
+
+def _place(res: Resolved, path: tuple, at: str, related: tuple = ()) -> tuple[tuple, str, str]:
     """(sort key, ``file:line:col`` or ``spec: --set ...``, note) for a problem about ``path``.
 
     When the component that a table names was named by an override, the override is part of the cause: a problem
-    located in a file gets a note naming it; a problem with no place of its own in a file is the override's.
+    located in a file gets a note naming it; a problem with no place of its own in a file is the override's. A
+    problem of a combination (``related`` keys) that an override brought about is the override's, with a note
+    saying where the other key is written.
     """
+    if related and _override_of(res, path) is None:
+        cause = next((o for o in (_override_of(res, r) for r in related) if o is not None), None)
+        if cause is not None:
+            order = res.overrides.index(cause.override) if cause.override in res.overrides else 0
+            own = res.origins.get(path)
+            note = f" ({format_path(path)} at {own.file}:{own.pos.line}:{own.pos.col})" if own and own.pos else ""
+            return ("~", order, 0), f"{res.path}: --set {cause.override}", note
     origin, exact = None, True
     p = path
     while True:
@@ -290,9 +526,11 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 def _typed(res: Resolved) -> RunSpec:
     try:
-        return from_dict(res.data, source=res.path)
+        spec = from_dict(res.data, source=res.path)
     except (KeyError, TypeError, ValueError) as exc:  # validation should have caught it: still no traceback
         raise SpecError([f"{res.path}: {exc}"]) from None
+    spec.notes = list(res.notes)
+    return spec
 
 
 # -- writing TOML ----------------------------------------------------------------------------------------------------
@@ -347,10 +585,15 @@ def dumps_dict(d: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def dumps(spec: RunSpec) -> str:
-    """The resolved spec as TOML that is itself a valid spec (``check --print``; the runtime may save it too)."""
+def dumps(spec: RunSpec, notes: bool = False) -> str:
+    """The resolved spec as TOML that is itself a valid spec (``check --print``; the runtime may save it too);
+    with ``notes``, what composing it did (a component switched by ``extends``, an ``unset``) as comment lines."""
     d = to_dict(spec)
-    return dumps_dict({k: d[k] for k in SECTIONS if k in d})
+    text = dumps_dict({k: d[k] for k in SECTIONS if k in d})
+    if notes and spec.notes:
+        head, _, rest = text.partition("\n")
+        text = head + "\n" + "".join(f"# note: {n}\n" for n in spec.notes) + rest
+    return text
 
 
 __all__ = ["Origin", "Resolved", "SpecError", "deep_merge", "dumps", "dumps_dict", "format_path",

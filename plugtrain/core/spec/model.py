@@ -63,6 +63,11 @@ def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
+def _fold(value: list[int] | None) -> None:
+    if value is not None and not (len(value) == 2 and value[1] >= 2 and 1 <= value[0] <= value[1]):
+        raise ValueError(f"fold must be [k, K] with K >= 2 and 1 <= k <= K, got {value!r}")
+
+
 @attrs.frozen
 class _Between:
     """A validator: ``lo <= value <= hi`` (``None`` passes). The checker and the JSON Schema read ``lo`` / ``hi``."""
@@ -147,6 +152,7 @@ class DataSection:
     m_per_class: int = attrs.field(default=4, validator=_positive)
     num_views: int = attrs.field(default=1, validator=_positive)
     class_subset: list[str] | None = None
+    fold: list[int] | None = attrs.field(default=None, validator=lambda i, a, v: _fold(v))  # [k, K]: CV fold k of K
 
 
 @attrs.define
@@ -241,6 +247,8 @@ class RunSpec:
     callbacks: list[ComponentSpec] = attrs.Factory(list)
     trainer: TrainerSection = attrs.Factory(TrainerSection)
     source: str | None = attrs.field(default=None, eq=False)
+    #: What composing the spec did that a reader may not expect (``extends`` switching a component, ``unset``).
+    notes: list[str] = attrs.field(factory=list, eq=False, repr=False)
 
     @property
     def primary_metric(self) -> str:

@@ -296,6 +296,77 @@ def unclosed(src: str) -> tuple[int, int, str] | None:
     return line, col, c
 
 
+def open_multiline(src: str) -> tuple[int, int] | None:
+    """(line, col) of a multi-line string (three double or three single quotes) that ``src`` opens and never
+    closes, or None.
+
+    For "unterminated string" at the end of a document: the place to fix is where the string opens, not the end."""
+    sc = _Scanner(src)
+    while sc.i < sc.n:
+        c = sc.s[sc.i]
+        if c == "#":
+            sc.skip_comment()
+        elif c in "\"'":
+            start = sc.i
+            if sc.s.startswith(c * 3, start):
+                q = c * 3
+                j = sc.s.find(q, start + 3)
+                while q == '"""' and j != -1 and _escaped(sc.s, j):
+                    j = sc.s.find(q, j + 1)
+                if j == -1:
+                    return sc.lc(start)
+                sc.i = j + 3
+                continue
+            sc.string()
+            nl = sc.s.find("\n", start, sc.i)  # a one-line string left open ends at its line's end
+            if nl != -1:
+                sc.i = nl
+        else:
+            sc.i += 1
+    return None
+
+
+def too_deep(src: str, limit: int) -> tuple[int, int] | None:
+    """(line, col) of the first array or inline table nested more than ``limit`` levels deep, or None.
+
+    TOML does not bound nesting, but every reader recurses on it: a spec nested hundreds of levels deep is refused
+    with a location rather than a RecursionError. Strings and comments are skipped; the document need not be valid."""
+    sc = _Scanner(src)
+    depth = 0
+    at_line_start = True
+    while sc.i < sc.n:
+        c = sc.s[sc.i]
+        if c == "#":
+            sc.skip_comment()
+            continue
+        if c in "\"'":
+            start = sc.i
+            sc.string()
+            if not (sc.s.startswith('"""', start) or sc.s.startswith("'''", start)):
+                nl = sc.s.find("\n", start, sc.i)
+                if nl != -1:
+                    sc.i = nl
+            at_line_start = False
+            continue
+        if c == "\n":
+            at_line_start = True
+        elif c in "[{":
+            if not (at_line_start and depth == 0):  # a [table] header is no nesting
+                depth += 1
+                if depth > limit:
+                    return sc.lc(sc.i)
+            else:
+                end = sc.s.find("\n", sc.i)
+                sc.i = sc.n if end == -1 else end
+                continue
+        elif c in "]}":
+            depth = max(depth - 1, 0)
+        elif c not in " \t\r":
+            at_line_start = False
+        sc.i += 1
+    return None
+
+
 def open_string(line: str) -> int | None:
     """The 1-based column of a one-line string that ``line`` opens and never closes, or None."""
     i = 0

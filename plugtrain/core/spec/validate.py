@@ -22,9 +22,9 @@ import attrs
 from plugtrain.core.errors import PlugtrainError, did_you_mean
 from plugtrain.core.hookspecs import CONTEXT, SINGULAR
 from plugtrain.core.registry import TASK_OUTPUTS
+from plugtrain.core.runtime.rundir import InsideRunDir, run_path_problem
 from plugtrain.core.spec import model
 from plugtrain.core.spec.model import REQUIRED_SECTIONS, SECTIONS
-from plugtrain.core.runtime.rundir import InsideRunDir, run_path_problem
 from plugtrain.core.spec.retired import collect, retired_hint
 from plugtrain.core.spec.tomlpos import format_path
 from plugtrain.core.spec.typecheck import T, describe, from_annotation, matches, mismatch, toml_view
@@ -214,7 +214,8 @@ class Validator:
                 and isinstance(start, int) and not isinstance(start, bool)
                 and trainer.get("swa") is True and start >= epochs):
             self.add(("trainer", "swa_start_epoch"),
-                     f"trainer.swa_start_epoch ({start}) must be below run.epochs ({epochs}) for SWA to run")
+                     f"trainer.swa_start_epoch ({start}) must be below run.epochs ({epochs}) for SWA to run",
+                     related=(("run", "epochs"), ("trainer", "swa")))
         if trainer.get("strategy") == "fsdp":
             refused = [(trainer.get("precision") == "fp16", 'precision = "fp16" (use "bf16")')]
             refused += [(trainer.get(key) is True, f"{key} = true")
@@ -222,7 +223,9 @@ class Validator:
             bad = [what for cond, what in refused if cond]
             if bad:
                 self.add(("trainer", "strategy"), f'trainer.strategy = "fsdp" cannot be combined with '
-                                                  f'{", ".join(bad)} (yet); use strategy = "ddp" for those')
+                                                  f'{", ".join(bad)} (yet); use strategy = "ddp" for those',
+                         related=tuple(("trainer", k) for k in ("precision", "ema", "swa", "compile",
+                                                                "sync_batchnorm", "channels_last")))
         data = d.get("data") if isinstance(d.get("data"), dict) else {}
         self.fit_checks(d, run, data)
         self.schedule_checks(d, run, trainer)
@@ -234,7 +237,8 @@ class Validator:
                 and batch % m):
             self.add(("data", "batch_size"),
                      f"data.batch_size ({batch}) must be a multiple of data.m_per_class ({m}) with sampler = "
-                     "'m_per_class': every batch (on every process) holds whole groups of m samples of a class")
+                     "'m_per_class': every batch (on every process) holds whole groups of m samples of a class",
+                     related=(("data", "m_per_class"), ("data", "sampler")))
 
     # -- combinations that cannot train ------------------------------------------------------------------------
     def _quiet(self, kind: str, name: Any) -> Any:
@@ -252,7 +256,7 @@ class Validator:
         if not names:
             return ""
         shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-        return f" {SINGULAR[kind].capitalize()}s that fit: {shown}."
+        return f" {kind.capitalize()} that fit: {shown}."
 
     def fit_checks(self, d: dict[str, Any], run: dict[str, Any], data: dict[str, Any]) -> None:
         """What each loss and metric declares it fits (``Component.fits``) against ``run.task`` and the views."""
@@ -317,7 +321,8 @@ class Validator:
                 known += [f"{prefix}/loss"] + [f"{prefix}/{k}" for k in keys]
         if primary not in known:
             self.add(("run", "primary_metric"), f"run.primary_metric = {primary!r} is not a metric of this run."
-                     + did_you_mean(primary, known) + f" Known: {', '.join(known)}", related=(("metrics",),))
+                     + did_you_mean(primary, known) + f" Known: {', '.join(known)}",
+                     related=(("metrics",), ("run", "task"), ("trainer", "ema"), ("trainer", "swa")))
 
     def schedule_checks(self, d: dict[str, Any], run: dict[str, Any], trainer: dict[str, Any]) -> None:
         """A warmup longer than the whole run (when the run's length is known without the data)."""
@@ -332,32 +337,24 @@ class Validator:
                                                      "never reach its value", related=(("run", "epochs"),))
         cap = trainer.get("max_steps_per_epoch")
         if _is_int(w_steps) and w_steps > 0 and _is_int(cap) and cap > 0 and w_steps > epochs * cap:
+            # a warning: trainer.max_steps_per_epoch cuts a run short on purpose (a try, a test), and a warmup meant
+            # for the whole run is then longer than what is left of it
             self.add(("scheduler", "warmup_steps"), f"scheduler.warmup_steps ({w_steps}) is longer than the whole "
                                                     f"run (at most run.epochs x trainer.max_steps_per_epoch = "
-                                                    f"{epochs * cap} optimizer steps)",
+                                                    f"{epochs * cap} optimizer steps): the learning rate never "
+                                                    "reaches its value", warning=True,
                      related=(("run", "epochs"), ("trainer", "max_steps_per_epoch")))
 
     def pipeline_checks(self, d: dict[str, Any], data: dict[str, Any]) -> None:
-        """A validation crop larger than the images the pipeline ends with; mean / std that cannot normalise."""
+        """mean / std that cannot normalise. (A crop larger than the images is the pre-flight's to find: the
+        pipeline resizes to image_size after the spec's transforms, so a crop larger than image_size is right for
+        sources at least that large; only a real sample says.)"""
         aug = d.get("augmentations") if isinstance(d.get("augmentations"), dict) else {}
-        size = data.get("image_size")
-        if _is_int(size) and size > 0:
-            for path, item in _augmentation_items(aug.get("val"), ("augmentations", "val")):
-                name = str(item.get("name", "")).rpartition(":")[2]
-                h, w = item.get("height"), item.get("width")
-                if "Crop" in name and _is_int(h) and _is_int(w) and (h > size or w > size) \
-                        and item.get("pad_if_needed") is not True:
-                    self.add(path, f"{format_path(path)}: {name} crops {h}x{w}, larger than data.image_size = {size} "
-                                   "(every validation image ends at image_size): crop at most image_size, or set "
-                                   "pad_if_needed = true", related=(("data", "image_size"),))
-        for key in ("mean", "std"):
-            values = aug.get(key)
-            if not isinstance(values, list):
-                continue
-            for i, x in enumerate(values):
-                if _is_number(x) and (not math.isfinite(x) or (key == "std" and x <= 0)):
-                    self.add(("augmentations", key, i), f"augmentations.{key}[{i}] must be a finite number"
-                                                        + (" > 0" if key == "std" else "") + f", got {x!r}")
+        std = aug.get("std")
+        for i, x in enumerate(std if isinstance(std, list) else []):
+            if _is_number(x) and math.isfinite(x) and x <= 0:  # (non-finite values: the type check's)
+                self.add(("augmentations", "std", i), f"augmentations.std[{i}] must be > 0 (images are divided by "
+                                                      f"it), got {x!r}")
 
     def run_dir_checks(self, run: dict[str, Any]) -> None:
         """``run.output_dir`` / ``run.name`` that no run directory can be made of (checked without writing)."""
@@ -567,7 +564,7 @@ class Validator:
                 problem = run_path_problem(value)
                 if problem is not None:
                     self.add(path, f"{format_path(path)}: {problem} ({SINGULAR[kind]} {comp.name!r} writes "
-                                   f"{marker.what} here)")
+                                   f"{marker.what})")
 
     def transforms(self, value: Any, path: tuple) -> None:
         if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
@@ -605,14 +602,6 @@ def _is_int(x: Any) -> bool:
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _augmentation_items(items: Any, path: tuple):
-    """``(path, table)`` of every augmentation in a list, compositions' ``transforms`` included."""
-    for i, item in enumerate(items if isinstance(items, list) else []):
-        if isinstance(item, dict):
-            yield (*path, i), item
-            yield from _augmentation_items(item.get("transforms"), (*path, i, "transforms"))
 
 
 #: The longest path most systems take (PATH_MAX), in bytes.
