@@ -171,7 +171,8 @@ def test_embeddings_metric_keeps_the_first_max_points():
 def test_visual_metrics_are_defaults_per_task(tmp_path, task, visual):
     from plugtrain.core.spec import load_spec
 
-    body = "[loss]\nname = \"CrossEntropy\"\n"
+    loss = {"classification": "CrossEntropy", "regression": "MSE", "metric_learning": "SupCon"}[task]
+    body = f"[loss]\nname = \"{loss}\"\n"
     spec = load_spec(write_spec(tmp_path, "d", task, body))
     names = [m.name for m in spec.metric_specs]
     assert visual in names

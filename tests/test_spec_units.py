@@ -170,7 +170,6 @@ def test_unclosed_brackets_and_strings_are_found_past_strings_and_comments():
     ('[run]\nname = "x"\n[run]\n', "3:5", "Cannot declare [run] twice"),
     ('[run]\nname = "x"\nname = "y"\n', "3:11", "Cannot overwrite a value"),
     ("[run\n", "1:5", "TOML syntax error"),
-    ("\ufeff[run]\n", "1:1", "TOML syntax error"),
 ])
 def test_syntax_errors_are_located(tmp_path, text, where, fragment):
     spec = tmp_path / "s.toml"

@@ -432,5 +432,5 @@ def plugtrain_metrics():
         Component("map_at_r", map_at_r, roles=_ML, fits=_FITS_ML),
         Component("confusion_matrix", confusion_matrix, roles=_CLS, fits=_FITS_CLS),
         Component("parity_plot", parity_plot, roles=_REG, fits=_FITS_REG),
-        Component("embeddings", embeddings, roles=_ML, fits=_FITS_ML),
+        Component("embeddings", embeddings, roles=_ML),  # projects any outputs: embeddings, logits or values
     ]

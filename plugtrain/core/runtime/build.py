@@ -54,7 +54,7 @@ def contract_problem(kind: str, obj: Any) -> str | None:
         if name.startswith("_") or not callable(spec_fn):
             continue
         fn = getattr(obj, name, None)
-        if fn is None:
+        if not callable(fn):  # absent, or an attribute of that name that is not a method (a metric's state)
             if name in required:
                 return f"has no {name}() method"
             continue
