@@ -249,7 +249,7 @@ CATALOG = {
     "schedulers": {"ReduceLROnPlateau", "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "CyclicLR",
                    "ExponentialLR", "StepLR", "MultiStepLR", "OneCycleLR"},
     "metrics": {"accuracy", "top5", "f1_macro", "confusion_matrix", "mae", "rmse", "r2", "parity_plot",
-                "precision_at_1", "recall_at_1", "map_at_r", "embeddings"},
+                "precision_at_1", "map_at_r", "embeddings"},
 }
 
 

@@ -29,7 +29,7 @@ def list_components(kind: str | None = None, pattern: str | None = None, *, as_j
         what = kinds[0] if kind else "components"
         command = f"plugtrain list {kinds[0]}" if kind else "plugtrain list"
         raise PlugtrainError(f"no {what} match {pattern!r}. Run `{command}` to see them all.")
-    rows = [(c.kind, c.name, c.plugin, _dist_label(c.distribution, c.version), c.one_line) for c in comps]
+    rows = [(c.kind, c.name, c.plugin, _dist_label(c.distribution, c.version), plain_text(c.one_line)) for c in comps]
     console.table(f"plugtrain components ({len(rows)})", ["kind", "name", "plugin", "distribution", "summary"], rows)
     return 0
 
@@ -47,9 +47,9 @@ def show_component(kind: str, name: str, *, as_json: bool = False) -> int:
                             "params": params})
         return 0
     console.echo(f"{comp.kind} {comp.name}  (plugin {comp.plugin}, {_dist_label(comp.distribution, comp.version)})")
-    summary = comp.one_line
+    summary = plain_text(comp.one_line)
     console.echo(summary)
-    doc = comp.doc.strip()
+    doc = plain_text(comp.doc.strip())
     if doc.startswith(summary):  # the summary is the docstring's first line: do not print it twice
         doc = doc[len(summary):].strip()
     if doc:
@@ -81,3 +81,12 @@ def list_plugins(*, as_json: bool = False) -> int:
             for p in plugins]
     console.table(f"plugtrain plugins ({len(rows)})", ["name", "distribution", "hooks", "error"], rows)
     return 0
+
+
+def plain_text(text: str) -> str:
+    """Docstring markup as a reader sees it: ````x```` and ``:role:`x```` become ``x`` (the text of tables and
+    ``show``; JSON keeps the docstring as written)."""
+    import re
+
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else m.group(1), text)
+    return text.replace("``", "")

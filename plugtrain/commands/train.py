@@ -66,7 +66,7 @@ def run(specs: Sequence[str], overrides: Sequence[str] = (), *, resume: str | No
             except PlugtrainError as exc:
                 if _debug():
                     traceback.print_exc()
-                console.error(f"{label}{exc}")
+                console.error(label + str(exc).removeprefix("plugtrain: error: "))
                 codes.append(exc.exit_code)
             except Exception as exc:  # noqa: BLE001 - a bug or a library error: one line, traceback on demand
                 if _debug():
@@ -308,7 +308,7 @@ def _banner(trainer: Any, plan: rundir.Plan) -> None:
     params = sum(p.numel() for p in b.backbone.parameters())
     console.echo(
         f"{spec.run.name}: {what}; {len(b.train_data)} train / {len(b.val_data)} val samples, "
-        f"{b.num_classes} classes; {spec.backbone.name} {params / 1e6:.2f}M params; {d.world_size} process(es) on "
+        f"{_outputs(b)}; {spec.backbone.name} {params / 1e6:.2f}M params; {d.world_size} process(es) on "
         f"{d.device}; {b.batches_per_epoch} batches x {spec.run.epochs} epochs; run dir {plan.run_dir}"
     )
 
@@ -429,7 +429,7 @@ def _dry_run(trainer: Any) -> int:
     rows = [
         ("dataset", f"{spec.data.dataset.name}: {len(b.train_data)} train, {len(b.val_data)} val"
                     + (f", {len(b.test_data)} test" if b.test_data is not None else "")
-                    + f"; {b.num_classes} classes; {b.in_chans} channel(s)"),
+                    + f"; {_outputs(b)}; {b.in_chans} channel(s)"),
         ("batch", f"images {tuple(images.shape)} {images.dtype}, targets {tuple(targets.shape)} {targets.dtype}"),
         ("backbone", f"{spec.backbone.name}: {bt:,} parameters ({btr:,} trainable); output "
                      f"{tuple(outputs.shape)}; embedding_dim {b.embedding_dim}"),
@@ -440,7 +440,18 @@ def _dry_run(trainer: Any) -> int:
                       if spec.scheduler else "none"),
         ("steps", f"{b.batches_per_epoch} batches / {b.steps_per_epoch} optimizer steps per epoch on "
                   f"{trainer.dist.world_size} process(es), device {trainer.device}"),
+        ("trainer", f"precision {spec.trainer.precision}, compile {spec.trainer.compile}, channels_last "
+                    f"{spec.trainer.channels_last}, strategy {spec.trainer.strategy}, grad_accum {spec.trainer.grad_accum}"),
         ("metrics", ", ".join(f"val/{k}" for k in b.metrics) + f"; primary {spec.primary_metric} ({spec.mode})"),
     ]
     console.table(f"dry run: {spec.run.name} (nothing written)", ["what", "value"], rows)
     return 0
+
+
+def _outputs(b: Any) -> str:
+    """What the model predicts, for the banner: classes, target values (regression) or an embedding."""
+    if b.spec.run.task == "regression":
+        return f"{b.num_classes} target value(s)"
+    if b.spec.run.task == "metric_learning":
+        return f"{b.num_classes} classes, {b.embedding_dim}-d embeddings"
+    return f"{b.num_classes} classes"

@@ -123,8 +123,9 @@ def precision_at_1():
 
 
 def recall_at_1():
-    """Recall@1 of leave-one-out retrieval on the validation embeddings (metric-learning sense: the share of queries
-    whose nearest neighbour has their class; equal to precision@1 at k = 1)."""
+    """Recall@1 of leave-one-out retrieval on the validation embeddings: by definition the same number as
+    ``precision_at_1`` (the share of queries whose nearest neighbour has their class); kept for specs that name it,
+    not among the defaults."""
     return _retrieval_class()("precision_at_1")
 
 
@@ -278,7 +279,7 @@ def render_parity_plot(targets: Any, preds: Any) -> Any:
     mae_value = float(np.abs(p - t).mean()) if n else float("nan")
     ss_tot = float(((t - t.mean()) ** 2).sum()) if n else 0.0
     r2_value = 1.0 - float(((p - t) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
-    draw.text((4, 4), f"parity plot (n = {n}, MAE {mae_value:.4g}, R2 {r2_value:.4f})", fill=_INK, font=font)
+    draw.text((4, 4), f"parity plot: n = {n}, MAE = {mae_value:.4g}, R2 = {r2_value:.4g}", fill=_INK, font=font)
     return np.asarray(img, dtype=np.uint8).copy()
 
 
@@ -428,7 +429,7 @@ def plugtrain_metrics():
         Component("rmse", rmse, roles=_REG, fits=_FITS_REG),
         Component("r2", r2, roles=_REG, fits=_FITS_REG),
         Component("precision_at_1", precision_at_1, roles=_ML, fits=_FITS_ML),
-        Component("recall_at_1", recall_at_1, roles=_ML, fits=_FITS_ML),
+        Component("recall_at_1", recall_at_1, fits=_FITS_ML),  # = precision_at_1: listed, not a default
         Component("map_at_r", map_at_r, roles=_ML, fits=_FITS_ML),
         Component("confusion_matrix", confusion_matrix, roles=_CLS, fits=_FITS_CLS),
         Component("parity_plot", parity_plot, roles=_REG, fits=_FITS_REG),
