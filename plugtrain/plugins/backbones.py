@@ -146,6 +146,7 @@ def timm_backbone(
     embedding_dim: Annotated[int, Ge(1)] | None = None,
     freeze: list[str] | None = None,
     unfreeze_after_epochs: Annotated[int, Ge(0)] | None = None,
+    freeze_bn: bool = False,
 ):
     """A timm model (``timm.create_model``), with optional GeM pooling and embedding head, from pretrained weights.
 
@@ -156,7 +157,9 @@ def timm_backbone(
     ``global_pool`` timm's pooling (``avg``, ``max``, ``avgmax``, ``catavgmax``, ...) or ``gem`` (``gem_p``,
     ``gem_eps``, ``gem_learnable_p``). ``embedding_dim`` adds a linear + L2-normalisation embedding head (metric
     learning). ``freeze`` lists module-name prefixes to freeze; ``unfreeze_after_epochs`` unfreezes them after that
-    many epochs (the ``unfreeze`` callback does it; the runtime adds it).
+    many epochs (the ``unfreeze`` callback does it; the runtime adds it). ``freeze_bn``: batch-norm layers whose
+    parameters are all frozen run in eval mode while training, so their running statistics stay those of the
+    weights (default false: they keep updating, as in timm and torchvision).
     """
     import timm
 
@@ -203,6 +206,7 @@ def timm_backbone(
     elif ref is not None:
         model.plugtrain_pretrained_report = load_pretrained(model, os.path.expanduser(ref.path), model_name=model_name)
     model.plugtrain_frozen = list(freeze or [])
+    model.plugtrain_freeze_bn = bool(freeze_bn)
     model.plugtrain_unfreeze_after = unfreeze_after_epochs
     model.plugtrain_requires_callbacks = ["unfreeze"] if unfreeze_after_epochs is not None else []
     if freeze:

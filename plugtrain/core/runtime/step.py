@@ -115,6 +115,18 @@ def frozen_bn_stats(module: torch.nn.Module):  # noqa: ANN201
             m.momentum = momentum
 
 
+def train_mode(net: torch.nn.Module, backbone: torch.nn.Module) -> None:
+    """``net.train()``; batch-norm layers of a backbone that asks for it (``plugtrain_freeze_bn``) whose parameters
+    are all frozen stay in eval mode, so that their running statistics do not move."""
+    net.train()
+    if getattr(backbone, "plugtrain_freeze_bn", False):
+        for m in backbone.modules():
+            params = list(m.parameters(recurse=False))
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad
+                                                                                           for p in params):
+                m.eval()
+
+
 class TrainStep:
     """The network as trained and everything one optimizer step does to it.
 

@@ -32,7 +32,7 @@ from plugtrain.core.runtime.loader import ShardedBatchSampler, make_loader, mix_
 from plugtrain.core.runtime.precision import autocast
 from plugtrain.core.runtime.progress import Progress
 from plugtrain.core.runtime.report import Reporter
-from plugtrain.core.runtime.step import ModelInput, Network, TrainStep, Warmup, batch_images
+from plugtrain.core.runtime.step import ModelInput, Network, TrainStep, Warmup, batch_images, train_mode
 from plugtrain.core.runtime.swa import SWA
 from plugtrain.core.runtime.tracker import LossTracker
 from plugtrain.core.spec.model import to_dict
@@ -179,7 +179,7 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         """Collect the micro-batches of each accumulation group; one optimizer step per group."""
-        self.step.net.train()
+        train_mode(self.step.net, self.backbone)
         n, accum = self.built.batches_per_epoch, self.spec.trainer.grad_accum
         self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
         self.report.progress.start_epoch(self.epoch + 1, n, self.batch_in_epoch)

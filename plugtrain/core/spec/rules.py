@@ -1,0 +1,241 @@
+"""Rules on combinations of keys across the spec: values each right on its own that cannot train together.
+
+:class:`CrossRules` owns them (SWA start against the epochs, FSDP against precision and the other trainer switches,
+what losses and metrics fit ``run.task`` and the views, ``[mixup]``, ``run.primary_metric``, warmups longer than the
+run, ``augmentations.std``, run directories that cannot be made, the ``m_per_class`` sampler's batch size). It runs
+after :class:`plugtrain.core.spec.validate.Validator` has checked each section, and reports to it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from plugtrain.core.errors import PlugtrainError, did_you_mean
+from plugtrain.core.registry import TASK_OUTPUTS
+from plugtrain.core.spec import model
+from plugtrain.core.spec.tomlpos import format_path
+
+if TYPE_CHECKING:
+    from plugtrain.core.spec.validate import Validator
+
+
+class CrossRules:
+    """Checks the rules that span sections or keys; each problem names the other keys it depends on (``related``)."""
+
+    def __init__(self, validator: Validator) -> None:
+        self.registry = validator.registry
+        self.add = validator.add
+
+    def check(self, d: dict[str, Any]) -> None:
+        """Every rule, on the whole composed spec dict ``d`` (after its sections are checked one by one)."""
+        run = d.get("run") if isinstance(d.get("run"), dict) else {}
+        trainer = d.get("trainer") if isinstance(d.get("trainer"), dict) else {}
+        epochs = run.get("epochs")
+        start = trainer.get("swa_start_epoch")
+        if (isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1  # else reported already
+                and isinstance(start, int) and not isinstance(start, bool)
+                and trainer.get("swa") is True and start >= epochs):
+            self.add(("trainer", "swa_start_epoch"),
+                     f"trainer.swa_start_epoch ({start}) must be below run.epochs ({epochs}) for SWA to run",
+                     related=(("run", "epochs"), ("trainer", "swa")))
+        if trainer.get("strategy") == "fsdp":
+            refused = [(trainer.get("precision") == "fp16", 'precision = "fp16" (use "bf16")')]
+            refused += [(trainer.get(key) is True, f"{key} = true")
+                        for key in ("ema", "swa", "compile", "sync_batchnorm", "channels_last")]
+            bad = [what for cond, what in refused if cond]
+            if bad:
+                self.add(("trainer", "strategy"), f'trainer.strategy = "fsdp" cannot be combined with '
+                                                  f'{", ".join(bad)} (yet); use strategy = "ddp" for those',
+                         related=tuple(("trainer", k) for k in ("precision", "ema", "swa", "compile",
+                                                                "sync_batchnorm", "channels_last")))
+        data = d.get("data") if isinstance(d.get("data"), dict) else {}
+        self.fit_checks(d, run, data)
+        self.schedule_checks(d, run, trainer)
+        self.pipeline_checks(d, data)
+        self.run_dir_checks(run)
+        batch, m = data.get("batch_size"), data.get("m_per_class", 4)
+        if (data.get("sampler") == "m_per_class" and isinstance(batch, int) and isinstance(m, int)
+                and not isinstance(batch, bool) and not isinstance(m, bool) and batch >= 1 and m >= 1
+                and batch % m):
+            self.add(("data", "batch_size"),
+                     f"data.batch_size ({batch}) must be a multiple of data.m_per_class ({m}) with sampler = "
+                     "'m_per_class': every batch (on every process) holds whole groups of m samples of a class",
+                     related=(("data", "m_per_class"), ("data", "sampler")))
+
+    def _quiet(self, kind: str, name: Any) -> Any:
+        """The component ``name`` of ``kind``, or None (an unknown name is reported where it is written)."""
+        if not isinstance(name, str):
+            return None
+        try:
+            return self.registry.get(kind, name)
+        except PlugtrainError:
+            return None
+
+    def _fitting(self, kind: str, task: str, views: bool = False) -> str:
+        names = [c.name for c in self.registry.components(kind)
+                 if (c.fits.tasks or c.fits.consumes) and c.fits.fits_task(task) and (not views or c.fits.views)]
+        if not names:
+            return ""
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        return f" {kind.capitalize()} that fit: {shown}."
+
+    def fit_checks(self, d: dict[str, Any], run: dict[str, Any], data: dict[str, Any]) -> None:
+        """What each loss and metric declares it fits (``Component.fits``) against ``run.task`` and the views."""
+        task = run.get("task", "classification")
+        if task not in model.TASKS:
+            return  # reported with run.task
+        produced = TASK_OUTPUTS.get(task, "outputs")
+        task_path = ("run", "task")
+        loss = d.get("loss") if isinstance(d.get("loss"), dict) else {}
+        lcomp = self._quiet("losses", loss.get("name"))
+        if lcomp is not None and not lcomp.fits.fits_task(task):
+            takes = f" (it takes {lcomp.fits.consumes})" if lcomp.fits.consumes else ""
+            self.add(("loss", "name"), f"loss.name: loss {loss['name']!r} fits {lcomp.fits.task_text()} runs{takes}, "
+                                       f"but run.task = {task!r} gives the loss {produced}."
+                     + self._fitting("losses", task), related=(task_path,))
+        metrics = d.get("metrics")
+        for i, m in enumerate(metrics if isinstance(metrics, list) else []):
+            mcomp = self._quiet("metrics", m.get("name")) if isinstance(m, dict) else None
+            if mcomp is not None and not mcomp.fits.fits_task(task):
+                self.add(("metrics", i, "name"), f"{format_path(('metrics', i, 'name'))}: metric {m['name']!r} fits "
+                                                 f"{mcomp.fits.task_text()} runs, not run.task = {task!r} (whose "
+                                                 f"model gives {produced})." + self._fitting("metrics", task),
+                         related=(task_path,))
+        views = data.get("num_views", 1)
+        if (isinstance(views, int) and not isinstance(views, bool) and views > 1 and lcomp is not None
+                and lcomp.fits.views is False and lcomp.fits.fits_task(task)):
+            self.add(("data", "num_views"), f"data.num_views = {views} makes {views} views of every sample, but loss "
+                                            f"{loss['name']!r} ignores views (it scores each image alone): set "
+                                            "num_views = 1, or use a loss that learns from views."
+                     + self._fitting("losses", task, views=True), related=(("loss", "name"),))
+        if "mixup" in d and task != "classification":
+            self.add(("mixup",), f"[mixup] mixes class labels: it works for classification runs only, not run.task = "
+                                 f"{task!r}; remove the [mixup] section", at="key", related=(task_path,))
+        batch = data.get("batch_size")
+        if "mixup" in d and isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 and batch % 2:
+            self.add(("data", "batch_size"), f"data.batch_size ({batch}) must be even with [mixup]: it mixes each "
+                                             "batch with its reverse in pairs", related=(("mixup",),))
+        self.primary_metric_check(d, run, task)
+
+    def primary_metric_check(self, d: dict[str, Any], run: dict[str, Any], task: str) -> None:
+        primary = run.get("primary_metric")
+        metrics = d.get("metrics")
+        if not isinstance(primary, str) or (metrics is not None and not (
+                isinstance(metrics, list) and all(isinstance(m, dict) and isinstance(m.get("name"), str)
+                                                  for m in metrics))):
+            return
+        names = [m["name"] for m in metrics] if metrics is not None else list(model.DEFAULT_METRICS[task])
+        always = [self.registry.spec_name(c) for c in self.registry.role_components("metrics", f"always:{task}")]
+        names = [n for n in always if n not in names] + names
+        if any(self._quiet("metrics", n) is None for n in names):
+            return  # an unknown metric is reported where it is named
+        keys: list[str] = []
+        for n in names:
+            key, k = n.split(":")[-1], 2
+            while key in keys:
+                key, k = f"{n.split(':')[-1]}_{k}", k + 1
+            keys.append(key)
+        trainer = d.get("trainer") if isinstance(d.get("trainer"), dict) else {}
+        known = ["train/loss", "val/loss"] + [f"val/{k}" for k in keys]
+        for flag, prefix in (("ema", "val_ema"), ("swa", "val_swa")):
+            if trainer.get(flag) is True:
+                known += [f"{prefix}/loss"] + [f"{prefix}/{k}" for k in keys]
+        if primary not in known:
+            self.add(("run", "primary_metric"), f"run.primary_metric = {primary!r} is not a metric of this run."
+                     + did_you_mean(primary, known) + f" Known: {', '.join(known)}",
+                     related=(("metrics",), ("run", "task"), ("trainer", "ema"), ("trainer", "swa")))
+
+    def schedule_checks(self, d: dict[str, Any], run: dict[str, Any], trainer: dict[str, Any]) -> None:
+        """A warmup longer than the whole run (when the run's length is known without the data)."""
+        sched = d.get("scheduler") if isinstance(d.get("scheduler"), dict) else {}
+        epochs = run.get("epochs", 10)
+        if not _is_int(epochs) or epochs < 1:
+            return
+        w_epochs, w_steps = sched.get("warmup_epochs"), sched.get("warmup_steps")
+        if _is_number(w_epochs) and math.isfinite(w_epochs) and w_epochs > epochs and not w_steps:
+            self.add(("scheduler", "warmup_epochs"), f"scheduler.warmup_epochs ({w_epochs:g}) is longer than the "
+                                                     f"whole run (run.epochs = {epochs}): the learning rate would "
+                                                     "never reach its value", related=(("run", "epochs"),))
+        cap = trainer.get("max_steps_per_epoch")
+        if _is_int(w_steps) and w_steps > 0 and _is_int(cap) and cap > 0 and w_steps > epochs * cap:
+            # a warning: trainer.max_steps_per_epoch cuts a run short on purpose (a try, a test), and a warmup meant
+            # for the whole run is then longer than what is left of it
+            self.add(("scheduler", "warmup_steps"), f"scheduler.warmup_steps ({w_steps}) is longer than the whole "
+                                                    f"run (at most run.epochs x trainer.max_steps_per_epoch = "
+                                                    f"{epochs * cap} optimizer steps): the learning rate never "
+                                                    "reaches its value", warning=True,
+                     related=(("run", "epochs"), ("trainer", "max_steps_per_epoch")))
+
+    def pipeline_checks(self, d: dict[str, Any], data: dict[str, Any]) -> None:
+        """mean / std that cannot normalise. (A crop larger than the images is the pre-flight's to find: the
+        pipeline resizes to image_size after the spec's transforms, so a crop larger than image_size is right for
+        sources at least that large; only a real sample says.)"""
+        aug = d.get("augmentations") if isinstance(d.get("augmentations"), dict) else {}
+        std = aug.get("std")
+        for i, x in enumerate(std if isinstance(std, list) else []):
+            if _is_number(x) and math.isfinite(x) and x <= 0:  # (non-finite values: the type check's)
+                self.add(("augmentations", "std", i), f"augmentations.std[{i}] must be > 0 (images are divided by "
+                                                      f"it), got {x!r}")
+
+    def run_dir_checks(self, run: dict[str, Any]) -> None:
+        """``run.output_dir`` / ``run.name`` that no run directory can be made of (checked without writing)."""
+        for key in ("output_dir", "name"):
+            value = run.get(key)
+            if not isinstance(value, str):
+                continue
+            problem = path_problem(value)
+            if problem:
+                self.add(("run", key), f"run.{key}: {problem}")
+        out = run.get("output_dir", "runs")
+        if isinstance(out, str) and not path_problem(out):
+            blocker = _file_in_the_way(out)
+            if blocker is not None:
+                self.add(("run", "output_dir"), f"run.output_dir = {out!r}: {blocker} is a file, not a directory: "
+                                                "no run directory can be made under it")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+#: The longest path most systems take (PATH_MAX), in bytes.
+PATH_MAX = 4096
+
+
+def path_problem(value: str) -> str | None:
+    """Why the string ``value`` cannot be a path on this system (a NUL byte, a name or path too long), or None."""
+    from plugtrain.core.runtime.rundir import NAME_MAX
+
+    if "\x00" in value:
+        return f"{value!r} holds a NUL byte, which no file name can hold"
+    if not value.strip():
+        return "is empty"
+    encoded = value.encode("utf-8", "surrogateescape")
+    if len(encoded) > PATH_MAX:
+        return f"the path is {len(encoded)} bytes long; the system takes at most {PATH_MAX}"
+    long = next((p for p in value.replace("\\", "/").split("/") if len(p.encode("utf-8", "surrogateescape"))
+                 > NAME_MAX), None)
+    if long is not None:
+        return f"the name {long[:24]!r}... is {len(long.encode('utf-8', 'surrogateescape'))} bytes long; a file " \
+               f"name takes at most {NAME_MAX}"
+    return None
+
+
+def _file_in_the_way(output_dir: str) -> str | None:
+    """The existing file (not a directory) that ``output_dir`` is, or lies under; None when there is none."""
+    import os
+    from pathlib import Path
+
+    p = Path(output_dir)
+    for candidate in (p, *p.parents):
+        try:
+            if candidate.exists():
+                return None if candidate.is_dir() else os.fspath(candidate)
+        except (OSError, ValueError):
+            return None
+    return None
