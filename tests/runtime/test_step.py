@@ -139,3 +139,19 @@ def test_ema_follows_each_step():
     # timm's ModelEmaV3 copies the model at steps 0 and 1, then averages with the decay (0.5) at steps 2 and 3.
     for e, w1, w2, w3 in zip(ema.module.parameters(), *snapshots[2:], strict=True):
         torch.testing.assert_close(e, 0.25 * w1 + 0.25 * w2 + 0.5 * w3)
+
+
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_freeze_bn_keeps_the_statistics_of_frozen_batch_norm_layers(freeze_bn):
+    from plugtrain.core.runtime.step import train_mode
+
+    model = _model(bn=True)
+    for p in model[2].parameters():
+        p.requires_grad_(False)
+    model.plugtrain_freeze_bn = freeze_bn
+    step = _step(model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1))
+    train_mode(step.net, model)
+    before = model[2].running_mean.clone()
+    step.step([(*_batch(8, 9), False)], 0)
+    assert torch.equal(model[2].running_mean, before) == freeze_bn
+    assert model[1].training  # the other layers train
