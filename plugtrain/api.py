@@ -74,7 +74,7 @@ def train(spec_or_path: str | os.PathLike[str] | Mapping[str, Any], set: Mapping
         spec = from_dict(resolve_dict(path, overrides))  # a bad spec fails here, before anything is built
         run_dir = rundir.run_dir_for(spec.run.output_dir, spec.run.name)
         try:
-            train_command._train_one(path, overrides, None if resume is None else os.fspath(resume), overwrite,
+            train_command.train_one(path, overrides, None if resume is None else os.fspath(resume), overwrite,
                                      False)
         finally:
             distributed.teardown()

@@ -57,7 +57,7 @@ def run(specs: Sequence[str], overrides: Sequence[str] = (), *, resume: str | No
         for path in paths:
             label = f"{path}: " if len(paths) > 1 else ""
             try:
-                codes.append(_train_one(path, overrides, resume, overwrite, dry_run))
+                codes.append(train_one(path, overrides, resume, overwrite, dry_run))
             except Interrupted as exc:
                 name = signal.Signals(exc.signum).name
                 where = f"; checkpoint {exc.checkpoint}" if exc.checkpoint else ""
@@ -103,12 +103,15 @@ def elastic_restart() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
 
 
-def _train_one(path: str, overrides: list[str], resume: str | None, overwrite: bool, dry_run: bool) -> int:
+def train_one(path: str, overrides: Sequence[str] = (), resume: str | None = None, overwrite: bool = False,
+              dry_run: bool = False, extra_callbacks: Sequence[Any] = ()) -> int:
+    """One spec, as ``plugtrain train`` runs it; ``extra_callbacks`` run after the spec's own (a sweep's pruning
+    report, say). Raises what the command reports (PlugtrainError, TrainingFailed, Interrupted)."""
     from plugtrain.core.runtime.progress import Progress
     from plugtrain.core.runtime.trainer import Trainer
 
     t0 = time.monotonic()
-    spec = load_spec(path, overrides)
+    spec = load_spec(path, list(overrides))
     run_dir = rundir.run_dir_for(spec.run.output_dir, spec.run.name)
     restarted = not dry_run and elastic_restart()
     if restarted:  # an elastic restart continues from the group's last checkpoint by itself
@@ -123,6 +126,7 @@ def _train_one(path: str, overrides: list[str], resume: str | None, overwrite: b
     build.check_loggers(spec)
     try:
         built = build.build_run(spec, dist)
+        built.callbacks.extend(extra_callbacks)
     except PlugtrainError:
         raise
     except Exception as exc:  # the build reads samples: a pipeline that cannot process them is bad input
