@@ -127,3 +127,12 @@ def test_console_numbers_keep_significant_digits(spec_factory, capsys, one_torch
     line = next(x for x in out.splitlines() if x.startswith("epoch 1/1  train/loss="))
     assert "train/lr=8.25e-06" in line  # step 2 of a 2-step warmup from 0.1: 1.5e-5 * 0.55, not 0.0000
     assert "data/skipped=0 " in line + " "
+
+
+@pytest.mark.parametrize(("anneal", "reached"), [(1, True), (10, False)])
+def test_swa_lr_is_reached_after_the_anneal_epochs(spec_factory, tmp_path, one_torch_thread, anneal, reached):
+    spec = spec_factory(epochs=3, steps=2, extra=f"swa = true\nswa_start_epoch = 1\nswa_lr = 0.01\n"
+                                                 f"swa_anneal_epochs = {anneal}")
+    assert cli("train", spec) == 0
+    lrs = [float(r["train/lr"]) for r in rows(tmp_path / "runs" / "tiny")]
+    assert (lrs[1] == pytest.approx(0.01) and lrs[2] == pytest.approx(0.01)) == reached, lrs

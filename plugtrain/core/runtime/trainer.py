@@ -72,7 +72,8 @@ class Trainer:
         self.optimizer = built.optimizer
         self.optimizers = [o for o in (built.optimizer, built.loss_optimizer) if o is not None]
         self.scheduler = built.scheduler
-        self.swa = SWA(self.backbone, self.optimizer, t.swa_lr, t.swa_start_epoch, self.epochs) if t.swa else None
+        self.swa = SWA(self.backbone, self.optimizer, t.swa_lr, t.swa_start_epoch, self.epochs,
+                       t.swa_anneal_epochs) if t.swa else None
         self.model_input = ModelInput.for_spec(spec, built.in_chans, self.device, memory_format)
         self.step = _train_step(self)
 

@@ -223,6 +223,7 @@ class TrainerSection:
     swa: bool = False
     swa_start_epoch: int | None = attrs.field(default=None, validator=_non_negative)
     swa_lr: float | None = attrs.field(default=None, validator=_positive)
+    swa_anneal_epochs: int = attrs.field(default=10, validator=_non_negative)  # epochs to reach swa_lr (torch's)
 
 
 def default_loggers() -> list[ComponentSpec]:
