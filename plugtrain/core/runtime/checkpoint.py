@@ -84,7 +84,8 @@ def check_plain(obj: Any, where: str = "checkpoint") -> None:
     )
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (best effort: some filesystems refuse)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -113,7 +114,7 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
@@ -130,7 +131,7 @@ def copy_atomic(src: Path, dst: Path) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
     os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
 
 
 _TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")

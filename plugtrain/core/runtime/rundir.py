@@ -36,6 +36,7 @@ from typing import Annotated, Any
 import attrs
 
 from plugtrain.core.errors import PlugtrainError
+from plugtrain.core.runtime.checkpoint import fsync_dir
 
 CHECKPOINTS = "checkpoints"
 #: Files whose presence marks a directory as a plugtrain run directory (only those are ever deleted by --overwrite).
@@ -336,7 +337,7 @@ class Opening:
             raise PlugtrainError(f"cannot put the run directory {self.run_dir} in place: {exc.strerror or exc} "
                                  "(did another process create it meanwhile?)") from None
         self.published = True
-        _fsync_dir(self.run_dir.parent)
+        fsync_dir(self.run_dir.parent)
 
     def commit(self) -> None:
         """The new run has started: the old one (``overwrite``) is deleted now."""
@@ -375,19 +376,6 @@ def _read_bytes(path: Path) -> bytes | None:
         return path.read_bytes()
     except OSError:
         return None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def discard(run_dir: Path) -> None:
