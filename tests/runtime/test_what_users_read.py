@@ -3,6 +3,7 @@ run, the dry-run table's trainer row, list / show without docstring markup."""
 
 from __future__ import annotations
 
+import pytest
 from conftest import cli, tiny_spec
 
 
@@ -34,3 +35,13 @@ def test_list_and_show_print_no_docstring_markup(capsys):
     assert "``" not in out and ":class:" not in out
     assert cli("show", "losses", "ArcFace") == 0
     assert "``" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_compile_on_cpu_trains_without_a_cuda_warning(tmp_path):
+    from conftest import run_cli
+
+    spec = tiny_spec(tmp_path, "c", tmp_path / "runs", epochs=1, steps=2, extra="compile = true")
+    proc = run_cli("train", spec, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "CUDA" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr[-2000:]

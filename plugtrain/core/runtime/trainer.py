@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import math
 import time
 import warnings
@@ -68,6 +69,8 @@ class Trainer:
         if self.scaler.is_enabled():  # a step the scaler skips (inf gradients) still advances the schedule, by design
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
         self.ema = build_ema(self.backbone, t.ema_decay) if t.ema else None
+        if t.compile and self.device.type != "cuda":  # inductor on CPU: "No CUDA runtime is found" is not news
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self.net = Network(torch.compile(self.backbone) if t.compile else self.backbone, self.criterion)
         self.optimizer = built.optimizer
         self.optimizers = [o for o in (built.optimizer, built.loss_optimizer) if o is not None]
