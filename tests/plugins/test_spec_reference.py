@@ -80,6 +80,7 @@ def test_a_dataset_table_is_refused_with_the_key_it_is_about(tmp_path):
     proc = run_cli("check", spec)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{spec}:4:11: data.dataset" in proc.stderr
+    assert 'write dataset = "imagefolder" and put its parameters (root = ...) beside it in [data]' in proc.stderr
 
 
 def test_the_path_rules_hold(tmp_path):

@@ -61,8 +61,13 @@ class ComponentChecks:
             self.add(path, f"{where} is missing {name_key!r}: which {singular}? "
                            f"Run `plugtrain list {kind}` to see them all.")
         elif not isinstance(name, str):
+            hint = ""
+            if isinstance(name, dict) and isinstance(name.get("name"), str):  # dataset = { name = ..., root = ... }
+                rest = ", ".join(f"{k} = ..." for k in name if k != "name")
+                hint = (f'; write {name_key} = "{name["name"]}"' + (f" and put its parameters ({rest}) beside it in "
+                                                                   f"[{path[0]}]" if rest else ""))
             self.add(npath, f"{format_path(npath)}: expected the name of a {singular} "
-                            f"(a string), got {describe_value(name)}")
+                            f"(a string), got {describe_value(name)}{hint}")
         else:
             comp = self.lookup(kind, name, npath)
         label = f"{where} ({singular} {name!r})" if comp is not None else where
