@@ -32,3 +32,6 @@ def write_digit_pngs(folder: Path, count: int, *, validation: bool = False, seed
         paths.append(path)
         labels.append(int(digits.target[i]))
     return paths, labels
+
+
+REPO_QUICKSTART = Path(__file__).resolve().parents[2] / "specs" / "quickstart.toml"

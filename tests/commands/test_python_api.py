@@ -167,3 +167,19 @@ def test_load_run_errors_are_plugtrain_errors(api_run, tmp_path):
         with pytest.raises(PlugtrainError) as exc:
             call()
         assert message in str(exc.value)
+
+
+@pytest.mark.slow
+def test_the_api_trains_the_quickstart_and_load_run_predicts_like_the_cli(tmp_path, digit_files, capsys):
+    """The README's quick start through the API (shortened), then load_run against `plugtrain predict`."""
+    from helpers_commands import REPO_QUICKSTART
+
+    result = plugtrain.train(REPO_QUICKSTART, set={"run.epochs": 1, "trainer.max_steps_per_epoch": 3,
+                                                   "data.num_workers": 0, "run.output_dir": str(tmp_path)})
+    assert result.run_dir == tmp_path / "quickstart" and 0 <= result.metrics["val/accuracy"] <= 1
+    capsys.readouterr()
+    assert cli("predict", result.run_dir, *digit_files, "--json") == 0
+    want = json.loads(capsys.readouterr().out)
+    got = plugtrain.load_run(result.run_dir).predict(digit_files)
+    assert [r["class"] for r in got] == [r["class"] for r in want]
+    assert [r["top_k"] for r in got] == [r["top_k"] for r in want]
