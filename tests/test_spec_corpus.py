@@ -20,15 +20,21 @@ from pathlib import Path
 
 import attrs
 import pytest
+from conftest import cli
 from helpers_plugins import EXAMPLE_PLUGIN_SRC, REPO, assert_clean_error, make_example_dist, run_plugtrain
 
 from plugtrain.core.registry import reset_registry
+from plugtrain.core.runtime import rundir
 from plugtrain.core.spec import SpecError, dumps, load_spec, resolve
 
 SPECS = REPO / "tests" / "specs"
 BAD = sorted((SPECS / "bad").glob("*.toml"))
 GOOD = sorted((SPECS / "good").rglob("*.toml"))
-SHIPPED = sorted((REPO / "specs").glob("*.toml"))
+#: The shipped specs as a queue (``plugtrain check``/``train`` order): by name, except that a later stage of a
+#: pipeline comes after the stage whose checkpoint it starts from.
+STAGE = {"bioencoder-arcface.toml": 1,  # pretrained = stage 1's (bioencoder-supcon's) best.pt
+         "finetune-freeze.toml": 1}  # pretrained = the quickstart's best.pt
+SHIPPED = sorted((REPO / "specs").glob("*.toml"), key=lambda p: (STAGE.get(p.name, 0), p.name))
 
 _EXPECT = re.compile(r"^# expect: (?:(?P<file>[^:\s]+\.toml):)?(?P<line>\d+):(?P<col>\d+): (?P<text>.+)$")
 _PROBLEM = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<message>.*)$", re.S)
@@ -145,18 +151,42 @@ def _points_at_text(exp: Expect, message: str) -> None:
 
 
 @pytest.mark.parametrize("spec", SHIPPED + GOOD, ids=[p.name for p in SHIPPED] + _ids(GOOD))
-def test_good_spec_loads_and_its_printed_form_round_trips(spec, tmp_path, with_example_plugin):
-    loaded = load_spec(spec)
+def test_good_spec_loads_and_its_printed_form_round_trips(spec, tmp_path, with_example_plugin, monkeypatch):
+    monkeypatch.chdir(REPO)  # shipped specs name their paths relative to the repository
+    runs = [resolve(p, validate=False).data["run"] for p in SHIPPED[:SHIPPED.index(spec)]] if spec in SHIPPED else []
+    earlier = [rundir.run_dir_for(r.get("output_dir", "runs"), r["name"]) for r in runs]
+    with rundir.queued_before(earlier):
+        loaded = load_spec(spec)
     assert loaded.source == str(spec)
     printed = dumps(loaded)
     again = tmp_path / "printed.toml"
     again.write_text(printed)
-    reloaded = load_spec(again)
+    with rundir.queued_before(earlier):
+        reloaded = load_spec(again)
     assert reloaded == loaded
     assert dumps(reloaded) == printed
 
 
 # -- through the real command line ---------------------------------------------------------------------------------
+
+
+def test_a_later_stage_checks_in_its_queue_and_is_refused_alone(tmp_path, monkeypatch, capfd):
+    """Stage 2 starts from stage 1's best.pt: `check` alone refuses it (training would stop, file:line:col), `check
+    STAGE1 STAGE2` accepts it (train runs that queue in that order), the reverse order refuses it again."""
+    monkeypatch.chdir(REPO)
+    stage1, stage2 = "specs/bioencoder-supcon.toml", "specs/bioencoder-arcface.toml"
+    assert not (REPO / "runs" / "bioencoder-supcon" / "checkpoints" / "best.pt").exists()
+    line = next(i for i, t in enumerate((REPO / stage2).read_text().splitlines(), 1) if t.startswith("pretrained"))
+    for queue, ok in (([stage2], False), ([stage1, stage2], True), ([stage2, stage1], False)):
+        capfd.readouterr()
+        assert cli("check", *queue) == (0 if ok else 2), queue
+        out, err = capfd.readouterr()
+        if ok:
+            assert out.splitlines() == [f"{p}: OK" for p in queue]
+        else:
+            assert f"{stage2}:{line}:14: backbone.pretrained: 'runs/bioencoder-supcon/checkpoints/best.pt'" in err
+            assert "does not exist" in err and "plugtrain check EARLIER.toml THIS.toml" in err
+            assert err.count("\n") == 2, err  # the header and that one problem
 
 
 def test_check_cli_lists_every_problem_of_every_bad_spec_and_oks_the_good_ones():

@@ -65,12 +65,17 @@ class Fits:
     ``tasks``: the ``run.task`` values it works for. ``consumes``: what it takes from the model, ``"logits"``
     (classification), ``"values"`` (regression) or ``"embeddings"`` (metric learning). ``views``: a loss that
     learns from several views of each sample (``data.num_views > 1``) says ``True``, one that ignores them ``False``.
-    Other keys are kept in ``other`` for plugins' own use.
+    ``parameters``: a loss that owns trainable parameters (class centres) says ``True``, one without ``False`` (a
+    ``[loss.optimizer]`` has nothing to train then). ``passes``: an optimizer that needs more than one
+    forward/backward pass per step (SAM: 2), which gradient accumulation, fp16 loss scaling and a second optimizer
+    cannot share a step with. Other keys are kept in ``other`` for plugins' own use.
     """
 
     tasks: tuple[str, ...] = ()
     consumes: str | None = None
     views: bool | None = None
+    parameters: bool | None = None
+    passes: int | None = None
     other: tuple[tuple[str, Any], ...] = ()
 
     def fits_task(self, task: str) -> bool:
@@ -94,7 +99,11 @@ def _as_fits(value: Any) -> Fits:
     tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks or ())
     consumes = d.pop("consumes", None)
     views = d.pop("views", None)
-    return Fits(tasks, consumes, None if views is None else bool(views), tuple(sorted(d.items())))
+    parameters = d.pop("parameters", None)
+    passes = d.pop("passes", None)
+    return Fits(tasks, consumes, None if views is None else bool(views),
+                None if parameters is None else bool(parameters), None if passes is None else int(passes),
+                tuple(sorted(d.items())))
 
 
 @attrs.frozen

@@ -649,8 +649,9 @@ def hub_weights_file(ref: WeightsRef, model_name: str) -> str:
 def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any]) -> list[tuple[str | None, str, bool]]:
     """``plugtrain check`` of a backbone's ``pretrained`` (this module's ``PLUGTRAIN_VALIDATE``): the reference must
     parse, and hub weights are looked up in the cache (no network): missing is a warning (training will download
-    them), or an error when ``HF_HUB_OFFLINE`` is set (training could not). Local files are checked when the
-    backbone is built (a file a previous stage writes may not exist yet)."""
+    them), or an error when ``HF_HUB_OFFLINE`` is set (training could not). A local file must exist (training would
+    stop on it before its first step), or lie in the run directory of a spec queued before this one (``plugtrain
+    check STAGE1 STAGE2``); what it holds is checked when the backbone is built."""
     from plugtrain.core.errors import PlugtrainError
 
     pretrained = params.get("pretrained", defaults.get("pretrained"))
@@ -659,7 +660,9 @@ def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any]) -> 
         ref = weights_ref(model_name, pretrained)
     except PlugtrainError as exc:
         return [("pretrained", str(exc).removeprefix("backbone.pretrained: "), False)]
-    if ref is None or not ref.hub or not _CHECK_CACHE[0]:
+    if ref is not None and not ref.hub:
+        return _local_file_problems(ref.path)
+    if ref is None or not _CHECK_CACHE[0]:
         return []
     try:
         cached = cached_weights_file(ref)
@@ -674,6 +677,24 @@ def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any]) -> 
                                "network (with the same HF_HOME) to fill the cache", False)]
     return [("pretrained", f"{what} is not in the Hugging Face cache yet ({hub_cache_dir()}): training will download "
                            "it; on a machine without network run `plugtrain weights fetch SPEC` first", True)]
+
+
+def _local_file_problems(path: str) -> list[tuple[str | None, str, bool]]:
+    """``pretrained`` naming a local file: it must be a file that is there (relative to the working directory)."""
+    from plugtrain.core.runtime.rundir import written_by_queue
+
+    full = os.path.abspath(os.path.expanduser(path))
+    try:
+        if os.path.isfile(full) or (not os.path.exists(full) and written_by_queue(full)):
+            return []
+        what = ("is a directory, not a weights file" if os.path.isdir(full) else
+                "does not exist (when an earlier run writes it, check the specs as the queue they are: `plugtrain "
+                "check EARLIER.toml THIS.toml`)")
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long
+        what = f"cannot be a file ({exc})"
+    where = "" if os.path.isabs(os.path.expanduser(path)) else f" (relative to the working directory {os.getcwd()})"
+    return [("pretrained", f"{path!r}{where} {what}: name a .safetensors or weights-only torch file, a hub "
+                           "reference (\"hf-hub:ORG/NAME\"), or true for timm's default weights", False)]
 
 
 PLUGTRAIN_VALIDATE = validate

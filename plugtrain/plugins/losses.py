@@ -312,10 +312,12 @@ METRIC_LEARNING_LOSSES = ("SupCon", "TripletMargin", "ArcFace", "SubCenterArcFac
 
 
 #: What each family of losses fits (see ``plugtrain.Component``'s ``fits``): ``plugtrain check`` refuses a loss whose
-#: task is not the run's, or several views (``data.num_views > 1``) with a loss that ignores them.
-_CLASSIFICATION = {"tasks": ("classification",), "consumes": "logits", "views": False}
-_REGRESSION = {"tasks": ("regression",), "consumes": "values", "views": False}
-_METRIC_LEARNING = {"tasks": ("metric_learning",), "consumes": "embeddings", "views": True}
+#: task is not the run's, several views (``data.num_views > 1``) with a loss that ignores them, or a
+#: ``[loss.optimizer]`` for a loss without parameters.
+_CLASSIFICATION = {"tasks": ("classification",), "consumes": "logits", "views": False, "parameters": False}
+_REGRESSION = {"tasks": ("regression",), "consumes": "values", "views": False, "parameters": False}
+_METRIC_LEARNING = {"tasks": ("metric_learning",), "consumes": "embeddings", "views": True, "parameters": False}
+_CENTRES = {**_METRIC_LEARNING, "parameters": True}
 
 
 @hookimpl
@@ -331,7 +333,7 @@ def plugtrain_losses() -> list[Any]:
         Component("Huber", huber, fits=_REGRESSION),
         Component("SupCon", supcon, fits=_METRIC_LEARNING),
         Component("TripletMargin", triplet_margin, fits=_METRIC_LEARNING),
-        Component("ArcFace", arcface, fits=_METRIC_LEARNING),
-        Component("SubCenterArcFace", subcenter_arcface, fits=_METRIC_LEARNING),
-        Component("CosFace", cosface, fits=_METRIC_LEARNING),
+        Component("ArcFace", arcface, fits=_CENTRES),
+        Component("SubCenterArcFace", subcenter_arcface, fits=_CENTRES),
+        Component("CosFace", cosface, fits=_CENTRES),
     ]

@@ -230,6 +230,6 @@ def plugtrain_optimizers():
         Component("Ranger", ranger),
         Component("LookAhead", lookahead, summary="LookAhead (pytorch-optimizer) wrapping any optimizer `base`."),
         Component("SAM", sam, summary="Sharpness-aware minimisation (pytorch-optimizer) wrapping any optimizer "
-                                      "`base`; two forward/backward passes per step."),
+                                      "`base`; two forward/backward passes per step.", fits={"passes": 2}),
     ]
     return comps

@@ -19,7 +19,9 @@ FOUND_BY_CHECK = ["fit_loss_regression", "fit_loss_metric_learning", "fit_loss_o
                   "fit_views_ignored", "warmup_longer_than_run", "primary_metric_unknown",
                   "mixup_not_classification", "mixup_odd_batch", "nested_base_params", "nested_base_unknown",
                   "nested_wraps_itself", "number_beyond_64_bits", "number_not_finite", "seed_out_of_range",
-                  "enum_backend_device", "run_path_escape", "std_not_positive", "output_dir_is_a_file"]
+                  "enum_backend_device", "run_path_escape", "std_not_positive", "output_dir_is_a_file",
+                  "two_pass_optimizer", "nested_two_pass_base", "loss_optimizer_without_parameters",
+                  "pretrained_missing_file"]
 
 
 @pytest.mark.parametrize("name", FOUND_BY_CHECK)

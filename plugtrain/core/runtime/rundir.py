@@ -17,10 +17,15 @@ What is guaranteed (:func:`plan`, :class:`Opening`):
 * A fresh directory appears whole (one rename) or not at all: nothing is half-written before the run is known to
   start.
 * Every file a component writes stays inside the run directory: :func:`run_path` and the :data:`RunPath` annotation.
+
+A check of a queue of specs (``plugtrain check A B``) knows, per spec, the run directories of the specs before it
+(:func:`queued_before`, :func:`written_by_queue`), so that a later stage may name a file an earlier one writes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime
 import json
 import os
@@ -30,6 +35,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any
 
@@ -100,6 +106,32 @@ def run_path(run_dir: str | os.PathLike[str], relative: str | os.PathLike[str], 
     if resolved != root and root not in resolved.parents:
         raise PlugtrainError(f"{what}: {os.fspath(relative)!r} leads to {resolved}, outside the run directory {root}")
     return path
+
+
+# -- the queue a check stands for ------------------------------------------------------------------------------------
+#: The run directories of the specs queued before the one being checked (``plugtrain check A B``, as ``plugtrain
+#: train A B`` would run them): a file inside one of them will exist when the later spec's turn comes.
+_QUEUED: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("plugtrain_queued_runs", default=())
+
+
+@contextlib.contextmanager
+def queued_before(run_dirs: Sequence[Path]) -> Iterator[None]:
+    """Within this block, :func:`written_by_queue` knows the run directories ``run_dirs`` (of the earlier specs)."""
+    token = _QUEUED.set(tuple(Path(d).resolve() for d in run_dirs))
+    try:
+        yield
+    finally:
+        _QUEUED.reset(token)
+
+
+def written_by_queue(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` lies inside the run directory of a spec queued before the one being checked: a plugin's
+    check of a file a spec reads (a ``pretrained`` checkpoint of an earlier stage) accepts it as not there yet."""
+    try:
+        full = Path(os.path.abspath(os.path.expanduser(os.fspath(path)))).resolve()
+    except (OSError, ValueError):
+        return False
+    return any(d == full or d in full.parents for d in _QUEUED.get())
 
 
 def run_dir_for(output_dir: str, name: str) -> Path:

@@ -164,6 +164,10 @@ class ComponentChecks:
             if _same_factory(target.factory, comp.factory):
                 self.add(name_path, f"{format_path(name_path)}: {SINGULAR[kind]} {comp.name!r} cannot wrap "
                                     f"{inner_name!r} (itself): pick another {p.name}")
+            elif (target.fits.passes or 1) > 1 and comp.fits.passes != target.fits.passes:
+                self.add(name_path, f"{format_path(name_path)}: {SINGULAR[kind]} {comp.name!r} cannot wrap "
+                                    f"{inner_name!r}, which takes {target.fits.passes} passes per step: name "
+                                    f"{inner_name!r} as the {SINGULAR[kind]} and {comp.name!r} as its {p.name}")
 
     def lookup(self, kind: str, name: str, path: tuple) -> Any:
         try:

@@ -1,7 +1,8 @@
 """Rules on combinations of keys across the spec: values each right on its own that cannot train together.
 
 :class:`CrossRules` owns them (SWA start against the epochs, FSDP against precision and the other trainer switches,
-what losses and metrics fit ``run.task`` and the views, ``[mixup]``, ``run.primary_metric``, warmups longer than the
+what losses and metrics fit ``run.task`` and the views, what an optimizer of several passes per step and a
+``[loss.optimizer]`` need, ``[mixup]``, ``run.primary_metric``, warmups longer than the
 run, ``augmentations.std``, run directories that cannot be made, the ``m_per_class`` sampler's batch size). It runs
 after :class:`plugtrain.core.spec.validate.Validator` has checked each section, and reports to it.
 """
@@ -51,6 +52,7 @@ class CrossRules:
                                                                 "sync_batchnorm", "channels_last")))
         data = d.get("data") if isinstance(d.get("data"), dict) else {}
         self.fit_checks(d, run, data)
+        self.optimizer_checks(d, trainer)
         self.schedule_checks(d, run, trainer)
         self.pipeline_checks(d, data)
         self.run_dir_checks(run)
@@ -117,6 +119,35 @@ class CrossRules:
             self.add(("data", "batch_size"), f"data.batch_size ({batch}) must be even with [mixup]: it mixes each "
                                              "batch with its reverse in pairs", related=(("mixup",),))
         self.primary_metric_check(d, run, task)
+
+    def optimizer_checks(self, d: dict[str, Any], trainer: dict[str, Any]) -> None:
+        """What the optimizer and the loss declare (``Component.fits``): an optimizer of several passes per step
+        (SAM) alone in its step, a ``[loss.optimizer]`` only for a loss with parameters."""
+        loss = d.get("loss") if isinstance(d.get("loss"), dict) else {}
+        lcomp = self._quiet("losses", loss.get("name"))
+        if "optimizer" in loss and lcomp is not None and lcomp.fits.parameters is False:
+            self.add(("loss", "optimizer"), f"[loss.optimizer] is set, but loss {loss['name']!r} has no parameters "
+                                            "to train: remove [loss.optimizer] (losses that own parameters, such as "
+                                            "class centres, are the ones it is for)", at="key",
+                     related=(("loss", "name"),))
+        opt = d.get("optimizer") if isinstance(d.get("optimizer"), dict) else {}
+        ocomp = self._quiet("optimizers", opt.get("name"))
+        passes = ocomp.fits.passes if ocomp is not None else None
+        if not passes or passes < 2:
+            return
+        accum = trainer.get("grad_accum", 1)
+        clashes = [(("trainer", "grad_accum"), _is_int(accum) and accum > 1, f"trainer.grad_accum = {accum}",
+                    "grad_accum = 1"),
+                   (("trainer", "precision"), trainer.get("precision") == "fp16", 'trainer.precision = "fp16"',
+                    'precision = "bf16" or "fp32"'),
+                   (("loss", "optimizer"), "optimizer" in loss, "a [loss.optimizer]", "no [loss.optimizer]")]
+        found = [(path, what, fix) for path, cond, what, fix in clashes if cond]
+        if found:
+            self.add(("optimizer", "name"), f"optimizer.name: optimizer {opt['name']!r} takes {passes} forward/backward "
+                                            "passes per step, which cannot be combined with "
+                                            f"{', '.join(w for _, w, _ in found)}: use "
+                                            f"{', '.join(f for _, _, f in found)}",
+                     related=tuple(path for path, _, _ in found))
 
     def primary_metric_check(self, d: dict[str, Any], run: dict[str, Any], task: str) -> None:
         primary = run.get("primary_metric")
