@@ -28,14 +28,19 @@ demo: $(STAMP)
 
 # The core suite and each extra's tests in one session (rootdir and [tool.pytest.ini_options] of ./pyproject.toml;
 # the extras' test files have distinct names and no conftest.py, so nothing clashes with tests/conftest.py).
+# Two pytest-xdist workers, a test file each at a time (--dist loadfile: a module's shared fixtures are built once):
+# most tests wait on one single-threaded child process, which left the second core idle. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(EXTRAS_STAMP)
-	$(PY) -m pytest -q --durations=15 $(TESTS)
+	$(PY) -m pytest -q $(XDIST) --durations=15 $(TESTS)
 
 test-fast: $(EXTRAS_STAMP)
-	$(PY) -m pytest -q -m "not slow" $(TESTS)
+	$(PY) -m pytest -q $(XDIST) -m "not slow" $(TESTS)
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py --write-results
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check plugtrain tests benchmarks examples extras

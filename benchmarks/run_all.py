@@ -5,7 +5,7 @@ plugtrain, ratio, goal, met?
     python benchmarks/run_all.py --quick         # a smoke run of each
     python benchmarks/run_all.py --only overhead,startup
     python benchmarks/run_all.py --gpu           # add gpu.py (needs CUDA)
-    python benchmarks/run_all.py --write-results # also put the table in benchmarks/RESULTS.md
+    python benchmarks/run_all.py --write-results # also put the table in benchmarks/RESULTS.md (= make bench)
 
 Exit status: 0 when every benchmark ran (goals met or not: the table says), 1 when one could not run.
 """

@@ -58,6 +58,16 @@ log_every_steps = {log_every}
 """
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs two workers on the two cores), in-process torch uses one intra-op thread
+    per worker, as the CLI children do (OMP_NUM_THREADS=1): two workers of two spinning threads each on two cores
+    would slow both."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def tiny_spec(path: Path, name: str = "tiny", output_dir: Path | str | None = None, *, seed: int = 0, epochs: int = 2,
               batch_size: int = 16, num_workers: int = 0, backbone: str = "test_efficientnet", steps: int = 3,
               log_every: int = 1, backbone_params: str = "", extra: str = "") -> Path:
@@ -82,6 +92,28 @@ def cli(*args: Any) -> int:
     from plugtrain.entrypoints.cli import main
 
     return main([str(a) for a in args])
+
+
+@pytest.fixture
+def cli_run(capfd, monkeypatch):
+    """``cli_run(ARGS..., cwd=None)``: :func:`run_cli`'s in-process twin, returning the same CompletedProcess (exit
+    code, stdout, stderr captured at the file descriptors). For commands that need no interpreter of their own (no
+    signals, torchrun or environment of their own): bad-input paths above all, which end before any training, so
+    the few seconds of a fresh interpreter (importing torch, timm, albumentations) are most of their cost."""
+
+    def run(*args: Any, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        capfd.readouterr()
+        with monkeypatch.context() as m:
+            if cwd is not None:
+                m.chdir(cwd)
+            try:
+                code = cli(*args)
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else 2
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(["plugtrain", *map(str, args)], code, out, err)
+
+    return run
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Issue 12, class 3: what ``train`` would refuse before its first step, ``check`` refuses first, with a location.
 
-The corpus (``tests/specs/bad/``, ``tests/test_spec_corpus.py``) pins each problem's place and words. Here: ``check``
+The corpus (``tests/specs/bad/``, ``tests/spec/test_spec_corpus.py``) pins each problem's place and words. Here: ``check``
 and ``train`` agree on those specs (the same problems, exit 2, nothing written); what a component declares it fits
 (``Component(..., fits=...)``) is checked while an undeclared plugin component stays permitted; a warmup longer than
 a run cut short by ``trainer.max_steps_per_epoch`` is a located warning, not an error.

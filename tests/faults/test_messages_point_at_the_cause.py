@@ -50,20 +50,20 @@ def test_a_problem_of_the_file_alone_still_points_at_the_file():
     assert problems == [p for p in problems if p.startswith("tests/specs/bad/fit_views_ignored.toml:6:13: ")]
 
 
-def test_an_unterminated_multi_line_string_is_reported_where_it_opens(tmp_path):
+def test_an_unterminated_multi_line_string_is_reported_where_it_opens(tmp_path, cli_run):
     spec = tmp_path / "s.toml"
     spec.write_text('[run]\nname = "x"\nnotes = """one\ntwo\n\n[data]\nbatch_size = 3\n')
-    proc = run_cli("check", spec)
+    proc = cli_run("check", spec)
     assert proc.returncode == 2
     assert f"{spec}:3:9: TOML syntax error: this multi-line string is never closed" in proc.stderr, proc.stderr
     spec.write_text("[run]\nname = '''x\n")
-    assert f"{spec}:2:8: TOML syntax error: this multi-line string is never closed" in run_cli("check", spec).stderr
+    assert f"{spec}:2:8: TOML syntax error: this multi-line string is never closed" in cli_run("check", spec).stderr
 
 
-def test_extends_dot_says_it_is_a_directory(tmp_path):
+def test_extends_dot_says_it_is_a_directory(tmp_path, cli_run):
     spec = tmp_path / "s.toml"
     spec.write_text('extends = "."\n')
-    proc = run_cli("check", spec)
+    proc = cli_run("check", spec)
     assert proc.returncode == 2 and "is a directory, not a spec file" in proc.stderr, proc.stderr
     assert "no such file" not in proc.stderr
 
@@ -81,7 +81,7 @@ def plugtrain_losses():
 
 
 @pytest.mark.slow
-def test_a_component_of_a_plugin_that_failed_to_load_says_the_plugin_failed(tmp_path):
+def test_a_component_of_a_plugin_that_failed_to_load_says_the_plugin_failed(tmp_path, cli_run):
     paths = make_dist(tmp_path / "plugin", "pt-broken", {"ptbroken": "pt_broken"}, {"pt_broken": BROKEN})
     spec = tiny_spec(tmp_path, epochs=1, steps=1)
     spec.write_text(spec.read_text().replace('name = "CrossEntropy"', 'name = "pt-focal"'))
@@ -94,5 +94,5 @@ def test_a_component_of_a_plugin_that_failed_to_load_says_the_plugin_failed(tmp_
                     "'not_installed_anywhere'" in proc.stderr), proc.stderr
         spec.write_text(spec.read_text().replace(f'name = "{name}"', 'name = "pt-focal"'))
     # without the broken plugin the message is the plain one
-    proc = run_cli("check", spec)
+    proc = cli_run("check", spec)
     assert "unknown loss 'pt-focal'" in proc.stderr and "failed to load" not in proc.stderr

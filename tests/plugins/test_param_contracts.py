@@ -258,9 +258,9 @@ BUILTIN_REFUSED = [
 ]
 
 
-def test_builtin_components_and_sections_keep_their_contracts(tmp_path):
+def test_builtin_components_and_sections_keep_their_contracts(tmp_path, cli_run):
     groups: list[list[tuple[str, str, str, str]]] = []
-    for case in BUILTIN_REFUSED:  # a section appears once per spec: a few specs, one child process each
+    for case in BUILTIN_REFUSED:  # a section appears once per spec: a few specs, one check each
         group = next((g for g in groups if all(c[0] != case[0] for c in g)), None)
         if group is None:
             groups.append(group := [])
@@ -269,7 +269,7 @@ def test_builtin_components_and_sections_keep_their_contracts(tmp_path):
         sections = {**BUILTIN, **{section: lines for section, lines, _, _ in group}}
         spec = tmp_path / f"b{n}.toml"
         spec.write_text("".join(f"[{name}]\n{body}\n\n" for name, body in sections.items()))
-        proc = run_plugtrain("check", str(spec))
+        proc = cli_run("check", spec)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         problems = [line for line in proc.stderr.splitlines() if line.startswith(str(spec))]
         for _, _, key, rule in group:
@@ -277,12 +277,12 @@ def test_builtin_components_and_sections_keep_their_contracts(tmp_path):
             assert len(mine) == 1 and re.search(_problem(key, rule), mine[0]), (key, problems)
 
 
-def test_show_of_builtins_prints_their_contracts():
-    proc = run_plugtrain("show", "schedulers", "OneCycleLR")
+def test_show_of_builtins_prints_their_contracts(cli_run):
+    proc = cli_run("show", "schedulers", "OneCycleLR")
     assert proc.returncode == 0, proc.stderr
     assert "max_lr\tfloat > 0 | None\tNone" in proc.stdout
     assert "pct_start\tfloat in (0, 1)\t0.3" in proc.stdout
-    proc = run_plugtrain("show", "backbones", "resnet18")
+    proc = cli_run("show", "backbones", "resnet18")
     assert "drop_rate\tfloat in [0, 1)\t0.0" in proc.stdout and "in_chans\tint >= 1\t3" in proc.stdout
 
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from conftest import cli, tiny_spec
-from sweep_helpers import write_sweep
+from helpers_sweep import write_sweep
 
 
 def _line_of(path: Path, needle: str) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli, tiny_spec
-from sweep_helpers import write_sweep
+from helpers_sweep import write_sweep
 
 from plugtrain.core.errors import PlugtrainError
 from plugtrain.core.runtime.folds import fold_split

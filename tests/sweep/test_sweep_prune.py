@@ -9,7 +9,7 @@ import json
 
 import pytest
 from conftest import cli, tiny_spec
-from sweep_helpers import load_study, plain_table, write_sweep
+from helpers_sweep import load_study, plain_table, write_sweep
 
 
 @pytest.mark.slow

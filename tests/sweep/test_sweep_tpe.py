@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli, tiny_spec
-from sweep_helpers import load_study, plain_table, write_sweep
+from helpers_sweep import load_study, plain_table, write_sweep
 
 if sys.version_info >= (3, 11):
     import tomllib

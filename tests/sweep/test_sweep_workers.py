@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, cli, run_cli, subprocess_env, tiny_spec
-from sweep_helpers import load_study, write_sweep
+from helpers_sweep import load_study, write_sweep
 
 
 def _worker(sweep_file: Path, *args: str, log: Path) -> subprocess.Popen:

@@ -173,10 +173,9 @@ def test_good_spec_loads_and_its_printed_form_round_trips(spec, tmp_path, with_e
 def test_a_later_stage_checks_in_its_queue_and_is_refused_alone(tmp_path, monkeypatch, capfd):
     """Stage 2 starts from stage 1's best.pt: `check` alone refuses it (training would stop, file:line:col), `check
     STAGE1 STAGE2` accepts it (train runs that queue in that order), the reverse order refuses it again."""
-    monkeypatch.chdir(REPO)
-    stage1, stage2 = "specs/bioencoder-supcon.toml", "specs/bioencoder-arcface.toml"
-    assert not (REPO / "runs" / "bioencoder-supcon" / "checkpoints" / "best.pt").exists()
-    line = next(i for i, t in enumerate((REPO / stage2).read_text().splitlines(), 1) if t.startswith("pretrained"))
+    monkeypatch.chdir(tmp_path)  # no runs/ here: stage 1 has not run
+    stage1, stage2 = (str(REPO / "specs" / f"bioencoder-{s}.toml") for s in ("supcon", "arcface"))
+    line = next(i for i, t in enumerate(Path(stage2).read_text().splitlines(), 1) if t.startswith("pretrained"))
     for queue, ok in (([stage2], False), ([stage1, stage2], True), ([stage2, stage1], False)):
         capfd.readouterr()
         assert cli("check", *queue) == (0 if ok else 2), queue

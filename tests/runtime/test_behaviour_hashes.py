@@ -3,7 +3,7 @@
 The runs (a shortened quickstart; EMA + SWA + mixup + accumulation + clipping; SAM; two processes under torchrun;
 FSDP2 under torchrun) cover every branch of the training step. ``behaviour_hashes.json`` holds the SHA-256 of each
 tensor of the final ``last.pt`` (model, loss, optimizers, scheduler, scaler, EMA, SWA, RNG states). A change of
-behaviour on purpose re-records them (``python tests/test_behaviour_hashes.py --record``) in the same commit and says
+behaviour on purpose re-records them (``python tests/runtime/test_behaviour_hashes.py --record``) in the same commit and says
 why. The hashes hold for one CPU instruction set (recorded with them): elsewhere the test is skipped, saying so.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest when run as a script
 
 from conftest import QUICKSTART, run_cli, run_torchrun, tiny_spec  # noqa: E402
 
@@ -117,7 +117,7 @@ def test_fixed_seed_run_gives_the_recorded_tensors(name, tmp_path):
     assert not differ, f"{len(differ)} of {len(want)} tensors differ, e.g. {differ[:5]}"
 
 
-if __name__ == "__main__":  # python tests/test_behaviour_hashes.py --record [RUN...]
+if __name__ == "__main__":  # python tests/runtime/test_behaviour_hashes.py --record [RUN...]
     import tempfile
 
     names = [a for a in sys.argv[1:] if not a.startswith("--")] or list(RUNS)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 CPU_BENCHMARKS = ["overhead", "dataloader", "startup", "memory", "scaling"]
 #: The cases each quick run must report (a row that silently disappears is a defect too).
 EXPECTED_CASES = {

@@ -34,4 +34,4 @@ def write_digit_pngs(folder: Path, count: int, *, validation: bool = False, seed
     return paths, labels
 
 
-REPO_QUICKSTART = Path(__file__).resolve().parents[2] / "specs" / "quickstart.toml"
+REPO_QUICKSTART = Path(__file__).resolve().parents[1] / "specs" / "quickstart.toml"

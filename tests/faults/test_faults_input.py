@@ -170,7 +170,7 @@ def test_data_faults_skip_are_counted_per_epoch_never_silent(tmp_path):
 
 # -- item 6: bad CLI input ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_bad_cli_input_exit_2_one_message_nothing_written(tmp_path):
+def test_bad_cli_input_exit_2_one_message_nothing_written(tmp_path, cli_run):
     out_dir = tmp_path / "runs"
     good = write_spec(tmp_path / "good.toml", out_dir)
     (tmp_path / "folder.toml").mkdir()
@@ -196,7 +196,7 @@ def test_bad_cli_input_exit_2_one_message_nothing_written(tmp_path):
         cases.append((["train", locked], ["locked.toml", "ermission"]))
     measured = []
     for args, needles in cases:
-        proc = run(*args)
+        proc = cli_run(*args, cwd=REPO)
         msgs = errors(proc)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert len(msgs) == 1, (args, proc.stderr)
@@ -219,7 +219,7 @@ torch.save({{"format": "plugtrain-checkpoint", "format_version": 1, "model": {{}
 
 
 @pytest.mark.slow
-def test_pickled_checkpoint_and_weights_are_refused(tmp_path):
+def test_pickled_checkpoint_and_weights_are_refused(tmp_path, cli_run):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     subprocess.run([os.sys.executable, "-c", EVIL.format(marker=marker, path=evil)], check=True, env=child_env())
@@ -234,7 +234,7 @@ def test_pickled_checkpoint_and_weights_are_refused(tmp_path):
         ("evaluate", run_dir, "--checkpoint", evil),
     ]
     for args in cases:
-        proc = run(*args)
+        proc = cli_run(*args, cwd=REPO)
         msgs = errors(proc)
         assert proc.returncode == 2 and len(msgs) == 1, (args, proc.stderr)
         assert "refused to load" in msgs[0] and "pickled" in msgs[0] and "weights_only=True" in msgs[0], msgs[0]

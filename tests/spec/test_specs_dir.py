@@ -27,13 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_datafiles import CLASSES, write_image_folder, write_regression_csv
+from helpers_hub import hub_cache
 from helpers_plugins import EXAMPLE_PLUGIN_SRC, make_example_dist, plugin_env
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "plugins"))
-from helpers_datafiles import CLASSES, write_image_folder, write_regression_csv  # noqa: E402
-from helpers_hub import hub_cache  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted((REPO / "specs").glob("*.toml"))
 SHORT = ["--set", "trainer.max_steps_per_epoch=2", "--set", "run.epochs=1", "--set", "data.num_workers=0",
          "--set", "data.batch_size=16"]

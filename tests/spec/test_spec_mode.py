@@ -6,7 +6,7 @@ import pytest
 
 from plugtrain.core.spec import load_spec
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "specs" / "quickstart.toml"
+QUICKSTART = Path(__file__).resolve().parents[2] / "specs" / "quickstart.toml"
 
 
 @pytest.mark.parametrize(
