@@ -31,7 +31,27 @@ def open_run(run_dir: str | os.PathLike[str]) -> tuple[Path, Any]:
         raise PlugtrainError(f"{run_dir}: no such run directory")
     if not spec_path.is_file():
         raise PlugtrainError(f"{run_dir}: not a run directory (no spec.toml)")
-    return root, load_spec(spec_path)
+    with rundir.reopening():  # its weights come from its checkpoints, not from the pretrained file it started from
+        return root, load_spec(spec_path)
+
+
+def rebuilt_backbone(spec: Any) -> Any:
+    """The spec's ``[backbone]`` without the weights it started from (its ``pretrained`` parameter): the weights of a
+    finished run come from its checkpoint, so the file or hub weights it was fine-tuned from need not be there."""
+    import attrs
+
+    params = {k: v for k, v in spec.backbone.params.items() if k != "pretrained"}
+    return attrs.evolve(spec.backbone, params=params)
+
+
+def build_for_eval(spec: Any, env: Any) -> Any:
+    """``build_run(spec, env, purpose="eval")`` of a finished run's spec, its backbone without its start weights
+    (:func:`rebuilt_backbone`): the data, model and metrics that evaluate and export run the checkpoint through."""
+    import attrs
+
+    from plugtrain.core.runtime import build
+
+    return build.build_run(attrs.evolve(spec, backbone=rebuilt_backbone(spec)), env, purpose="eval")
 
 
 def checkpoint_path(root: Path, which: str | os.PathLike[str] | None, weights: str | None = None) -> Path:
@@ -255,7 +275,7 @@ class LoadedRun(Predictor):
         num_classes = int(meta.get("num_classes", len(class_names)))
         self.device = local_env(spec, device).device
         torch.manual_seed(spec.run.seed)
-        model = build.component("backbones", spec.backbone, "backbone",
+        model = build.component("backbones", rebuilt_backbone(spec), "backbone",
                                 num_classes=0 if task == "metric_learning" else num_classes)
         load_weights(model, state, chosen, path, spec)
         self.model = model.to(self.device).eval()

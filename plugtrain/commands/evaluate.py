@@ -17,6 +17,7 @@ import functools
 import json
 
 from plugtrain.commands._finished_run import (
+    build_for_eval,
     check_weights,
     checkpoint_path,
     default_weights,
@@ -26,7 +27,6 @@ from plugtrain.commands._finished_run import (
 )
 from plugtrain.core import console
 from plugtrain.core.errors import PlugtrainError, first_line
-from plugtrain.core.runtime import build
 from plugtrain.core.runtime import checkpoint as ckpt
 from plugtrain.core.runtime.precision import autocast
 
@@ -44,7 +44,7 @@ def run(run_dir: str, *, checkpoint: str | None = None, split: str = "val", weig
     state = ckpt.load(path)
     chosen = weights or default_weights(state)
     env = local_env(spec)
-    built = build.build_run(spec, env, purpose="eval")
+    built = build_for_eval(spec, env)
     data = built.val_data if split == "val" else built.test_data
     if data is None:
         raise PlugtrainError(f"dataset {spec.data.dataset.name!r} of {run_dir} has no {split} split")

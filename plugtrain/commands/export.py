@@ -34,11 +34,13 @@ from typing import Any
 
 from plugtrain.commands._finished_run import (
     Predictor,
+    build_for_eval,
     check_weights,
     checkpoint_path,
     load_weights,
     local_env,
     open_run,
+    rebuilt_backbone,
 )
 from plugtrain.core import console
 from plugtrain.core.errors import PlugtrainError, first_line
@@ -117,7 +119,6 @@ def run(run_dir: str, *, checkpoint: str | None = None, fmt: str = "onnx", weigh
     """Export ``weights`` of ``checkpoint`` of ``run_dir`` as ``fmt``, check it, write the sidecar; exit code 0."""
     import torch
 
-    from plugtrain.core.runtime import build
     from plugtrain.core.runtime import checkpoint as ckpt
     from plugtrain.core.runtime.step import ModelInput
 
@@ -132,7 +133,7 @@ def run(run_dir: str, *, checkpoint: str | None = None, fmt: str = "onnx", weigh
     state = ckpt.load(path)
     chosen = weights or ("ema" if state.get("ema") else "model")
     env = local_env(spec, "cpu")  # exported on the CPU: a graph without device-specific kernels
-    built = build.build_run(spec, env, purpose="eval")
+    built = build_for_eval(spec, env)
     load_weights(built.backbone, state, chosen, path, spec)
     model_input = ModelInput.for_spec(spec, built.in_chans, env.device)
     wrapper = _normalized_class()(built.backbone, model_input.mean, model_input.std).eval()
@@ -229,7 +230,7 @@ def _export_safetensors(wrapper: Any, images: Any, out: Path, spec: Any, built: 
     backbone_classes = 0 if spec.run.task == "metric_learning" else built.num_classes
     safetensors.torch.save_model(wrapper.backbone, str(out), metadata={
         "format": "pt", "plugtrain": __version__, "backbone": spec.backbone.name, "task": spec.run.task})
-    fresh = build.component("backbones", spec.backbone, "backbone", num_classes=backbone_classes)
+    fresh = build.component("backbones", rebuilt_backbone(spec), "backbone", num_classes=backbone_classes)
     missing, unexpected = safetensors.torch.load_model(fresh, str(out))
     if missing or unexpected:
         raise ExportFailed(f"{out}: loaded back, it leaves out {len(missing)} and adds {len(unexpected)} tensors")

@@ -511,14 +511,14 @@ def weights_ref(model_name: str, pretrained: Any) -> WeightsRef | None:
     return WeightsRef(path=text)
 
 
-#: Whether ``PLUGTRAIN_VALIDATE`` looks hub weights up in the cache (``plugtrain weights fetch`` turns it off: it is
-#: the command that fills the cache).
+#: Whether ``PLUGTRAIN_VALIDATE`` checks that the weights are there: hub weights in the cache, a local file on disk
+#: (``plugtrain weights fetch`` turns it off: it is the command that fills the cache, and reports local files itself).
 _CHECK_CACHE = [True]
 
 
 @contextlib.contextmanager
 def cache_checks(enabled: bool) -> Iterator[None]:
-    """Turn the spec check's cache look-up of hub weights on or off inside the block."""
+    """Turn the spec check's look-up of the weights (in the hub cache, on disk) on or off inside the block."""
     before = _CHECK_CACHE[0]
     _CHECK_CACHE[0] = enabled
     try:
@@ -651,8 +651,10 @@ def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any]) -> 
     parse, and hub weights are looked up in the cache (no network): missing is a warning (training will download
     them), or an error when ``HF_HUB_OFFLINE`` is set (training could not). A local file must exist (training would
     stop on it before its first step), or lie in the run directory of a spec queued before this one (``plugtrain
-    check STAGE1 STAGE2``); what it holds is checked when the backbone is built."""
+    check STAGE1 STAGE2``); what it holds is checked when the backbone is built. Neither is looked up when a finished
+    run is reopened (evaluate, predict, export: its weights come from its checkpoints)."""
     from plugtrain.core.errors import PlugtrainError
+    from plugtrain.core.runtime.rundir import start_inputs_needed
 
     pretrained = params.get("pretrained", defaults.get("pretrained"))
     model_name = factory.args[0] if isinstance(factory, functools.partial) and factory.args else ""
@@ -660,10 +662,10 @@ def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any]) -> 
         ref = weights_ref(model_name, pretrained)
     except PlugtrainError as exc:
         return [("pretrained", str(exc).removeprefix("backbone.pretrained: "), False)]
-    if ref is not None and not ref.hub:
-        return _local_file_problems(ref.path)
-    if ref is None or not _CHECK_CACHE[0]:
+    if ref is None or not _CHECK_CACHE[0] or not start_inputs_needed():
         return []
+    if not ref.hub:
+        return _local_file_problems(ref.path)
     try:
         cached = cached_weights_file(ref)
     except Exception:  # an unreadable cache is the build's to report

@@ -82,3 +82,34 @@ def test_a_warmup_longer_than_a_shortened_run_is_a_located_warning(tmp_path, cap
     err = capfd.readouterr().err
     line = next(i for i, x in enumerate(spec.read_text().splitlines(), 1) if x.startswith("warmup_steps"))
     assert f"{spec}:{line}:16: warning: scheduler.warmup_steps (2) is longer than the whole run" in err, err
+
+
+def test_a_missing_pretrained_file_stops_check_and_train_but_not_the_finished_run_it_started(tmp_path, cli_run,
+                                                                                            one_torch_thread):
+    """The weights file a run started from is read at its start only: once it is gone, `check` and `train` refuse
+    the spec (file:line:col, nothing written), while evaluate, predict and export of the finished run still work
+    (its weights come from its checkpoints)."""
+    import timm
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "w.safetensors"
+    model = timm.create_model("test_efficientnet", num_classes=10, in_chans=1)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    spec = tiny_spec(tmp_path, epochs=1, steps=1, backbone_params=f'pretrained = "{weights.as_posix()}"')
+    assert cli_run("train", spec).returncode == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    weights.unlink()
+    line = next(i for i, x in enumerate(spec.read_text().splitlines(), 1) if x.startswith("pretrained"))
+    for command in ("check", "train"):
+        proc = cli_run(command, spec, "--set", 'run.name="again"')
+        assert proc.returncode == 2 and f"{spec}:{line}:14: backbone.pretrained: " in proc.stderr, proc.stderr
+        assert "does not exist" in proc.stderr
+    assert not (tmp_path / "runs" / "again").exists()
+    image = tmp_path / "digit.png"
+    Image.new("L", (8, 8), 128).save(image)
+    assert cli_run("evaluate", run_dir).returncode == 0
+    proc = cli_run("predict", run_dir, image)
+    assert proc.returncode == 0 and str(image) in proc.stdout, proc.stderr
+    proc = cli_run("export", run_dir, "--format", "safetensors", "--output", tmp_path / "model.safetensors")
+    assert proc.returncode == 0 and (tmp_path / "model.safetensors").is_file(), proc.stderr

@@ -19,7 +19,8 @@ What is guaranteed (:func:`plan`, :class:`Opening`):
 * Every file a component writes stays inside the run directory: :func:`run_path` and the :data:`RunPath` annotation.
 
 A check of a queue of specs (``plugtrain check A B``) knows, per spec, the run directories of the specs before it
-(:func:`queued_before`, :func:`written_by_queue`), so that a later stage may name a file an earlier one writes.
+(:func:`queued_before`, :func:`written_by_queue`), so that a later stage may name a file an earlier one writes; a
+finished run's spec is reopened (:func:`reopening`) without the files only the start of its training read.
 """
 
 from __future__ import annotations
@@ -132,6 +133,26 @@ def written_by_queue(path: str | os.PathLike[str]) -> bool:
     except (OSError, ValueError):
         return False
     return any(d == full or d in full.parents for d in _QUEUED.get())
+
+
+#: True while a finished run's spec.toml is loaded to evaluate, predict or export the run (:func:`reopening`).
+_REOPENING: contextvars.ContextVar[bool] = contextvars.ContextVar("plugtrain_reopening", default=False)
+
+
+@contextlib.contextmanager
+def reopening() -> Iterator[None]:
+    """Within this block a spec is loaded to use a finished run, not to start one (see :func:`start_inputs_needed`)."""
+    token = _REOPENING.set(True)
+    try:
+        yield
+    finally:
+        _REOPENING.reset(token)
+
+
+def start_inputs_needed() -> bool:
+    """Whether the files only the start of training reads (a ``pretrained`` weights file, hub weights) must be
+    there: False while a finished run is reopened, whose weights come from its checkpoints."""
+    return not _REOPENING.get()
 
 
 def run_dir_for(output_dir: str, name: str) -> Path:
