@@ -31,7 +31,7 @@ def open_run(run_dir: str | os.PathLike[str]) -> tuple[Path, Any]:
         raise PlugtrainError(f"{run_dir}: no such run directory")
     if not spec_path.is_file():
         raise PlugtrainError(f"{run_dir}: not a run directory (no spec.toml)")
-    with rundir.reopening():  # its weights come from its checkpoints, not from the pretrained file it started from
+    with rundir.without_start_inputs():  # its weights come from its checkpoints, not from what it started from
         return root, load_spec(spec_path)
 
 

@@ -33,11 +33,12 @@ def _is_timm(comp: Any) -> bool:
 def _refs(specs: Sequence[str], overrides: Sequence[str]) -> list[tuple[str, Any, str]]:
     """``(spec, WeightsRef, backbone name)`` for every spec that names weights, validated (cache look-ups off)."""
     from plugtrain.core.registry import get_registry
+    from plugtrain.core.runtime.rundir import without_start_inputs
     from plugtrain.core.spec import SpecError, load_spec
-    from plugtrain.plugins.backbones import cache_checks, weights_ref
+    from plugtrain.plugins.backbones import weights_ref
 
     found, problems = [], []
-    with cache_checks(False):
+    with without_start_inputs():  # this command looks the weights up itself
         for path in specs:
             try:
                 spec = load_spec(path, list(overrides))

@@ -157,6 +157,10 @@ def plugtrain_backbones():
     of images ``(N, C, H, W)`` to logits ``(N, num_classes)`` or, when ``num_classes`` is 0, to features or embeddings.
 
     Context: ``num_classes`` (int; 0 asks for a model without a classifier head).
+
+    A ``pretrained`` parameter, by convention, names the weights the model starts from: a finished run's backbone is
+    rebuilt without it (its weights come from its checkpoint), and a plugin's check of those weights asks
+    :func:`plugtrain.core.runtime.rundir.start_inputs_needed` first.
     """
 
 

@@ -42,11 +42,9 @@ an error naming ``plugtrain weights fetch`` (training could not get them).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -511,22 +509,6 @@ def weights_ref(model_name: str, pretrained: Any) -> WeightsRef | None:
     return WeightsRef(path=text)
 
 
-#: Whether ``PLUGTRAIN_VALIDATE`` checks that the weights are there: hub weights in the cache, a local file on disk
-#: (``plugtrain weights fetch`` turns it off: it is the command that fills the cache, and reports local files itself).
-_CHECK_CACHE = [True]
-
-
-@contextlib.contextmanager
-def cache_checks(enabled: bool) -> Iterator[None]:
-    """Turn the spec check's look-up of the weights (in the hub cache, on disk) on or off inside the block."""
-    before = _CHECK_CACHE[0]
-    _CHECK_CACHE[0] = enabled
-    try:
-        yield
-    finally:
-        _CHECK_CACHE[0] = before
-
-
 def hub_offline() -> bool:
     """Whether ``HF_HUB_OFFLINE`` is set (huggingface_hub then never touches the network)."""
     from huggingface_hub import constants
@@ -651,8 +633,8 @@ def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any]) -> 
     parse, and hub weights are looked up in the cache (no network): missing is a warning (training will download
     them), or an error when ``HF_HUB_OFFLINE`` is set (training could not). A local file must exist (training would
     stop on it before its first step), or lie in the run directory of a spec queued before this one (``plugtrain
-    check STAGE1 STAGE2``); what it holds is checked when the backbone is built. Neither is looked up when a finished
-    run is reopened (evaluate, predict, export: its weights come from its checkpoints)."""
+    check STAGE1 STAGE2``); what it holds is checked when the backbone is built. Neither is looked up where
+    :func:`~plugtrain.core.runtime.rundir.start_inputs_needed` says no (a finished run reopened, ``weights fetch``)."""
     from plugtrain.core.errors import PlugtrainError
     from plugtrain.core.runtime.rundir import start_inputs_needed
 
@@ -662,7 +644,7 @@ def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any]) -> 
         ref = weights_ref(model_name, pretrained)
     except PlugtrainError as exc:
         return [("pretrained", str(exc).removeprefix("backbone.pretrained: "), False)]
-    if ref is None or not _CHECK_CACHE[0] or not start_inputs_needed():
+    if ref is None or not start_inputs_needed():
         return []
     if not ref.hub:
         return _local_file_problems(ref.path)

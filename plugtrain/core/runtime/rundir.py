@@ -20,7 +20,7 @@ What is guaranteed (:func:`plan`, :class:`Opening`):
 
 A check of a queue of specs (``plugtrain check A B``) knows, per spec, the run directories of the specs before it
 (:func:`queued_before`, :func:`written_by_queue`), so that a later stage may name a file an earlier one writes; a
-finished run's spec is reopened (:func:`reopening`) without the files only the start of its training read.
+finished run's spec is reopened without the files only the start of its training read (:func:`without_start_inputs`).
 """
 
 from __future__ import annotations
@@ -135,24 +135,26 @@ def written_by_queue(path: str | os.PathLike[str]) -> bool:
     return any(d == full or d in full.parents for d in _QUEUED.get())
 
 
-#: True while a finished run's spec.toml is loaded to evaluate, predict or export the run (:func:`reopening`).
-_REOPENING: contextvars.ContextVar[bool] = contextvars.ContextVar("plugtrain_reopening", default=False)
+#: False inside :func:`without_start_inputs`.
+_START_INPUTS: contextvars.ContextVar[bool] = contextvars.ContextVar("plugtrain_start_inputs", default=True)
 
 
 @contextlib.contextmanager
-def reopening() -> Iterator[None]:
-    """Within this block a spec is loaded to use a finished run, not to start one (see :func:`start_inputs_needed`)."""
-    token = _REOPENING.set(True)
+def without_start_inputs() -> Iterator[None]:
+    """Within this block specs are checked without the files only the start of training reads (its ``pretrained``
+    weights, local or on the hub): a finished run is reopened (evaluate, predict, export: its weights come from its
+    checkpoints), or ``plugtrain weights fetch`` is about to look the weights up itself."""
+    token = _START_INPUTS.set(False)
     try:
         yield
     finally:
-        _REOPENING.reset(token)
+        _START_INPUTS.reset(token)
 
 
 def start_inputs_needed() -> bool:
-    """Whether the files only the start of training reads (a ``pretrained`` weights file, hub weights) must be
-    there: False while a finished run is reopened, whose weights come from its checkpoints."""
-    return not _REOPENING.get()
+    """Whether a plugin's check must find the files only the start of training reads (see
+    :func:`without_start_inputs`)."""
+    return _START_INPUTS.get()
 
 
 def run_dir_for(output_dir: str, name: str) -> Path:
