@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "specs" / "quickstart.toml"
@@ -56,6 +57,14 @@ max_steps_per_epoch = {steps}
 log_every_steps = {log_every}
 {extra}
 """
+
+
+# Property tests are reproducible: the examples follow from the test itself (derandomize), so a failing example fails
+# again on the next run and on CI, and no example database is kept between runs. HYPOTHESIS_PROFILE=explore draws
+# fresh random examples each run (to look for new failures by hand; a failure prints the seed to reproduce it).
+settings.register_profile("plugtrain", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "plugtrain"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -317,7 +317,9 @@ _simple_aug = st.builds(lambda name, p: {"name": name, "p": p},
 
 #: key path -> strategy of valid values, for FULL.
 VALID: dict[str, st.SearchStrategy] = {
-    "run.name": st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=12),
+    # A name is a path segment: no NUL byte, not blank (rules.path_problem); everything else is valid.
+    "run.name": st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1,
+                        max_size=12).filter(str.strip),
     "run.seed": st.integers(0, 2**32 - 1),  # a seed must fit numpy's legacy RNG
     "run.epochs": st.integers(5, 10**6),  # full.toml starts SWA at epoch 4
     "run.deterministic": st.booleans(),

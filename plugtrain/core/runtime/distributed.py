@@ -56,6 +56,25 @@ class DistEnv:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
         return tensor
 
+    def broadcast_tensors(self, tensors: list[Any], src: int = 0) -> None:
+        """Overwrite ``tensors`` in place with rank ``src``'s values (every rank passes the same shapes and dtypes
+        in the same order): one collective per dtype, on the device the backend reduces on."""
+        if not self.distributed or not tensors:
+            return
+        import torch
+        import torch.distributed as dist
+
+        by_dtype: dict[Any, list[Any]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        with torch.no_grad():
+            for dtype in sorted(by_dtype, key=str):  # the same order on every rank
+                group = by_dtype[dtype]
+                flat = torch.cat([t.detach().reshape(-1).to(self.reduce_device) for t in group])
+                dist.broadcast(flat.view(torch.uint8) if dtype == torch.bool else flat, src=src)  # gloo: no bool
+                for t, part in zip(group, flat.split([t.numel() for t in group]), strict=True):
+                    t.copy_(part.view_as(t))
+
     def collective_tensor(self, values: list[float]) -> Any:
         """A float64 tensor on the device the backend reduces on (the GPU for nccl, the CPU for gloo)."""
         import torch

@@ -33,8 +33,13 @@ def evaluate_model(model: torch.nn.Module, criterion: torch.nn.Module, loader: A
                    model_input: ModelInput, autocast: Callable[[], Any], dist: DistEnv,
                    prefix: str = "val") -> tuple[dict[str, float], int]:
     """Loss and metrics of ``model`` over ``loader`` (reduced across ranks); returns ``(metrics, skipped)``.
-    ``model_input`` moves and normalises the batches (its device is the evaluation's)."""
+    ``model_input`` moves and normalises the batches (its device is the evaluation's).
+
+    Under DDP every rank first takes rank 0's buffers (batch-norm running statistics) of ``model`` and
+    ``criterion``: each rank's last training forward updated its own from its own batch, and the checkpoints hold rank
+    0's, so without this each rank would score its share of the samples with other weights than the ones saved."""
     device = model_input.device
+    dist.broadcast_tensors([*model.buffers(), *criterion.buffers()])
     was_training = model.training
     model.eval()
     criterion.eval()
