@@ -7,7 +7,9 @@ like any spec (``--check`` stops there); then this process is one worker of the 
 (:mod:`plugtrain.sweep.study`): start as many as there are GPUs (``CUDA_VISIBLE_DEVICES``) or machines (one
 ``--storage`` database URL). Optuna is imported here only, never by ``plugtrain list`` or the core.
 
-Exit codes: 0 the study is done (or the check passed); 2 a bad sweep file, spec or storage; 128 + signal number for a
+Exit codes: 0 the study is done (or the check passed); 2 a bad sweep file, spec or storage URL, a sweep that differs
+from the study it would continue, or more folds than the smallest class has samples (all before anything is written);
+128 + signal number for a
 worker stopped by SIGTERM / SIGINT (its trial is queued again; run the same command to continue).
 """
 
@@ -42,7 +44,10 @@ def run(sweep_file: str, overrides: Sequence[str] = (), *, trials: int | None = 
     if total < 1:
         raise PlugtrainError(f"--trials {total}: give at least 1")
     study.import_optuna()
-    worker = study.Worker(sw, base_spec, list(overrides), total, storage or os.environ.get(STORAGE_ENV) or None)
+    url = storage or os.environ.get(STORAGE_ENV) or None
+    if url is not None:  # before anything is written or retried
+        study.check_storage_url(url, "--storage" if storage else STORAGE_ENV)
+    worker = study.Worker(sw, base_spec, list(overrides), total, url)
     return worker.run()
 
 
@@ -63,6 +68,8 @@ def status(sweep_dir: str, *, storage: str | None = None, as_json: bool = False)
                                      f"sweep.json does not keep its password: give --storage URL (or set "
                                      f"{STORAGE_ENV})")
     optuna = study.import_optuna()
+    study.check_storage_url(url, "--storage" if storage else STORAGE_ENV if os.environ.get(STORAGE_ENV) else
+                            f"{where / 'sweep.json'}: storage")
     storage_obj = study.make_storage(url, None, None, 0)
     try:
         st = optuna.load_study(study_name=meta.get("study_name", meta.get("name")), storage=storage_obj)

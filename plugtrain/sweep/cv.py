@@ -124,6 +124,21 @@ def cross_validate(path: str, overrides: list[str], folds: int, *, resume: str |
     return result
 
 
+def check_folds(path: str, overrides: list[str], folds: int) -> None:
+    """Refuse ``folds`` that the train split cannot give (a class with fewer than K samples) before a sweep's first
+    trial, rather than in every trial: reads the dataset once. Other problems of the data are left to the trials."""
+    from plugtrain.core.runtime import build
+    from plugtrain.core.spec import load_spec
+
+    spec = load_spec(path, [*overrides, f"data.fold=[1, {folds}]"])
+    try:
+        splits = build.build_dataset(spec)
+        subsets, _, _ = build.class_subset(spec, splits)
+    except Exception:  # noqa: BLE001 - a trial reports it, with its own sampled values
+        return
+    build.fold_subsets(spec, splits, subsets)
+
+
 def aggregate(cv_dir: Path, results: list[RunResult], folds: int, seed: int, metric: str, mode: str) -> CVResult:
     """Mean and sample std over the folds of every ``val*`` metric at each fold's best epoch."""
     best_rows: list[tuple[int, dict[str, float]]] = []

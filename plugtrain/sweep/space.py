@@ -294,6 +294,11 @@ def read(path: str | os.PathLike[str]) -> Sweep:
         spec_display = os.path.normpath(os.path.join(os.path.dirname(display), spec))
         if not spec_path.is_file():
             r.add(("spec",), f"spec = {spec!r}: no such file {spec_display!r}")
+        else:
+            wrong = _not_a_run_spec(p, spec_path)
+            if wrong:
+                r.add(("spec",), f"spec = {spec!r} {wrong}; it must name the run spec every trial trains (a file with "
+                                 "[run], [data], [backbone], ... that `plugtrain check` accepts)")
     sw = Sweep(path=p, display=display, spec=spec_display, name=p.stem)
     _read_settings(r, data.get("sweep", {}), sw)
     # [set]
@@ -362,6 +367,26 @@ def read(path: str | os.PathLike[str]) -> Sweep:
     if r.problems:
         raise SweepError(r.problems)
     return sw
+
+
+def _not_a_run_spec(sweep_path: Path, spec_path: Path) -> str | None:
+    """Why the file a sweep's ``spec =`` names is not a run spec (this sweep file, another sweep file, a TOML file
+    without a run spec's sections), or ``None``. A run spec with a syntax error is left to the spec loader, which
+    says where."""
+    from plugtrain.core.spec.model import SECTIONS
+
+    try:
+        if spec_path.resolve() == sweep_path.resolve() or spec_path.samefile(sweep_path):
+            return "names this sweep file itself"
+        data = tomllib.loads(spec_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None if spec_path.suffix == ".toml" else "names a file that is not TOML"
+    if isinstance(data.get("spec"), str) and ("params" in data or "sweep" in data):
+        return "names another sweep file (a sweep file names a run spec, never a sweep)"
+    if "extends" not in data and not any(k in SECTIONS for k in data):
+        found = ", ".join(f"[{k}]" if isinstance(v, dict) else k for k, v in data.items()) or "nothing"
+        return f"names a TOML file that is not a run spec (it has {found}, none of a run spec's sections)"
+    return None
 
 
 def _read_settings(r: _Reader, s: Any, sw: Sweep) -> None:

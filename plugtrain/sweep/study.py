@@ -11,6 +11,11 @@
   machine) is failed by the next worker that looks, and Optuna's retry callback queues the same parameters again
   (``max_retries`` times). A worker stopped by SIGTERM / SIGINT writes the run's ``last.pt``, fails its trial and
   queues its retry before it exits (128 + signal). Restarting ``plugtrain sweep`` continues the study.
+* A rerun continues the study only with the search space, objective, folds and ``[set]`` it began with (kept in
+  the study's user attribute ``plugtrain.sweep`` and in ``sweep.json``, with the resolved run spec): any difference
+  is refused, every one listed, before a trial or a file is written (a study of an earlier plugtrain without that
+  record is compared by its trials' distributions). A storage URL that cannot name a database is refused before
+  anything is written; only a well-formed one is retried.
 * Each trial is an ordinary run in ``<sweep_dir>/trial-NNNN/`` (or K fold runs in ``trial-NNNN/fold-k/``), with a
   ``trial.json`` (state, parameters, objective, times, worker); a pruned trial's directory is kept and gets a
   ``PRUNED`` file. The objective is reported to Optuna after every epoch (``trial.report(value, epoch)``) by a
@@ -59,14 +64,64 @@ def default_storage(sweep_dir: Path) -> str:
     return f"sqlite:///{Path(sweep_dir).resolve() / 'study.db'}"
 
 
+def check_storage_url(url: str, source: str = "--storage") -> None:
+    """Refuse a storage URL that cannot name a database before anything is written or retried: one SQLAlchemy cannot
+    parse, an unknown kind of database, an in-memory or unreachable SQLite file. Only a well-formed URL gets the
+    connection retries of :func:`make_storage` (a server that is starting, workers racing to create the tables)."""
+    try:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    except ImportError:  # Optuna without SQLAlchemy cannot happen; RDBStorage would say so
+        return
+    shape = ("a database URL is KIND[+DRIVER]://USER[:PASSWORD]@HOST[:PORT]/DATABASE, e.g. "
+             "postgresql+psycopg2://user@dbhost/sweeps, or sqlite:////absolute/path/study.db")
+    try:
+        u = make_url(url)
+    except (ArgumentError, ValueError, TypeError) as exc:
+        raise PlugtrainError(f"{source} {_hide_password(url)}: not a database URL ({first_line(exc)}): "
+                             f"{shape}") from None
+    try:
+        u.get_dialect()
+    except NoSuchModuleError:
+        from sqlalchemy import dialects
+
+        kind = u.get_backend_name()
+        known = [*dialects.__all__, "postgresql+psycopg2", "mysql+pymysql"]
+        from plugtrain.core.errors import did_you_mean
+
+        hint = did_you_mean(kind, known) or (" Did you mean 'postgresql'?" if kind.startswith("postgres") else "")
+        raise PlugtrainError(f"{source} {masked(url)}: unknown kind of database {u.drivername!r}.{hint} Known: "
+                             f"{', '.join(dialects.__all__)}; {shape}") from None
+    except ImportError as exc:
+        raise PlugtrainError(f"{source} {masked(url)}: {first_line(exc)} (install the database's driver, e.g. "
+                             "psycopg2-binary for PostgreSQL)") from None
+    if u.get_backend_name() == "sqlite":
+        db = u.database or ""
+        if db in ("", ":memory:") or db.startswith("file::memory:"):
+            raise PlugtrainError(f"{source} {url}: an in-memory SQLite study ends with its worker and no other worker "
+                                 "or `sweep status` can see it: give a file, sqlite:////absolute/path/study.db")
+        parent = Path(db).parent
+        if not parent.is_dir():
+            raise PlugtrainError(f"{source} {url}: the SQLite file's folder {str(parent)!r} does not exist (a "
+                                 "relative path after sqlite:/// is relative to the working directory; an absolute "
+                                 "one takes four slashes: sqlite:////path/study.db)")
+
+
+def _hide_password(url: str) -> str:
+    """``url`` with anything between ``user:`` and ``@`` hidden (for a URL SQLAlchemy cannot parse)."""
+    import re
+
+    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
 def masked(url: str) -> str:
     """The URL with its password hidden (what sweep.json records)."""
     try:
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: RDBStorage will say so
-        return url
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads (check_storage_url refuses those)
+        return _hide_password(url)
 
 
 def retry_callback(optuna: Any, max_retries: int) -> Any:
@@ -213,29 +268,101 @@ class Worker:
         self._carried: tuple[Path, int] | None = None
 
     # -- set-up ------------------------------------------------------------------------------------------------
+    def record(self) -> dict[str, Any]:
+        """What a rerun must keep for its trials to belong to the same study: the search space, the objective and
+        its direction, the folds and the sweep file's fixed overrides. Kept in the study (shared by every worker) and
+        in ``sweep.json``."""
+        return {"params": {q.name: q.describe() for q in self.sw.params}, "objective": self.objective_name,
+                "mode": self.mode, "folds": self.sw.folds, "set": self.sw.fixed_overrides()}
+
+    def resolved_spec(self) -> dict[str, Any]:
+        """The run spec every trial starts from (fixed and command-line overrides applied), as plain JSON values
+        without ``run.output_dir`` / ``run.name``: what ``sweep.json`` keeps to tell a changed spec on a rerun."""
+        import json
+
+        from plugtrain.core.spec.model import to_dict
+
+        d = json.loads(json.dumps(to_dict(self.base_spec), default=str))
+        for key in ("output_dir", "name"):
+            d.get("run", {}).pop(key, None)
+        return d
+
     def meta(self) -> dict[str, Any]:
         return {"name": self.sw.name, "sweep_file": str(self.sw.path.resolve()),
                 "spec": str(Path(self.sw.spec).resolve()), "overrides": self.base,
                 "output_dir": self.base_spec.run.output_dir, "storage": masked(self.storage_url),
                 "study_name": self.sw.name, "objective": self.objective_name, "mode": self.mode,
                 "trials": self.trials, "folds": self.sw.folds, "sampler": self.sw.sampler.name,
-                "pruner": self.sw.pruner.name}
+                "pruner": self.sw.pruner.name, "space": self.record(), "resolved_spec": self.resolved_spec()}
 
-    def _write_meta(self) -> dict[str, Any]:
-        path = self.sweep_dir / results.SWEEP_JSON
+    def _write_meta(self, old: dict[str, Any] | None) -> dict[str, Any]:
         meta = self.meta()
-        if path.is_file():
-            old = results.read_meta(self.sweep_dir)
-            for key in ("objective", "mode"):
-                if old.get(key) != meta[key]:
-                    raise PlugtrainError(f"{self.sweep_dir}: this sweep directory's study optimises "
-                                         f"{old.get('objective')} ({old.get('mode')}), not {self.objective_name} "
-                                         f"({self.mode}): choose another [sweep] name")
-            meta["created"] = old.get("created")
-        meta.setdefault("created", None)
-        meta["created"] = meta["created"] or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        results.write_json(path, meta)
+        meta["created"] = (old or {}).get("created") or datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds")
+        results.write_json(self.sweep_dir / results.SWEEP_JSON, meta)
         return meta
+
+    def _old_meta(self) -> dict[str, Any] | None:
+        """The ``sweep.json`` of an earlier run of this sweep directory, if any."""
+        return results.read_meta(self.sweep_dir) if (self.sweep_dir / results.SWEEP_JSON).is_file() else None
+
+    def differences(self, old: dict[str, Any], study: Any = None) -> list[str]:
+        """How this sweep differs from ``old`` (a :meth:`record`, possibly with ``resolved_spec``), one line each,
+        pointing at the sweep file where it can; for a study of an earlier plugtrain without a record, its trials'
+        distributions stand for its space (``study``)."""
+        out: list[str] = []
+        now = self.record()
+        where = {q.name: q.where for q in self.sw.params}
+        if isinstance(old.get("params"), dict):
+            was: dict[str, Any] = old["params"]
+            cur: dict[str, Any] = now["params"]
+            desc = dict(was)
+        else:  # a study without a record: its trials' distributions are its space
+            import optuna
+
+            was = _space_of_trials(study) if study is not None else {}
+            cur = {q.name: optuna_distribution(optuna, q) for q in self.sw.params} if was else {}
+            desc = {k: _describe(d) for k, d in was.items()}
+        for name, value in cur.items():
+            if name not in was:
+                out.append(f"{where[name]}: [params] {name} ({now['params'][name]}) is new: the study has no such "
+                           "parameter")
+            elif was[name] != value:
+                out.append(f"{where[name]}: [params] {name} is {now['params'][name]}; in the study it is "
+                           f"{desc[name]}")
+        for name in was:
+            if name not in cur:
+                out.append(f"{self.sw.display}: [params] {name} ({desc[name]}) is gone: the study samples it")
+        if "objective" in old and (old.get("objective"), old.get("mode")) != (now["objective"], now["mode"]):
+            at = self.sw.where.get("sweep.objective") or self.sw.where.get("sweep.mode") or self.sw.display
+            out.append(f"{at}: the objective is {now['objective']} ({now['mode']}); the study's is "
+                       f"{old.get('objective')} ({old.get('mode')})")
+        if "folds" in old and int(old.get("folds") or 0) != now["folds"]:
+            at = self.sw.where.get("sweep.folds", self.sw.display)
+            out.append(f"{at}: [sweep] folds is {now['folds']}; the study's trials used {old.get('folds') or 0}")
+        if "set" in old and old["set"] != now["set"]:
+            gone = [o for o in old["set"] if o not in now["set"]]
+            new = [o for o in now["set"] if o not in old["set"]]
+            out.append(f"{self.sw.display}: [set] {', '.join(new) or 'nothing'}; the study's: "
+                       f"{', '.join(gone) or 'nothing'}")
+        if isinstance(old.get("resolved_spec"), dict):
+            changed = _changed_keys(old["resolved_spec"], self.resolved_spec())
+            if changed:
+                shown = "; ".join(f"{k}: {_short(b)} (was {_short(a)})" for k, a, b in changed[:6])
+                more = f"; and {len(changed) - 6} more" if len(changed) > 6 else ""
+                out.append(f"{self.sw.spec}: the run spec (with its overrides) changed: {shown}{more}")
+        return out
+
+    def _refuse(self, diffs: list[str], against: str) -> None:
+        if not diffs:
+            return
+        raise PlugtrainError("\n".join([
+            f"plugtrain: error: sweep {self.sw.name}: this sweep differs from the study it would continue "
+            f"({against}):", *(f"  {d}" for d in diffs),
+            "A rerun continues a study only with the same search space, objective, folds and run spec, so that its "
+            "trials compare. For a new study, give the sweep another name ([sweep] name = \"...\": a new study and "
+            f"sweep directory), or move {self.sweep_dir} away; to continue this one, put the sweep file back as it "
+            "was."]))
 
     def open_study(self) -> Any:
         optuna = import_optuna()
@@ -243,17 +370,33 @@ class Worker:
         direction = "maximize" if self.mode == "max" else "minimize"
         pruner = make_pruner(optuna, self.sw)
         try:
-            study = optuna.create_study(storage=storage, study_name=self.sw.name, direction=direction, pruner=pruner,
-                                        sampler=optuna.samplers.RandomSampler(), load_if_exists=False)
-            created = True
-        except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(storage=storage, study_name=self.sw.name, pruner=pruner,
                                       sampler=optuna.samplers.RandomSampler())
             created = False
-        want = optuna.study.StudyDirection.MAXIMIZE if self.mode == "max" else optuna.study.StudyDirection.MINIMIZE
-        if study.direction != want:
-            raise PlugtrainError(f"study {self.sw.name!r} in {masked(self.storage_url)} is to "
-                                 f"{study.direction.name.lower()}, but this sweep's mode is {self.mode!r}")
+        except KeyError:
+            try:
+                study = optuna.create_study(storage=storage, study_name=self.sw.name, direction=direction,
+                                            pruner=pruner, sampler=optuna.samplers.RandomSampler(),
+                                            load_if_exists=False)
+                created = True
+            except optuna.exceptions.DuplicatedStudyError:  # another worker created it just now
+                study = optuna.load_study(storage=storage, study_name=self.sw.name, pruner=pruner,
+                                          sampler=optuna.samplers.RandomSampler())
+                created = False
+        if not created:
+            recorded = study.user_attrs.get(RECORD_ATTR)
+            old = recorded if isinstance(recorded, dict) else {}
+            n = len(study.get_trials(deepcopy=False))
+            self._refuse(self.differences(old, study),
+                         f"{self.sw.name!r} in {masked(self.storage_url)}, {n} trial{'s' if n != 1 else ''}")
+            want = optuna.study.StudyDirection.MAXIMIZE if self.mode == "max" else \
+                optuna.study.StudyDirection.MINIMIZE
+            if study.direction != want:
+                self._refuse([f"{self.sw.where.get('sweep.mode', self.sw.display)}: the objective "
+                              f"{self.objective_name} is to {direction}; the study's is to "
+                              f"{study.direction.name.lower()}"], f"{self.sw.name!r} in {masked(self.storage_url)}")
+        if not isinstance(study.user_attrs.get(RECORD_ATTR), dict):
+            study.set_user_attr(RECORD_ATTR, self.record())
         seed = None if self.sw.seed is None else self.sw.seed + len(study.get_trials(deepcopy=False))
         study.sampler = make_sampler(optuna, self.sw, seed)
         if created:
@@ -264,9 +407,28 @@ class Worker:
     # -- the loop ----------------------------------------------------------------------------------------------
     def run(self) -> int:
         optuna = import_optuna()
+        if self.sw.folds:
+            from plugtrain.sweep import cv
+
+            cv.check_folds(self.sw.spec, self.base, self.sw.folds)
+        old = self._old_meta()
+        if old is not None:
+            recorded = {**(old.get("space") or old), "resolved_spec": old.get("resolved_spec")}
+            self._refuse(self.differences(recorded), f"as {self.sweep_dir / results.SWEEP_JSON} records it")
+        local = self.storage_url == default_storage(self.sweep_dir)
+        made = local and not self.sweep_dir.exists()
+        if local:
+            self.sweep_dir.mkdir(parents=True, exist_ok=True)  # the study's SQLite file goes in it
+        try:
+            study = self.open_study()
+        except BaseException:
+            if made:  # a sweep that could not start leaves no directory behind
+                with contextlib.suppress(OSError):
+                    (self.sweep_dir / "study.db").unlink(missing_ok=True)
+                    self.sweep_dir.rmdir()
+            raise
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        meta = self._write_meta()
-        study = self.open_study()
+        meta = self._write_meta(old)
         optuna.storages.fail_stale_trials(study)
         c = results.tally(study.get_trials(deepcopy=False))
         console.echo(f"sweep {self.sw.name}: {c['done']} of {self.trials} trials done, {c['running']} running "
@@ -538,6 +700,58 @@ class Worker:
         cv.print_table(result)
         best_epochs = [e for e, _ in result.best_rows]
         return result.objective, reporters, done, best_epochs
+
+
+#: The study's user attribute that keeps :meth:`Worker.record` (what a rerun must not change).
+RECORD_ATTR = "plugtrain.sweep"
+
+
+def optuna_distribution(optuna: Any, q: Any) -> Any:
+    """The Optuna distribution that ``q.suggest`` samples from (to compare with a trial's)."""
+    d = optuna.distributions
+    if q.kind == "choice":
+        return d.CategoricalDistribution(q.optuna_choices())
+    if q.kind == "int":
+        return d.IntDistribution(q.low, q.high, log=q.log, step=q.step or 1)
+    if q.kind == "log_uniform":
+        return d.FloatDistribution(q.low, q.high, log=True)
+    return d.FloatDistribution(q.low, q.high, step=q.step)
+
+
+def _space_of_trials(study: Any) -> dict[str, Any]:
+    """Parameter name -> distribution, over the study's trials (the last trial to use a name wins)."""
+    out: dict[str, Any] = {}
+    for t in study.get_trials(deepcopy=False):
+        out.update(t.distributions)
+    return out
+
+
+def _describe(dist: Any) -> str:
+    """An Optuna distribution in the words of :meth:`Param.describe`."""
+    if hasattr(dist, "choices"):
+        return "choice of " + ", ".join(toml_value(c) for c in dist.choices)
+    if getattr(dist, "log", False) and not isinstance(dist.low, int):
+        return f"log_uniform [{dist.low}, {dist.high}]"
+    kind = "int" if isinstance(dist.low, int) else "uniform"
+    step = f", step {dist.step}" if getattr(dist, "step", None) not in (None, 1) else ""
+    return f"{kind} [{dist.low}, {dist.high}]{step}{' log' if getattr(dist, 'log', False) else ''}"
+
+
+def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` of every leaf that differs between two plain dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[tuple[str, Any, Any]] = []
+        for k in [*a, *(k for k in b if k not in a)]:
+            out += _changed_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [(prefix.rstrip("."), a, b)]
+
+
+def _short(v: Any) -> str:
+    if v is None:
+        return "unset"
+    text = toml_value(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _frozen(trial: Any) -> Any:

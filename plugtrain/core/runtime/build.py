@@ -124,7 +124,7 @@ def fold_subsets(spec: RunSpec, splits: DatasetSplits, subsets: dict[str, list[i
         raise PlugtrainError(f"[data] fold needs the train split's targets (a `targets` attribute); dataset "
                              f"{spec.data.dataset.name!r} has none")
     targets = list(targets) if base is None else [targets[i] for i in base]
-    train, val = fold_split(targets, k, folds, spec.run.seed)
+    train, val = fold_split(targets, k, folds, spec.run.seed, list(splits.class_names or []) or None)
     if base is not None:
         train, val = [base[i] for i in train], [base[i] for i in val]
     subsets["train"] = list(train)

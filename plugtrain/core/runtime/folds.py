@@ -6,7 +6,8 @@ fold; classification targets (integers) are stratified so that each class is dea
 counts differ by at most one between folds, and fold sizes by at most one); float targets (regression) are
 stratified by value: sorted, cut into consecutive blocks of ``K`` and each block dealt one sample per fold. The
 assignment depends on ``(targets, K, seed)`` only, so the K runs of one cross-validation, on any machine, see
-disjoint validation folds that together cover the split.
+disjoint validation folds that together cover the split. Class targets need at least K samples of every class (each
+fold validates on every class): fewer is an error before any fold is trained.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from plugtrain.core.errors import PlugtrainError
 _SALT = 0xF01D
 
 
-def fold_assignment(targets: Sequence[Any], folds: int, seed: int) -> np.ndarray:
-    """The fold (0-based) of every position of ``targets``."""
+def fold_assignment(targets: Sequence[Any], folds: int, seed: int,
+                    class_names: Sequence[str] | None = None) -> np.ndarray:
+    """The fold (0-based) of every position of ``targets``. Class targets (integers) need at least ``folds`` samples
+    of every class, so that every fold validates on every class: fewer is an error naming the smallest class
+    (``class_names[label]`` when given) and the largest number of folds that works."""
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise PlugtrainError(f"cross-validation needs folds >= 2, not {folds!r}")
     t = np.asarray(list(targets))
@@ -31,6 +35,8 @@ def fold_assignment(targets: Sequence[Any], folds: int, seed: int) -> np.ndarray
     if n < folds:
         raise PlugtrainError(f"cross-validation with {folds} folds needs at least {folds} training samples; the train "
                              f"split has {n}")
+    if t.ndim == 1 and t.dtype.kind in "iub":
+        _check_classes(t, folds, class_names)
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, _SALT])
     assign = np.empty(n, dtype=np.int64)
     if t.ndim == 1 and (t.dtype.kind in "iub" or (t.dtype.kind == "f" and np.all(np.mod(t, 1) == 0))):
@@ -50,11 +56,30 @@ def fold_assignment(targets: Sequence[Any], folds: int, seed: int) -> np.ndarray
     return assign
 
 
-def fold_split(targets: Sequence[Any], fold: int, folds: int, seed: int) -> tuple[list[int], list[int]]:
+def _check_classes(t: np.ndarray, folds: int, class_names: Sequence[str] | None) -> None:
+    """Refuse ``folds`` above the smallest class's count: a stratified fold would validate on none of that class."""
+    labels, counts = np.unique(t, return_counts=True)
+    i = int(np.argmin(counts))  # the first of equals: the smallest label
+    label, count = labels[i].item(), int(counts[i])
+    if count >= folds:
+        return
+    name = f"class {label}"
+    if class_names is not None and isinstance(label, int) and 0 <= label < len(class_names):
+        name = f"class {class_names[label]!r} (label {label})"
+    n = "1 sample" if count == 1 else f"{count} samples"
+    fix = (f"use at most {count} folds (stratified folds put every class in every fold's validation)" if count >= 2
+           else "cross-validation needs at least 2 samples of every class: drop it with [data] class_subset, or "
+                "train without folds")
+    raise PlugtrainError(f"cross-validation with {folds} folds: the smallest class of the train split, {name}, has "
+                         f"{n}, so {folds - count} of the {folds} folds would validate on none of it: {fix}")
+
+
+def fold_split(targets: Sequence[Any], fold: int, folds: int, seed: int,
+               class_names: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
     """``(train_positions, val_positions)`` of fold ``fold`` (1-based: 1..folds) of ``targets``, sorted."""
     if isinstance(fold, bool) or not isinstance(fold, int) or not 1 <= fold <= max(int(folds), 1):
         raise PlugtrainError(f"fold must be in 1..{folds}, not {fold!r}")
-    assign = fold_assignment(targets, folds, seed)
+    assign = fold_assignment(targets, folds, seed, class_names)
     val = np.flatnonzero(assign == fold - 1)
     train = np.flatnonzero(assign != fold - 1)
     if len(val) == 0 or len(train) == 0:
