@@ -14,8 +14,9 @@ final ``last.pt`` (model, loss, optimizers, schedulers, scaler, EMA, SWA, RNG st
   vectors close to the recorded ones: median distance under ``MEDIAN`` x RMS, and at most ``FAR_SHARE`` of the
   tensors beyond ``TOLERANCE`` x RMS. A share, not all: a parameter whose true gradient is zero (a bias before a
   batch norm) gets AdamW steps of +-lr decided by rounding noise, so a few tensors move by their whole RMS on any
-  other CPU. The quickstart is left out of the floats: resnet18 at lr 3e-3 amplifies rounding differences from step
-  to step, so no tolerance both holds elsewhere and catches a change. ``test_the_sketch_holds_under_other_kernels``
+  other CPU. The quickstart and SAM are left out of the floats: they amplify rounding differences from step to step
+  (resnet18 at lr 3e-3; SAM's ascent along the normalised gradient), so that no tolerance both holds elsewhere and
+  catches a change; their structure, integer tensors and RNG states are still compared everywhere. ``test_the_sketch_holds_under_other_kernels``
   (ATen's portable kernels, oneDNN limited to SSE4.1) and ``test_the_sketch_catches_a_changed_computation`` (a
   learning rate 1 % higher) keep these thresholds honest.
 
@@ -41,13 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conf
 from conftest import QUICKSTART, run_cli, run_torchrun, subprocess_env, tiny_spec  # noqa: E402
 
 RECORD = Path(__file__).resolve().parent / "behaviour_hashes.json"
-#: Sketch thresholds, in units of each tensor's recorded RMS. Measured on the tiny runs under other kernels: median
+#: Sketch thresholds, in units of each tensor's recorded RMS. Measured on the stable runs under other kernels: median
 #: 1.5e-6 to 8e-6, 4-5 % of tensors beyond 1e-3; with a learning rate 1 % higher: median 1.3e-3, 53 % beyond 1e-3.
+#: Left out: SAM under other kernels, median 4e-4 to 6e-4 and 36-43 % beyond; the quickstart, median 7e-2.
 TOLERANCE = 1e-3
 MEDIAN = 1e-4
 FAR_SHARE = 0.2
 #: The runs whose floating tensors are compared on any CPU (see the module docstring for the quickstart).
-STABLE = ("ema-mixup-accum", "sam", "ddp-2", "fsdp-2")
+STABLE = ("ema-mixup-accum", "ddp-2", "fsdp-2")
 #: Projections per floating tensor.
 PROJECTIONS = 4
 
