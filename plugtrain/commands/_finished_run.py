@@ -27,12 +27,48 @@ def open_run(run_dir: str | os.PathLike[str]) -> tuple[Path, Any]:
     """``(RUN_DIR, its spec.toml loaded)``; a missing directory or spec is bad input."""
     root = Path(run_dir)
     spec_path = root / "spec.toml"
+    if root.exists() and not root.is_dir():
+        raise PlugtrainError(f"{run_dir}: {what_file(root)}")
     if not root.is_dir():
         raise PlugtrainError(f"{run_dir}: no such run directory")
     if not spec_path.is_file():
         raise PlugtrainError(f"{run_dir}: not a run directory (no spec.toml)")
     with rundir.without_start_inputs():  # its weights come from its checkpoints, not from what it started from
         return root, load_spec(spec_path)
+
+
+def what_file(path: Path) -> str:
+    """What a file given where a run directory is expected is, and what to give instead: the message after
+    ``PATH: `` (``plugtrain predict`` of a safetensors export, a checkpoint, a sidecar, a spec, ...)."""
+    name = path.name.lower()
+    run = next((p for p in path.parents if (p / "spec.toml").is_file()), None) or _exported_from(path)
+    the_run = f"its run directory ({run})" if run else "the run directory it came from"
+    if name.endswith(".safetensors"):
+        return (f"a safetensors file holds weights only (no graph, no preprocessing), not a run directory: predict "
+                f"and load_run take {the_run}, or an exported .onnx / .pt2 model with its sidecar (plugtrain export "
+                "RUN_DIR --format onnx)")
+    if name.endswith((".onnx", ".pt2")):
+        return (f"an exported model, not a run directory: predict and load_run take it; evaluate and export take "
+                f"{the_run}")
+    if name.endswith(".pt"):
+        return f"a checkpoint file, not a run directory: give {the_run} and --checkpoint {path}"
+    if name.endswith((".onnx.json", ".pt2.json", ".safetensors.json")):
+        return (f"the sidecar of an exported model, not a run directory: give the model file beside it, "
+                f"{path.with_name(path.name[:-len('.json')])}")
+    if name.endswith(".toml"):
+        return "a spec file, not a run directory: train it (plugtrain train), then give the run directory it makes"
+    return "a file, not a run directory (a run directory holds spec.toml and checkpoints/)"
+
+
+def _exported_from(path: Path) -> str | None:
+    """The ``run_dir`` an exported file's sidecar records, if it is there and readable."""
+    import json
+
+    try:
+        run = json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8")).get("run_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return run if isinstance(run, str) and Path(run, "spec.toml").is_file() else None
 
 
 def rebuilt_backbone(spec: Any) -> Any:
@@ -174,12 +210,25 @@ class Predictor:
         """One image file as the run's dataset reads its own (``HxWxC`` uint8)."""
         return self._read(path)
 
-    def samples(self, images: Sequence[Any]) -> list[Any]:
+    @staticmethod
+    def as_list(images: Any) -> list[Any]:
+        """``images`` as a list of images: one path (``str`` / ``PathLike``) or one ``HxW`` / ``HxWxC`` array is one
+        image, not the characters of its name or the rows of its pixels; any other iterable is a sequence of them."""
+        import numpy as np
+
+        if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
+            return [images]
+        if isinstance(images, (bytes, bytearray)) or not hasattr(images, "__iter__"):
+            raise PlugtrainError(f"images are a path, an HxW(xC) uint8 array, or a list of them; not "
+                                 f"{type(images).__name__}")
+        return list(images)
+
+    def samples(self, images: Any) -> list[Any]:
         """Paths read, arrays taken as they are (``HxW`` gets a channel axis)."""
         import numpy as np
 
         out = []
-        for item in images:
+        for item in self.as_list(images):
             if isinstance(item, (str, os.PathLike)):
                 out.append(self.read(item))
                 continue
@@ -208,25 +257,26 @@ class Predictor:
         return self.raw_batch(self.samples([image]))[0]
 
     # -- prediction ------------------------------------------------------------------------------------------------
-    def outputs(self, images: Sequence[Any]) -> Any:
-        """The model's outputs for ``images`` (logits, values or embeddings), ``N x K`` float32 on the CPU."""
+    def outputs(self, images: Any) -> Any:
+        """The model's outputs for ``images`` (a path or array, or a list of them: logits, values or embeddings),
+        ``N x K`` float32 on the CPU."""
         import torch
 
-        samples = self.samples(list(images))
+        samples = self.samples(images)
         if not samples:
             return torch.zeros((0, max(len(self.class_names), 1)))
         chunks = [samples[i:i + self.batch_size] for i in range(0, len(samples), self.batch_size)]
         return torch.cat([self.forward_raw(self.raw_batch(c)) for c in chunks])
 
-    def predict(self, images: Sequence[Any], top_k: int = 5) -> list[dict[str, Any]]:
-        """One result per image: ``{"image", "class", "index", "probability", "top_k": [{class, index,
-        probability}, ...]}`` for classification (softmax of the logits), ``{"image", "prediction"}`` for
-        regression. ``image`` is the path, or the position of an array."""
+    def predict(self, images: Any, top_k: int = 5) -> list[dict[str, Any]]:
+        """One result per image, a list also for one path or array: ``{"image", "class", "index", "probability",
+        "top_k": [{class, index, probability}, ...]}`` for classification (softmax of the logits), ``{"image",
+        "prediction"}`` for regression. ``image`` is the path, or the position of an array."""
         if top_k < 1:
             raise PlugtrainError(f"--top-k must be >= 1, got {top_k}")
         if self.task == "metric_learning":
             raise PlugtrainError("predict gives class probabilities; a metric-learning run has none (use evaluate)")
-        images = list(images)
+        images = self.as_list(images)
         outputs = self.outputs(images)
         results = []
         for i, (item, out) in enumerate(zip(images, outputs, strict=True)):

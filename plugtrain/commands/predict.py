@@ -22,11 +22,16 @@ def open_predictor(source: str, checkpoint: str | None = None, weights: str | No
                    device: str | None = None):  # noqa: ANN201
     """A run directory -> :class:`~._finished_run.LoadedRun` (on ``device``, default the spec's); an exported
     ``.onnx`` / ``.pt2`` file -> :class:`~.export.ExportedModel` (on the CPU; ``checkpoint`` and ``weights`` are
-    fixed by the export)."""
+    fixed by the export). Any other file is bad input that says what the file is and what to give instead (a
+    safetensors export holds weights only; a checkpoint goes with its run directory and ``--checkpoint``)."""
     from plugtrain.commands import export
     from plugtrain.commands._finished_run import LoadedRun
 
-    if Path(source).suffix in export.LOADABLE and Path(source).is_file():
+    path = Path(source)
+    if path.suffix in export.LOADABLE and not path.exists():
+        raise PlugtrainError(f"{source}: no such file (predict takes a run directory, or an exported "
+                             f"{' / '.join(export.LOADABLE)} model with its sidecar)")
+    if path.suffix in export.LOADABLE and path.is_file():
         if checkpoint is not None or weights is not None:
             raise PlugtrainError(f"{source}: an exported model has its weights built in; --checkpoint and --weights "
                                  "apply to run directories")
