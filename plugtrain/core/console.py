@@ -1,7 +1,9 @@
 """Where command output goes: lines, tables and JSON on stdout from rank 0, error lines on stderr from any rank.
 
-A terminal gets rich tables, anything else tab-separated lines (``PLUGTRAIN_PLAIN=1`` forces plain output). The
-training progress bar, :mod:`plugtrain.core.runtime.progress`, builds on this module (:func:`rank`, :func:`is_tty`).
+A terminal gets rich tables, anything else tab-separated lines (``PLUGTRAIN_PLAIN=1`` forces plain output). Text
+goes out through :func:`~plugtrain.core.errors.printable`: control characters that a key, value or path from the
+user's files may hold are printed as escapes, never sent to the terminal raw. The training progress bar,
+:mod:`plugtrain.core.runtime.progress`, builds on this module (:func:`rank`, :func:`is_tty`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from plugtrain.core.errors import printable
 
 
 def rank() -> int:
@@ -28,7 +32,7 @@ def is_tty() -> bool:
 def echo(text: str = "") -> None:
     """Print a line on stdout from rank 0 only."""
     if rank() == 0:
-        print(text, flush=True)
+        print(printable(text, keep="\n\t"), flush=True)  # tab: predict's columns
 
 
 def error(text: str) -> None:
@@ -37,7 +41,7 @@ def error(text: str) -> None:
     Every rank may have one; off rank 0 the line says which rank."""
     prefix = "plugtrain: error: " if not text.startswith("plugtrain:") else ""
     where = f"[rank {rank()}] " if rank() else ""
-    print(f"{where}{prefix}{text}", file=sys.stderr, flush=True)
+    print(f"{where}{prefix}{printable(text)}", file=sys.stderr, flush=True)
 
 
 def print_json(data: Any) -> None:
@@ -58,7 +62,7 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
         for c in columns:
             t.add_column(c, overflow="fold")
         for r in rows:
-            t.add_row(*[str(x) for x in r])
+            t.add_row(*[printable(str(x)) for x in r])
         Console().print(t)
     else:
         print("\t".join(columns))
@@ -71,5 +75,5 @@ def _cell(value: Any) -> str:
     """One plain-table cell: tabs and newlines would break the one-line-per-row format."""
     text = str(value)
     if "\t" in text or "\n" in text or "\r" in text:
-        return " ".join(text.split())
-    return text
+        text = " ".join(text.split())
+    return printable(text)

@@ -15,13 +15,40 @@ from plugtrain import __version__
 from plugtrain.core.hookspecs import KINDS
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors quote the arguments given with control characters escaped."""
+
+    def error(self, message: str):  # noqa: ANN201 - argparse's signature (it does not return)
+        from plugtrain.core.errors import printable
+
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {printable(message)}\n")
+
+
+class _Command(_Parser):
+    """A subcommand's parser: options may come before, between or after its positionals (``list backbones --json
+    'resnet*'``, ``sweep status --json DIR``), as argparse's intermixed parsing reads them; plain parsing binds the
+    positionals before the first option and leaves the later ones unrecognized."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's signature
+        if self._inside:  # the intermixed parse calls back here for its two passes
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="plugtrain",
         description="Train PyTorch models from a TOML run spec; every component is a plugin.",
     )
     p.add_argument("--version", action="version", version=f"plugtrain {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Command)
 
     s = sub.add_parser("list", help="list registered components, grouped by kind")
     s.add_argument("kind", nargs="?", metavar="KIND", help=f"one of: {', '.join(KINDS)}")
@@ -102,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest absolute difference allowed between the exported and the eager model")
     s.add_argument("--json", action="store_true", help="print the sidecar JSON")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output file and its sidecar")
 
     s = sub.add_parser("shards", help="write WebDataset .tar shards of a data set (a spec's, a folder, a csv)")
     s.add_argument("source", metavar="SPEC|FOLDER|CSV", help="a run spec (its [data]), an image folder or a manifest")
@@ -175,7 +203,8 @@ def _run(args: argparse.Namespace) -> int:
         from plugtrain.commands import export
 
         return export.run(args.run_dir, checkpoint=args.checkpoint, fmt=args.fmt, weights=args.weights,
-                          output=args.output, tolerance=args.tolerance, as_json=args.json)
+                          output=args.output, tolerance=args.tolerance, as_json=args.json,
+                          overwrite=args.overwrite)
     if args.command == "shards":
         from plugtrain.commands import shards
 
@@ -186,14 +215,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from plugtrain.core.errors import PlugtrainError
+    from plugtrain.core.errors import PlugtrainError, printable
 
     try:
         return _run(args)
     except PlugtrainError as exc:
         if os.environ.get("PLUGTRAIN_DEBUG", "") not in ("", "0"):
             traceback.print_exc()
-        print(f"plugtrain: error: {exc}" if not str(exc).startswith("plugtrain:") else str(exc), file=sys.stderr)
+        text = printable(str(exc))  # a PlugtrainError's text is printable already; a subclass may override __str__
+        print(f"plugtrain: error: {text}" if not text.startswith("plugtrain:") else text, file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("plugtrain: interrupted", file=sys.stderr)

@@ -12,6 +12,8 @@ override — so each problem points at the file that holds the bad key.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import re
 import sys
@@ -20,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from plugtrain.core.errors import PlugtrainError, did_you_mean
+from plugtrain.core.errors import PlugtrainError, did_you_mean, printable
 from plugtrain.core.spec.model import SECTIONS, RunSpec, from_dict, to_dict
 from plugtrain.core.spec.overrides import OverrideError, apply, normalize, parse_key, parse_override
 from plugtrain.core.spec.tomlpos import Pos, format_path, locate, open_multiline, open_string, too_deep, unclosed
@@ -35,7 +37,7 @@ class SpecError(PlugtrainError):
     """One or more problems in a spec; ``problems`` holds one ``path:line:col: message`` string each."""
 
     def __init__(self, problems: list[str]) -> None:
-        self.problems = list(problems)
+        self.problems = [printable(p, keep="") for p in problems]  # a key "\n" from the file stays one line
         n = len(self.problems)
         head = f"plugtrain: error: {n} problem{'s' if n != 1 else ''} in the spec:"
         super().__init__("\n".join([head, *self.problems]))
@@ -410,13 +412,22 @@ def _switched_components(bdata: dict[str, Any], borigins: dict[tuple, Origin], d
 
 
 def resolve(path: str | Path, overrides: list[str] | tuple[str, ...] = (), validate: bool = True) -> Resolved:
-    """Read, compose, override and (unless ``validate`` is false) validate the spec at ``path``."""
+    """Read, compose, override and (unless ``validate`` is false) validate the spec at ``path``. Problems and warnings
+    are one line each, control characters of the keys and values they quote escaped (:func:`printable`)."""
+    res = _resolve(path, overrides, validate)
+    res.problems[:] = [printable(p, keep="") for p in res.problems]
+    res.warnings[:] = [printable(w, keep="") for w in res.warnings]
+    return res
+
+
+def _resolve(path: str | Path, overrides: list[str] | tuple[str, ...], validate: bool) -> Resolved:
     display = str(path)
     res = Resolved(display, overrides=list(overrides))
     got = _read(Path(path), display, (), res)
     if got is None:
         return res
     res.data, res.origins = got
+    base, applied = (copy.deepcopy(res.data) if overrides else None), []
     for text in overrides:
         try:
             key_path, value = parse_override(text)
@@ -424,6 +435,7 @@ def resolve(path: str | Path, overrides: list[str] | tuple[str, ...] = (), valid
         except OverrideError as exc:
             res.problems.append(f"{display}: --set {text}: {exc}")
             continue
+        applied.append((text, key_path, normalize(key_path, res.data)))
         key_path = normalize(key_path, res.data)
         _drop_under(res.origins, key_path)
         for k in range(1, len(key_path)):  # tables the override created
@@ -435,7 +447,7 @@ def resolve(path: str | Path, overrides: list[str] | tuple[str, ...] = (), valid
     from plugtrain.core.spec.validate import validate as run_validation
 
     found = run_validation(res.data)
-    located = sorted(((_place(res, pr.path, pr.at, pr.related), pr) for pr in found), key=lambda x: x[0])
+    located = sorted(((_where(res, pr, base, applied), pr) for pr in found), key=lambda x: x[0])
     for (_, where, note), pr in located:
         (res.warnings if pr.warning else res.problems).append(
             f"{where}: {'warning: ' if pr.warning else ''}{pr.message}{note}")
@@ -451,6 +463,39 @@ def _override_of(res: Resolved, path: tuple) -> Origin | None:
             return origin if origin.override else None
         p = p[:-1]
     return None
+
+
+def _where(res: Resolved, pr: Any, base: dict[str, Any] | None,
+           applied: list[tuple[str, tuple, tuple]]) -> tuple[tuple, str, str]:
+    """:func:`_place`, or the override that changed the file's value inside (:func:`_inside_override`) when the place
+    is in a file and names no override yet."""
+    placed = _place(res, pr.path, pr.at, pr.related)
+    if placed[0][0] == "~" or placed[2]:
+        return placed
+    return _inside_override(res, pr, base, applied) or placed
+
+
+def _inside_override(res: Resolved, pr: Any, base: dict[str, Any] | None,
+                     applied: list[tuple[str, tuple, tuple]]) -> tuple[tuple, str, str] | None:
+    """The place of a problem about a value written in a file that an override changed inside (``--set
+    'loggers[0]=1'`` makes ``loggers`` "not an array of tables"): the override, when the problem goes away without it
+    (the spec validated again without the overrides below the problem's key); else None (the file's place)."""
+    from plugtrain.core.spec.validate import validate as run_validation
+
+    inside = [a for a in applied if len(a[2]) > len(pr.path) and a[2][:len(pr.path)] == pr.path]
+    if base is None or not inside or _override_of(res, pr.path) is not None:
+        return None
+    data = copy.deepcopy(base)
+    for text, key_path, _ in applied:
+        if all(text != t for t, _, _ in inside):
+            with contextlib.suppress(OverrideError):
+                apply(data, key_path, copy.deepcopy(parse_override(text)[1]))
+    if any((p.path, p.message) == (pr.path, pr.message) for p in run_validation(data)):
+        return None
+    cause = inside[-1][0]
+    own = res.origins.get(pr.path)
+    note = f" ({format_path(pr.path)} at {own.file}:{own.pos.line}:{own.pos.col})" if own and own.pos else ""
+    return ("~", res.overrides.index(cause), 0), f"{res.path}: --set {cause}", note
 
 
 def _place(res: Resolved, path: tuple, at: str, related: tuple = ()) -> tuple[tuple, str, str]:
@@ -504,7 +549,7 @@ def _warn(res: Resolved) -> None:
 
     if rank() == 0:
         for w in res.warnings:
-            print(f"plugtrain: {w}", file=sys.stderr)
+            print(f"plugtrain: {printable(w, keep='')}", file=sys.stderr)
 
 
 def resolve_dict(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:

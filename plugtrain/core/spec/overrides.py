@@ -48,7 +48,11 @@ def parse_key(key: str) -> tuple:
         if m.group("bare") is not None:
             path.append(m.group("bare"))
         elif m.group("dq") is not None:
-            path.append(tomllib.loads(f'k = "{m.group("dq")}"')["k"])
+            try:
+                path.append(tomllib.loads(f'k = "{m.group("dq")}"')["k"])
+            except tomllib.TOMLDecodeError as exc:  # a control character, an unknown escape: "\q"
+                raise OverrideError(f"cannot read the key {key!r}: \"{m.group('dq')}\" is not a TOML string "
+                                    f"({str(exc).split(' (at ')[0]})") from None
         else:
             path.append(m.group("sq"))
         path.extend(int(i) for i in re.findall(r"-?\d+", m.group("idx")))
