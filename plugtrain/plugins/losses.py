@@ -19,7 +19,6 @@ cast to float32 first (so that bf16/fp16 outputs work outside autocast too).
 
 from __future__ import annotations
 
-import functools
 from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Gt, Interval
@@ -32,170 +31,33 @@ Unit = Annotated[float, Interval(ge=0, le=1)]
 Weights = list[Annotated[float, Ge(0)]]
 
 
-@functools.cache
-def _modules() -> dict[str, type]:
-    """The loss module classes, defined on first use so that importing the plugin does not import torch."""
-    import torch
-    import torch.nn.functional as F
-
-    def class_targets(outputs: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
-        """Targets as an ``(N, C)`` float distribution: indices become (smoothed) one-hot, soft targets stay."""
-        if targets.ndim == outputs.ndim and targets.is_floating_point():
-            if targets.shape != outputs.shape:
-                raise ValueError(f"soft targets of shape {tuple(targets.shape)} do not match outputs "
-                                 f"{tuple(outputs.shape)}")
-            return targets.to(outputs.dtype)
-        if targets.ndim != 1 or targets.shape[0] != outputs.shape[0]:
-            raise ValueError(f"targets of shape {tuple(targets.shape)} are neither class indices (N,) nor soft "
-                             f"targets (N, C) for outputs of shape {tuple(outputs.shape)}")
-        onehot = F.one_hot(targets.long(), outputs.shape[-1]).to(outputs.dtype)
-        if smoothing:
-            onehot = onehot * (1.0 - smoothing) + smoothing / outputs.shape[-1]
-        return onehot
-
-    class CrossEntropy(torch.nn.Module):
-        """``F.cross_entropy`` on logits; class indices or soft (N, C) targets."""
-
-        def __init__(self, label_smoothing: float = 0.0, ignore_index: int = -100,
-                     weight: list[float] | None = None) -> None:
-            super().__init__()
-            self.label_smoothing = float(label_smoothing)
-            self.ignore_index = int(ignore_index)
-            self.register_buffer("weight", None if weight is None else torch.tensor(weight, dtype=torch.float32))
-
-        def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            outputs = outputs.float()
-            if targets.is_floating_point() and targets.ndim == outputs.ndim:
-                targets = targets.to(outputs.dtype)
-            else:
-                targets = targets.long()
-            return F.cross_entropy(outputs, targets, weight=self.weight, ignore_index=self.ignore_index,
-                                   label_smoothing=self.label_smoothing)
-
-        def extra_repr(self) -> str:
-            return f"label_smoothing={self.label_smoothing}"
-
-    class KLDiv(torch.nn.Module):
-        """KL(target || softmax(outputs)), batch-mean, on log-softmax of the logits."""
-
-        def __init__(self, label_smoothing: float = 0.0, temperature: float = 1.0) -> None:
-            super().__init__()
-            self.label_smoothing = float(label_smoothing)
-            self.temperature = float(temperature)
-
-        def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            outputs = outputs.float() / self.temperature
-            target = class_targets(outputs, targets, self.label_smoothing)
-            return F.kl_div(F.log_softmax(outputs, dim=-1), target, reduction="batchmean")
-
-    class BCEWithLogits(torch.nn.Module):
-        """Binary cross-entropy on logits: one-hot from class indices, or float (multi-)label targets."""
-
-        def __init__(self, pos_weight: list[float] | None = None, label_smoothing: float = 0.0) -> None:
-            super().__init__()
-            self.label_smoothing = float(label_smoothing)
-            self.register_buffer("pos_weight",
-                                 None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float32))
-
-        def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            outputs = outputs.float()
-            if outputs.ndim == 2 and outputs.shape[1] == 1 and targets.ndim == 1:
-                outputs = outputs.squeeze(1)  # binary: one logit per sample, 0/1 targets
-            if outputs.ndim == 1:
-                target = targets.to(outputs.dtype)
-                if self.label_smoothing:
-                    target = target * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
-            elif targets.is_floating_point() and targets.ndim == outputs.ndim:
-                target = targets.to(outputs.dtype)  # multi-label or soft targets (mixup)
-                if self.label_smoothing:
-                    target = target * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
-            else:
-                target = class_targets(outputs, targets, self.label_smoothing)
-            return F.binary_cross_entropy_with_logits(outputs, target, pos_weight=self.pos_weight)
-
-    class Regression(torch.nn.Module):
-        """A regression criterion where ``(N, 1)`` outputs meet ``(N,)`` targets."""
-
-        def __init__(self, criterion: torch.nn.Module) -> None:
-            super().__init__()
-            self.criterion = criterion
-
-        def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            outputs = outputs.float()
-            if outputs.ndim == targets.ndim + 1 and outputs.shape[-1] == 1:
-                outputs = outputs.squeeze(-1)
-            return self.criterion(outputs, targets.to(outputs.dtype))
-
-    class MetricLearning(torch.nn.Module):
-        """A pytorch-metric-learning loss (and optional miner) called as ``loss(embeddings, labels)``."""
-
-        def __init__(self, loss: torch.nn.Module, miner: torch.nn.Module | None = None, gather: bool = False,
-                     name: str = "") -> None:
-            super().__init__()
-            self.loss = loss
-            self.miner = miner
-            self.gather = gather
-            self.name = name
-
-        def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            if targets.is_floating_point() or targets.ndim != 1:
-                raise ValueError(
-                    f"{self.name or 'this loss'} is a metric-learning loss: it needs integer class labels (N,), got "
-                    f"{targets.dtype} targets of shape {tuple(targets.shape)} (mixup/cutmix soft targets cannot be "
-                    "used with metric-learning losses)"
-                )
-            if outputs.ndim != 2:
-                raise ValueError(f"{self.name or 'this loss'} needs embeddings of shape (N, D), got outputs of shape "
-                                 f"{tuple(outputs.shape)}")
-            # in float32 even inside an autocast region: the angular margins (acos near +-1) break in half precision
-            with torch.autocast(device_type=outputs.device.type, enabled=False):
-                return self._loss(outputs.float(), targets.long())
-
-        def _loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            world = 1
-            if self.gather and torch.distributed.is_available() and torch.distributed.is_initialized():
-                world = torch.distributed.get_world_size()
-            if world > 1:
-                from pytorch_metric_learning.utils.distributed import gather
-
-                embeddings, labels, _ = gather(embeddings, labels)  # local first; the other ranks' are detached
-            indices = self.miner(embeddings, labels) if self.miner is not None else None
-            loss = self.loss(embeddings, labels, indices)
-            if world > 1:
-                # Each rank's gradient reaches only its own embeddings and DDP averages over ranks: scale the
-                # gradient by the world size (as pytorch-metric-learning's DistributedLossWrapper does) while
-                # keeping the reported value the plain loss.
-                loss = loss + (world - 1) * (loss - loss.detach())
-            return loss
-
-    return {
-        "CrossEntropy": CrossEntropy,
-        "KLDiv": KLDiv,
-        "BCEWithLogits": BCEWithLogits,
-        "Regression": Regression,
-        "MetricLearning": MetricLearning,
-    }
-
-
 # -- classification --------------------------------------------------------------------------------------------------
 def cross_entropy(label_smoothing: Unit = 0.0, ignore_index: int = -100, weight: Weights | None = None):
     """Cross-entropy on logits (``F.cross_entropy``); class-index or soft (N, C) targets, optional label smoothing."""
-    return _modules()["CrossEntropy"](label_smoothing, ignore_index, weight)
+    from plugtrain.plugins.loss_modules import CrossEntropy
+
+    return CrossEntropy(label_smoothing, ignore_index, weight)
 
 
 def label_smoothing(label_smoothing: Unit = 0.1, weight: Weights | None = None):
     """Cross-entropy with label smoothing (default 0.1); class-index or soft (N, C) targets."""
-    return _modules()["CrossEntropy"](label_smoothing, -100, weight)
+    from plugtrain.plugins.loss_modules import CrossEntropy
+
+    return CrossEntropy(label_smoothing, -100, weight)
 
 
 def kl_div(label_smoothing: Unit = 0.0, temperature: Annotated[float, Gt(0)] = 1.0):
     """KL divergence between the target distribution (one-hot, smoothed, or soft) and softmax(logits / T)."""
-    return _modules()["KLDiv"](label_smoothing, temperature)
+    from plugtrain.plugins.loss_modules import KLDiv
+
+    return KLDiv(label_smoothing, temperature)
 
 
 def bce_with_logits(pos_weight: Weights | None = None, label_smoothing: Unit = 0.0):
     """Binary cross-entropy on logits: class indices become one-hot; float (N, C) multi-label/soft targets as given."""
-    return _modules()["BCEWithLogits"](pos_weight, label_smoothing)
+    from plugtrain.plugins.loss_modules import BCEWithLogits
+
+    return BCEWithLogits(pos_weight, label_smoothing)
 
 
 # -- regression ------------------------------------------------------------------------------------------------------
@@ -203,28 +65,36 @@ def mse():
     """Mean squared error (``torch.nn.MSELoss``) for regression."""
     import torch
 
-    return _modules()["Regression"](torch.nn.MSELoss())
+    from plugtrain.plugins.loss_modules import Regression
+
+    return Regression(torch.nn.MSELoss())
 
 
 def l1():
     """Mean absolute error (``torch.nn.L1Loss``) for regression."""
     import torch
 
-    return _modules()["Regression"](torch.nn.L1Loss())
+    from plugtrain.plugins.loss_modules import Regression
+
+    return Regression(torch.nn.L1Loss())
 
 
 def smooth_l1(beta: Annotated[float, Ge(0)] = 1.0):
     """Smooth L1 (``torch.nn.SmoothL1Loss``): quadratic below ``beta``, linear above."""
     import torch
 
-    return _modules()["Regression"](torch.nn.SmoothL1Loss(beta=beta))
+    from plugtrain.plugins.loss_modules import Regression
+
+    return Regression(torch.nn.SmoothL1Loss(beta=beta))
 
 
 def huber(delta: Annotated[float, Gt(0)] = 1.0):
     """Huber loss (``torch.nn.HuberLoss``): quadratic below ``delta``, linear above."""
     import torch
 
-    return _modules()["Regression"](torch.nn.HuberLoss(delta=delta))
+    from plugtrain.plugins.loss_modules import Regression
+
+    return Regression(torch.nn.HuberLoss(delta=delta))
 
 
 # -- metric learning (pytorch-metric-learning) ------------------------------------------------------------------------
@@ -243,8 +113,9 @@ def supcon(temperature: Annotated[float, Gt(0)] = 0.1, gather_across_ranks: bool
     """Supervised contrastive loss (pytorch-metric-learning ``SupConLoss``) on embeddings and labels."""
     from pytorch_metric_learning import losses
 
-    return _modules()["MetricLearning"](losses.SupConLoss(temperature=temperature), None, gather_across_ranks,
-                                        "SupCon")
+    from plugtrain.plugins.loss_modules import MetricLearning
+
+    return MetricLearning(losses.SupConLoss(temperature=temperature), None, gather_across_ranks, "SupCon")
 
 
 def triplet_margin(
@@ -263,13 +134,15 @@ def triplet_margin(
     """
     from pytorch_metric_learning import losses, miners
 
+    from plugtrain.plugins.loss_modules import MetricLearning
+
     loss = losses.TripletMarginLoss(margin=margin, swap=swap, smooth_loss=smooth_loss,
                                     triplets_per_anchor=triplets_per_anchor)
     mine = None
     if miner != "none":
         mine = miners.TripletMarginMiner(margin=margin if miner_margin is None else miner_margin,
                                          type_of_triplets=miner)
-    return _modules()["MetricLearning"](loss, mine, gather_across_ranks, "TripletMargin")
+    return MetricLearning(loss, mine, gather_across_ranks, "TripletMargin")
 
 
 def arcface(num_classes: int, embedding_dim: int, margin: Annotated[float, Ge(0)] = 28.6,
@@ -280,9 +153,12 @@ def arcface(num_classes: int, embedding_dim: int, margin: Annotated[float, Ge(0)
     """
     from pytorch_metric_learning import losses
 
+    from plugtrain.plugins.loss_modules import MetricLearning
+
     _needs_classes("ArcFace", num_classes, embedding_dim)
-    return _modules()["MetricLearning"](
-        losses.ArcFaceLoss(num_classes=num_classes, embedding_size=embedding_dim, margin=margin, scale=scale), None, False, "ArcFace")
+    return MetricLearning(
+        losses.ArcFaceLoss(num_classes=num_classes, embedding_size=embedding_dim, margin=margin, scale=scale),
+        None, False, "ArcFace")
 
 
 def subcenter_arcface(num_classes: int, embedding_dim: int, margin: Annotated[float, Ge(0)] = 28.6,
@@ -290,8 +166,10 @@ def subcenter_arcface(num_classes: int, embedding_dim: int, margin: Annotated[fl
     """Sub-center ArcFace (pytorch-metric-learning ``SubCenterArcFaceLoss``): ``sub_centers`` centres per class."""
     from pytorch_metric_learning import losses
 
+    from plugtrain.plugins.loss_modules import MetricLearning
+
     _needs_classes("SubCenterArcFace", num_classes, embedding_dim)
-    return _modules()["MetricLearning"](
+    return MetricLearning(
         losses.SubCenterArcFaceLoss(num_classes=num_classes, embedding_size=embedding_dim, margin=margin, scale=scale,
                                     sub_centers=sub_centers),
         None, False, "SubCenterArcFace")
@@ -302,9 +180,12 @@ def cosface(num_classes: int, embedding_dim: int, margin: Annotated[float, Ge(0)
     """CosFace (large margin cosine loss, pytorch-metric-learning ``CosFaceLoss``); owns its class centres."""
     from pytorch_metric_learning import losses
 
+    from plugtrain.plugins.loss_modules import MetricLearning
+
     _needs_classes("CosFace", num_classes, embedding_dim)
-    return _modules()["MetricLearning"](
-        losses.CosFaceLoss(num_classes=num_classes, embedding_size=embedding_dim, margin=margin, scale=scale), None, False, "CosFace")
+    return MetricLearning(
+        losses.CosFaceLoss(num_classes=num_classes, embedding_size=embedding_dim, margin=margin, scale=scale),
+        None, False, "CosFace")
 
 
 #: Loss names whose factories want embeddings and integer labels (metric learning).

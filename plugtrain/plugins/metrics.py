@@ -19,7 +19,6 @@ added to every classification run (``always:classification``).
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from plugtrain import Component, hookimpl
@@ -68,72 +67,28 @@ def r2():
     return torchmetrics.R2Score()
 
 
-@functools.cache
-def _retrieval_class() -> type:
-    import torch
-    import torchmetrics
-    from torchmetrics.utilities import dim_zero_cat
-
-    class RetrievalMetric(torchmetrics.Metric):
-        """Leave-one-out retrieval accuracy of embeddings (pytorch-metric-learning ``AccuracyCalculator``)."""
-
-        is_differentiable = False
-        higher_is_better = True
-        full_state_update = False
-
-        def __init__(self, key: str, **kwargs) -> None:
-            super().__init__(**kwargs)
-            self.key = key
-            self.add_state("embeddings", default=[], dist_reduce_fx="cat")
-            self.add_state("labels", default=[], dist_reduce_fx="cat")
-
-        def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-            if preds.ndim != 2:
-                raise ValueError(f"{self.key} needs embeddings (N, D), got shape {tuple(preds.shape)}")
-            if target.is_floating_point() and target.ndim == 2:
-                target = target.argmax(dim=1)
-            self.embeddings.append(preds.detach().float())
-            self.labels.append(target.detach().long().reshape(-1))
-
-        def compute(self) -> torch.Tensor:
-            from pytorch_metric_learning.distances import CosineSimilarity
-            from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
-            from pytorch_metric_learning.utils.inference import CustomKNN
-
-            def cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor | None:
-                # a list on one process; one tensor once torchmetrics has gathered it from every rank
-                if isinstance(state, torch.Tensor):
-                    return state
-                return dim_zero_cat(state) if len(state) else None
-
-            emb, labels = cat(self.embeddings), cat(self.labels)
-            if emb is None or labels is None or len(emb) < 2:
-                return torch.tensor(float("nan"))
-            calc = AccuracyCalculator(include=(self.key,), k="max_bin_count", device=emb.device,
-                                      knn_func=CustomKNN(CosineSimilarity()))
-            result = calc.get_accuracy(emb, labels)
-            return torch.tensor(float(result[self.key]), device=emb.device)
-
-    return RetrievalMetric
-
-
 def precision_at_1():
     """Precision@1 of leave-one-out retrieval on the validation embeddings (is the nearest neighbour's class right?)."""
-    return _retrieval_class()("precision_at_1")
+    from plugtrain.plugins.metric_classes import RetrievalMetric
+
+    return RetrievalMetric("precision_at_1")
 
 
 def recall_at_1():
     """Recall@1 of leave-one-out retrieval on the validation embeddings: by definition the same number as
     ``precision_at_1`` (the share of queries whose nearest neighbour has their class); kept for specs that name it,
     not among the defaults."""
-    return _retrieval_class()("precision_at_1")
+    from plugtrain.plugins.metric_classes import RetrievalMetric
+
+    return RetrievalMetric("precision_at_1")
 
 
 def map_at_r():
     """Mean average precision at R (MAP@R, Musgrave et al. 2020) of leave-one-out retrieval on the validation
     embeddings; R is the number of other samples of the query's class."""
-    return _retrieval_class()("mean_average_precision_at_r")
+    from plugtrain.plugins.metric_classes import RetrievalMetric
 
+    return RetrievalMetric("mean_average_precision_at_r")
 
 
 # -- visual metrics --------------------------------------------------------------------------------------------------
@@ -283,113 +238,14 @@ def render_parity_plot(targets: Any, preds: Any) -> Any:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-@functools.cache
-def _visual_classes() -> dict[str, type]:
-    import torch
-    import torchmetrics
-    from torchmetrics.utilities import dim_zero_cat
-
-    def cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor | None:
-        # a list on one process; one tensor once torchmetrics has gathered it from every rank
-        if isinstance(state, torch.Tensor):
-            return state
-        return dim_zero_cat(state) if len(state) else None
-
-    def class_indices(target: torch.Tensor) -> torch.Tensor:
-        if target.is_floating_point() and target.ndim == 2:
-            target = target.argmax(dim=1)
-        return target.long().reshape(-1)
-
-    class ConfusionMatrix(torchmetrics.classification.MulticlassConfusionMatrix):
-        """torchmetrics' multiclass confusion matrix, drawn as an image; no scalar."""
-
-        def __init__(self, num_classes: int) -> None:
-            super().__init__(num_classes=num_classes)
-            self._image = None
-            self.matrix = None
-
-        def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-            super().update(preds, class_indices(target))
-
-        def compute(self) -> dict[str, Any]:
-            self.matrix = super().compute().detach().cpu()
-            self._image = render_confusion_matrix(self.matrix.numpy())
-            return {}
-
-        def image(self) -> Any:
-            return self._image
-
-    class ParityPlot(torchmetrics.Metric):
-        """Every validation prediction against its target, drawn as a parity plot; no scalar."""
-
-        is_differentiable = False
-        full_state_update = False
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.add_state("preds", default=[], dist_reduce_fx="cat")
-            self.add_state("target", default=[], dist_reduce_fx="cat")
-            self._image = None
-
-        def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-            preds = preds.detach().float()
-            target = target.detach().float()
-            if preds.numel() != target.numel():
-                raise ValueError(f"parity_plot needs one prediction per target, got {tuple(preds.shape)} predictions "
-                                 f"for {tuple(target.shape)} targets")
-            self.preds.append(preds.reshape(-1))
-            self.target.append(target.reshape(-1))
-
-        def compute(self) -> dict[str, Any]:
-            preds, target = cat(self.preds), cat(self.target)
-            if preds is None or target is None:
-                preds = target = torch.zeros(0)
-            self._image = render_parity_plot(target.cpu().numpy(), preds.cpu().numpy())
-            return {}
-
-        def image(self) -> Any:
-            return self._image
-
-    class Embeddings(torchmetrics.Metric):
-        """The validation embeddings and labels, for TensorBoard's projector; no scalar."""
-
-        is_differentiable = False
-        full_state_update = False
-
-        def __init__(self, max_points: int) -> None:
-            super().__init__()
-            self.max_points = max_points
-            self.add_state("vectors", default=[], dist_reduce_fx="cat")
-            self.add_state("labels", default=[], dist_reduce_fx="cat")
-            self._last = None
-
-        def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-            if preds.ndim != 2:
-                raise ValueError(f"embeddings needs embeddings (N, D), got shape {tuple(preds.shape)}")
-            self.vectors.append(preds.detach().float())
-            self.labels.append(class_indices(target.detach()))
-
-        def compute(self) -> dict[str, Any]:
-            vectors, labels = cat(self.vectors), cat(self.labels)
-            if vectors is None or labels is None or not len(vectors):
-                self._last = None
-            else:
-                n = min(len(vectors), self.max_points)
-                self._last = (vectors[:n].cpu(), [int(v) for v in labels[:n].tolist()])
-            return {}
-
-        def embeddings(self) -> tuple[Any, list[int]] | None:
-            return self._last
-
-    return {"ConfusionMatrix": ConfusionMatrix, "ParityPlot": ParityPlot, "Embeddings": Embeddings}
-
-
 def confusion_matrix(num_classes: int):
     """Confusion-matrix image (torchmetrics) in TensorBoard at each validation; no scalar in metrics.csv.
 
     Tag ``val/confusion_matrix``: rows are true classes, columns predicted ones, a cell's colour its share of the row.
     """
-    return _visual_classes()["ConfusionMatrix"](num_classes)
+    from plugtrain.plugins.metric_classes import ConfusionMatrix
+
+    return ConfusionMatrix(num_classes)
 
 
 def parity_plot():
@@ -397,7 +253,9 @@ def parity_plot():
 
     Tag ``val/parity_plot``; the title gives n, MAE and R2 of the validation set.
     """
-    return _visual_classes()["ParityPlot"]()
+    from plugtrain.plugins.metric_classes import ParityPlot
+
+    return ParityPlot()
 
 
 def embeddings(max_points: int = 10000):
@@ -409,7 +267,9 @@ def embeddings(max_points: int = 10000):
         from plugtrain.core.errors import PlugtrainError
 
         raise PlugtrainError(f"metric embeddings: max_points must be a positive integer, got {max_points!r}")
-    return _visual_classes()["Embeddings"](max_points)
+    from plugtrain.plugins.metric_classes import Embeddings
+
+    return Embeddings(max_points)
 
 
 #: What each family of metrics fits (see ``plugtrain.Component``'s ``fits``): ``plugtrain check`` refuses a metric

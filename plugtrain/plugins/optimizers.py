@@ -117,76 +117,14 @@ def lookahead(params, model=None, base: str = "AdamW", k: Annotated[int, Ge(1)] 
     fast weights restart from there. ``lr`` is a shortcut for ``base_params.lr``.
     """
     from plugtrain.core.errors import PlugtrainError
+    from plugtrain.plugins.optimizer_classes import Lookahead
 
     comp, kwargs = _base("LookAhead", base, base_params, lr)
     inner = _build(comp, kwargs, params=params, model=model)
     if hasattr(inner, "first_step") and hasattr(inner, "second_step"):
         raise PlugtrainError(f"optimizer LookAhead cannot wrap the two-step optimizer {base}: "
                              f"use {base} with base = 'LookAhead' instead")
-    return _lookahead_class()(inner, k=k, alpha=alpha, pullback_momentum=pullback_momentum)
-
-
-@functools.cache
-def _lookahead_class() -> type:
-    """pytorch-optimizer's ``Lookahead`` whose state dict keys its slow weights by ``"group.index"`` strings instead
-    of ``(group, index)`` tuples, so that it fits a checkpoint of plain types (loaded with ``weights_only=True``)."""
-    import pytorch_optimizer
-
-    class Lookahead(pytorch_optimizer.Lookahead):
-        def state_dict(self):
-            state = super().state_dict()
-            state["lookahead_state"] = {f"{g}.{i}": v for (g, i), v in state["lookahead_state"].items()}
-            return state
-
-        def load_state_dict(self, state):
-            slow = {tuple(int(x) for x in str(key).split(".")): v for key, v in state["lookahead_state"].items()}
-            super().load_state_dict({**state, "lookahead_state": slow})
-
-    return Lookahead
-
-
-@functools.cache
-def _sam_class() -> type:
-    import pytorch_optimizer
-    import torch
-
-    class SAM(pytorch_optimizer.SAM):
-        """pytorch-optimizer's SAM whose ``step()`` without a closure is the second step, and whose state is the
-        base optimizer's state (so that a checkpoint round-trips whatever the base is)."""
-
-        @torch.no_grad()
-        def step(self, closure=None):
-            loss = None
-            if closure is not None:
-                self.first_step(zero_grad=True)
-                with torch.enable_grad():
-                    loss = closure()
-            for group in self.param_groups:
-                for p in group["params"]:
-                    state = self.state.get(p)
-                    if state is not None and "old_p" in state:
-                        p.copy_(state.pop("old_p"))
-            self.base_optimizer.step()
-            return loss
-
-        def second_step(self, zero_grad: bool = False) -> None:
-            """Restore the weights saved by :meth:`first_step` and take the base optimizer's step."""
-            self.step()  # through the instance attribute, so LR schedulers see that the optimizer stepped
-            if zero_grad:
-                self.zero_grad()
-
-        def state_dict(self) -> dict[str, Any]:
-            return {"sam_base": self.base_optimizer.state_dict()}
-
-        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-            self.base_optimizer.load_state_dict(state_dict["sam_base"])
-            self.param_groups = self.base_optimizer.param_groups
-            self.state = self.base_optimizer.state
-
-        def __repr__(self) -> str:
-            return f"SAM(base={self.base_optimizer!r})"
-
-    return SAM
+    return Lookahead(inner, k=k, alpha=alpha, pullback_momentum=pullback_momentum)
 
 
 def sam(params, model=None, base: str = "SGD", rho: NonNegative = 0.05, adaptive: bool = False,
@@ -199,6 +137,7 @@ def sam(params, model=None, base: str = "SGD", rho: NonNegative = 0.05, adaptive
     gradient from the perturbed point. ``lr`` is a shortcut for ``base_params.lr``.
     """
     from plugtrain.core.errors import PlugtrainError
+    from plugtrain.plugins.optimizer_classes import SAM
 
     comp, kwargs = _base("SAM", base, base_params, lr)
     probe = comp.factory.func if isinstance(comp.factory, functools.partial) else comp.factory
@@ -208,7 +147,7 @@ def sam(params, model=None, base: str = "SGD", rho: NonNegative = 0.05, adaptive
     def make_base(param_groups, **base_kwargs):
         return _build(comp, base_kwargs, params=param_groups, model=model)
 
-    return _sam_class()(params, make_base, rho=rho, adaptive=adaptive, **kwargs)
+    return SAM(params, make_base, rho=rho, adaptive=adaptive, **kwargs)
 
 
 def _first_doc_line(obj: Any) -> str:

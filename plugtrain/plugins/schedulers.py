@@ -21,7 +21,6 @@ otherwise). Linear warmup is not a scheduler here: the runtime composes it with 
 
 from __future__ import annotations
 
-import functools
 import inspect
 from typing import Annotated, Literal
 
@@ -93,41 +92,6 @@ def cyclic_lr(
     return sched
 
 
-@functools.cache
-def _classes() -> dict[str, type]:
-    import torch
-
-    sched = torch.optim.lr_scheduler
-
-    class OneCycleLR(sched.OneCycleLR):
-        """torch's OneCycleLR that holds its final learning rate when stepped past ``total_steps``."""
-
-        def get_lr(self):
-            if self.last_epoch >= self.total_steps:
-                saved = self.last_epoch
-                self.last_epoch = self.total_steps - 1
-                try:
-                    return super().get_lr()
-                finally:
-                    self.last_epoch = saved
-            return super().get_lr()
-
-    class ReduceLROnPlateau(sched.ReduceLROnPlateau):
-        """torch's ReduceLROnPlateau whose ``mode`` may be ``"auto"``: set by the runtime from the monitored metric."""
-
-        def __init__(self, optimizer, mode: str = "auto", **kwargs) -> None:
-            self.auto_mode = mode == "auto"
-            super().__init__(optimizer, mode="min" if self.auto_mode else mode, **kwargs)
-
-        def set_run_mode(self, mode: str) -> None:
-            """The direction (``"min"``/``"max"``) of the metric passed to :meth:`step`; a no-op unless auto."""
-            if self.auto_mode and mode != self.mode:
-                self._init_is_better(mode=mode, threshold=self.threshold, threshold_mode=self.threshold_mode)
-                self._reset()
-
-    return {"OneCycleLR": OneCycleLR, "ReduceLROnPlateau": ReduceLROnPlateau}
-
-
 def one_cycle_lr(
     optimizer,
     total_steps: int,
@@ -143,11 +107,13 @@ def one_cycle_lr(
 ):
     """One-cycle policy (per step) over the run's steps: up from ``max_lr / div_factor`` to ``max_lr`` (default: the
     optimizer's lr) during ``pct_start`` of the run, then down to ``max_lr / div_factor / final_div_factor``."""
+    from plugtrain.plugins.scheduler_classes import OneCycleLR
+
     lrs = _group_lrs(optimizer)
     top = [max_lr] * len(lrs) if max_lr is not None else lrs
     if cycle_momentum is None:
         cycle_momentum = _has_momentum(optimizer)
-    sched = _classes()["OneCycleLR"](
+    sched = OneCycleLR(
         optimizer, max_lr=_one(top), total_steps=max(2, int(total_steps)), pct_start=pct_start,
         anneal_strategy=anneal_strategy, cycle_momentum=cycle_momentum, base_momentum=base_momentum,
         max_momentum=max_momentum, div_factor=div_factor, final_div_factor=final_div_factor, three_phase=three_phase,
@@ -169,7 +135,9 @@ def reduce_lr_on_plateau(
 ):
     """Multiply the lr by ``factor`` when the monitored metric (the run's primary metric) has not improved for
     ``patience`` validations; ``mode = "auto"`` follows the metric's direction."""
-    return _classes()["ReduceLROnPlateau"](
+    from plugtrain.plugins.scheduler_classes import ReduceLROnPlateau
+
+    return ReduceLROnPlateau(
         optimizer, mode=mode, factor=factor, patience=patience, threshold=threshold, threshold_mode=threshold_mode,
         cooldown=cooldown, min_lr=min_lr, eps=eps,
     )

@@ -1,0 +1,150 @@
+"""The ``torch.nn.Module`` classes behind the built-in losses (``plugtrain/plugins/losses.py``).
+
+They live here, not in the plugin module, because this module imports torch at the top: the plugin imports it only
+inside its factories, so that listing losses stays cheap, while these classes stay importable, subclassable and
+testable (``from plugtrain.plugins.loss_modules import CrossEntropy``). Attribute and buffer names are the
+``state_dict`` keys of existing checkpoints: keep them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["BCEWithLogits", "CrossEntropy", "KLDiv", "MetricLearning", "Regression", "class_targets"]
+
+
+def class_targets(outputs: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Targets as an ``(N, C)`` float distribution: indices become (smoothed) one-hot, soft targets stay."""
+    if targets.ndim == outputs.ndim and targets.is_floating_point():
+        if targets.shape != outputs.shape:
+            raise ValueError(f"soft targets of shape {tuple(targets.shape)} do not match outputs "
+                             f"{tuple(outputs.shape)}")
+        return targets.to(outputs.dtype)
+    if targets.ndim != 1 or targets.shape[0] != outputs.shape[0]:
+        raise ValueError(f"targets of shape {tuple(targets.shape)} are neither class indices (N,) nor soft "
+                         f"targets (N, C) for outputs of shape {tuple(outputs.shape)}")
+    onehot = F.one_hot(targets.long(), outputs.shape[-1]).to(outputs.dtype)
+    if smoothing:
+        onehot = onehot * (1.0 - smoothing) + smoothing / outputs.shape[-1]
+    return onehot
+
+
+class CrossEntropy(torch.nn.Module):
+    """``F.cross_entropy`` on logits; class indices or soft (N, C) targets."""
+
+    def __init__(self, label_smoothing: float = 0.0, ignore_index: int = -100,
+                 weight: list[float] | None = None) -> None:
+        super().__init__()
+        self.label_smoothing = float(label_smoothing)
+        self.ignore_index = int(ignore_index)
+        self.register_buffer("weight", None if weight is None else torch.tensor(weight, dtype=torch.float32))
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        outputs = outputs.float()
+        if targets.is_floating_point() and targets.ndim == outputs.ndim:
+            targets = targets.to(outputs.dtype)
+        else:
+            targets = targets.long()
+        return F.cross_entropy(outputs, targets, weight=self.weight, ignore_index=self.ignore_index,
+                               label_smoothing=self.label_smoothing)
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}"
+
+
+class KLDiv(torch.nn.Module):
+    """KL(target || softmax(outputs)), batch-mean, on log-softmax of the logits."""
+
+    def __init__(self, label_smoothing: float = 0.0, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.label_smoothing = float(label_smoothing)
+        self.temperature = float(temperature)
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        outputs = outputs.float() / self.temperature
+        target = class_targets(outputs, targets, self.label_smoothing)
+        return F.kl_div(F.log_softmax(outputs, dim=-1), target, reduction="batchmean")
+
+
+class BCEWithLogits(torch.nn.Module):
+    """Binary cross-entropy on logits: one-hot from class indices, or float (multi-)label targets."""
+
+    def __init__(self, pos_weight: list[float] | None = None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.label_smoothing = float(label_smoothing)
+        self.register_buffer("pos_weight",
+                             None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float32))
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        outputs = outputs.float()
+        if outputs.ndim == 2 and outputs.shape[1] == 1 and targets.ndim == 1:
+            outputs = outputs.squeeze(1)  # binary: one logit per sample, 0/1 targets
+        if outputs.ndim == 1:
+            target = targets.to(outputs.dtype)
+            if self.label_smoothing:
+                target = target * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
+        elif targets.is_floating_point() and targets.ndim == outputs.ndim:
+            target = targets.to(outputs.dtype)  # multi-label or soft targets (mixup)
+            if self.label_smoothing:
+                target = target * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
+        else:
+            target = class_targets(outputs, targets, self.label_smoothing)
+        return F.binary_cross_entropy_with_logits(outputs, target, pos_weight=self.pos_weight)
+
+
+class Regression(torch.nn.Module):
+    """A regression criterion where ``(N, 1)`` outputs meet ``(N,)`` targets."""
+
+    def __init__(self, criterion: torch.nn.Module) -> None:
+        super().__init__()
+        self.criterion = criterion
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        outputs = outputs.float()
+        if outputs.ndim == targets.ndim + 1 and outputs.shape[-1] == 1:
+            outputs = outputs.squeeze(-1)
+        return self.criterion(outputs, targets.to(outputs.dtype))
+
+
+class MetricLearning(torch.nn.Module):
+    """A pytorch-metric-learning loss (and optional miner) called as ``loss(embeddings, labels)``."""
+
+    def __init__(self, loss: torch.nn.Module, miner: torch.nn.Module | None = None, gather: bool = False,
+                 name: str = "") -> None:
+        super().__init__()
+        self.loss = loss
+        self.miner = miner
+        self.gather = gather
+        self.name = name
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.is_floating_point() or targets.ndim != 1:
+            raise ValueError(
+                f"{self.name or 'this loss'} is a metric-learning loss: it needs integer class labels (N,), got "
+                f"{targets.dtype} targets of shape {tuple(targets.shape)} (mixup/cutmix soft targets cannot be "
+                "used with metric-learning losses)"
+            )
+        if outputs.ndim != 2:
+            raise ValueError(f"{self.name or 'this loss'} needs embeddings of shape (N, D), got outputs of shape "
+                             f"{tuple(outputs.shape)}")
+        # in float32 even inside an autocast region: the angular margins (acos near +-1) break in half precision
+        with torch.autocast(device_type=outputs.device.type, enabled=False):
+            return self._loss(outputs.float(), targets.long())
+
+    def _loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        world = 1
+        if self.gather and torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+        if world > 1:
+            from pytorch_metric_learning.utils.distributed import gather
+
+            embeddings, labels, _ = gather(embeddings, labels)  # local first; the other ranks' are detached
+        indices = self.miner(embeddings, labels) if self.miner is not None else None
+        loss = self.loss(embeddings, labels, indices)
+        if world > 1:
+            # Each rank's gradient reaches only its own embeddings and DDP averages over ranks: scale the
+            # gradient by the world size (as pytorch-metric-learning's DistributedLossWrapper does) while
+            # keeping the reported value the plain loss.
+            loss = loss + (world - 1) * (loss - loss.detach())
+        return loss
