@@ -12,7 +12,7 @@
 
 The functions are the CLI's commands without the printing of results: ``train`` is ``plugtrain train`` of one spec
 (:mod:`plugtrain.commands.train`), ``check`` is ``plugtrain check``, ``load_run`` opens a run as ``plugtrain
-predict`` does (:class:`plugtrain.commands._finished_run.LoadedRun`). Bad input raises the same
+predict`` does (:class:`plugtrain.inference.LoadedRun`). Bad input raises the same
 :class:`~plugtrain.core.errors.PlugtrainError` (a :class:`~plugtrain.core.spec.SpecError` for a spec) with the same
 message the CLI prints; a training run that fails raises :class:`~plugtrain.core.errors.TrainingFailed`.
 
@@ -34,8 +34,8 @@ from typing import Any
 
 import attrs
 
-from plugtrain.commands._finished_run import LoadedRun
 from plugtrain.core.errors import PlugtrainError
+from plugtrain.inference import LoadedRun
 
 __all__ = ["LoadedRun", "Result", "check", "load_run", "train"]
 
@@ -95,18 +95,17 @@ def train(spec_or_path: str | os.PathLike[str] | Mapping[str, Any], set: Mapping
 def load_run(run_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None,
              weights: str | None = None, *, device: str | None = None) -> Any:
     """A finished run's checkpoint ready to predict, as ``plugtrain predict`` opens it: a
-    :class:`~plugtrain.commands._finished_run.LoadedRun` with ``.model`` (eval mode), ``.transform(image)`` (an
+    :class:`~plugtrain.inference.LoadedRun` with ``.model`` (eval mode), ``.transform(image)`` (an
     image -> the tensor the model takes), ``.predict(paths_or_arrays, top_k=5)``, ``.class_names``, ``.weights``.
 
     ``checkpoint``: ``"best"`` (default; ``"last"`` for ``weights="swa"``), ``"last"`` or a path. ``weights``:
     ``"model"``, ``"ema"`` or ``"swa"`` (default: what ``best.pt`` was chosen by). ``device``: ``"cpu"``,
     ``"cuda"``, ... (default: the spec's ``trainer.device``). An exported ``.onnx`` / ``.pt2`` file (with its
-    sidecar) instead of a run directory gives an :class:`~plugtrain.commands.export.ExportedModel` with the same
+    sidecar) instead of a run directory gives an :class:`~plugtrain.inference.ExportedModel` with the same
     methods (on the CPU)."""
-    from plugtrain.commands.predict import open_predictor
+    from plugtrain.inference import open_model
 
-    return open_predictor(os.fspath(run_dir), None if checkpoint is None else os.fspath(checkpoint), weights,
-                          device)
+    return open_model(run_dir, checkpoint, weights, device)
 
 
 # -- the caller's process state ----------------------------------------------------------------------------------------
@@ -115,8 +114,11 @@ def _signal_exception(exc: Any) -> BaseException:
     handler would), ``SystemExit(128 + signum)`` otherwise (SIGTERM: the CLI's exit code)."""
     import signal
 
-    where = f"; checkpoint {exc.checkpoint}" if exc.checkpoint else ""
-    text = f"interrupted by {signal.Signals(exc.signum).name} at step {exc.step}{where}; continue with resume='auto'"
+    if exc.checkpoint:
+        then = f"; checkpoint {exc.checkpoint}; continue with resume='auto'"
+    else:  # stopped before the first checkpoint: there is nothing to continue
+        then = "; no checkpoint was written yet; start again with overwrite=True"
+    text = f"interrupted by {signal.Signals(exc.signum).name} at step {exc.step}{then}"
     if exc.signum == signal.SIGINT:
         return KeyboardInterrupt(text)
     return SystemExit(128 + exc.signum)

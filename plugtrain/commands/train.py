@@ -59,9 +59,7 @@ def run(specs: Sequence[str], overrides: Sequence[str] = (), *, resume: str | No
             try:
                 codes.append(train_one(path, overrides, resume, overwrite, dry_run))
             except Interrupted as exc:
-                name = signal.Signals(exc.signum).name
-                where = f"; checkpoint {exc.checkpoint}" if exc.checkpoint else ""
-                console.echo(f"interrupted by {name} at step {exc.step}{where}; continue with --resume auto")
+                console.echo(_interrupted(exc))
                 return 128 + exc.signum
             except PlugtrainError as exc:
                 if _debug():
@@ -81,6 +79,20 @@ def run(specs: Sequence[str], overrides: Sequence[str] = (), *, resume: str | No
         if failed:
             console.echo(f"{failed} of {len(paths)} specs failed")
     return max(codes, default=0)
+
+
+def _interrupted(exc: Any) -> str:
+    """What a stopped run says: where it stopped and the command that continues it (``--resume auto`` needs a
+    ``last.pt``; without one only ``--overwrite`` starts the run again)."""
+    name = signal.Signals(exc.signum).name
+    if getattr(exc, "at_once", False):
+        if exc.checkpoint is None:
+            return (f"interrupted by {name} at step {exc.step}, at once, before any checkpoint was written; start "
+                    "the run again with --overwrite")
+        return (f"interrupted by {name} at step {exc.step}, at once; the last checkpoint is {exc.checkpoint} "
+                "(the steps after it are redone): continue with --resume auto")
+    where = f"; checkpoint {exc.checkpoint}" if exc.checkpoint else ""
+    return f"interrupted by {name} at step {exc.step}{where}; continue with --resume auto"
 
 
 def configure_torch(spec: Any) -> None:
@@ -122,6 +134,8 @@ def train_one(path: str, overrides: Sequence[str] = (), resume: str | None = Non
     state = ckpt.load(plan.checkpoint, purpose="resume") if plan is not None and plan.checkpoint is not None \
         else None
     dist = distributed.setup(spec.trainer.device, spec.trainer.backend)
+    changes = rundir.check_resume_spec(plan, state, to_dict(spec), dist.world_size, f"--resume {resume}") \
+        if state is not None else None
     configure_torch(spec)
     build.check_loggers(spec)
     try:
@@ -155,11 +169,14 @@ def train_one(path: str, overrides: Sequence[str] = (), resume: str | None = Non
         for note in [*spec.notes, plan.note]:
             if note:
                 console.echo(f"note: {note}")
-        _open_run_dir(trainer, plan, spec, state)
-        _banner(trainer, plan)
-        _report_data_problems(built)
-        with _signals(trainer):
-            final = fit(trainer)
+        _open_run_dir(trainer, plan, spec, state, changes)
+        try:
+            _banner(trainer, plan)
+            _report_data_problems(built)
+            with _signals(trainer):
+                final = fit(trainer)
+        except KeyboardInterrupt:  # a second Ctrl-C: stopped at once; say what continues it
+            raise _stopped_at_once(trainer) from None
     finally:
         trainer.close()
     _summary(trainer, final, time.monotonic() - t0)
@@ -232,7 +249,19 @@ def _keep_resumable(trainer: Any, split: str) -> str:
     return f"Training stopped before any checkpoint: {fix} and start the run again with --overwrite"
 
 
-def _open_run_dir(trainer: Any, plan: rundir.Plan, spec: Any, state: dict[str, Any] | None = None) -> None:
+def _stopped_at_once(trainer: Any) -> BaseException:
+    """The run stopped by a second Ctrl-C, between checkpoints: :class:`Interrupted` naming the ``last.pt`` that
+    ``--resume auto`` continues from, or none (then only ``--overwrite`` starts the run again)."""
+    from plugtrain.core.runtime.trainer import Interrupted
+
+    last = trainer.run_dir / rundir.CHECKPOINTS / "last.pt" if trainer.run_dir is not None else None
+    exc = Interrupted(signal.SIGINT, last if last is not None and last.is_file() else None, trainer.global_step)
+    exc.at_once = True
+    return exc
+
+
+def _open_run_dir(trainer: Any, plan: rundir.Plan, spec: Any, state: dict[str, Any] | None = None,
+                  changes: dict[str, Any] | None = None) -> None:
     """Create the run directory (rank 0), write spec.toml and env.json, build the loggers; undo on failure.
 
     A fresh directory is written under a temporary sibling name and renamed into place whole; with ``--overwrite``
@@ -249,9 +278,10 @@ def _open_run_dir(trainer: Any, plan: rundir.Plan, spec: Any, state: dict[str, A
             opening = rundir.Opening(plan)
             if plan.mode == "resume" and not plan.fresh:
                 _repair_after_crash(plan, state)
-            rundir.write_spec(opening.where, spec_dict)
+            spec_file = opening.write_spec(spec_dict, changes)
             env = rundir.environment(dist.world_size, spec.source)
-            rundir.write_env(opening.where, env, plan.checkpoint if plan.mode == "resume" else None)
+            rundir.write_env(opening.where, env, plan.checkpoint if plan.mode == "resume" else None, spec_file,
+                             changes)
             opening.publish()
         trainer.run_dir = plan.run_dir
         if dist.is_main:

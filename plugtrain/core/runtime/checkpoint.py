@@ -28,9 +28,17 @@ FORMAT = "plugtrain-checkpoint"
 FORMAT_VERSION = 1
 
 
+#: A pickled global named in torch's refusal that is a real Python name (``pathlib.PosixPath``), not bytes that only
+#: happened to decode as a GLOBAL opcode.
+_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)+) was not an allowed global")
+
+
 def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``, with a clear error for a missing file or a pickled object."""
+    """``torch.load(path, weights_only=True)``; any file it cannot read (text, an empty or cut-short file, a damaged
+    archive, a pickle of Python objects, random bytes) is one :class:`PlugtrainError` naming the file, never the
+    unpickler's ``KeyError`` / ``IndexError`` / ``struct.error`` / ... or its warnings."""
     import pickle
+    import warnings
 
     import torch
 
@@ -42,24 +50,40 @@ def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     if not path.is_file():
         raise PlugtrainError(f"{path}: no such file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise PlugtrainError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    if size == 0:
+        raise PlugtrainError(f"{path}: not a readable torch file: it is empty or cut short (0 bytes)")
+    archive = head.startswith(b"PK\x03\x04")  # torch.save's zip format
+    not_torch = f"{path}: not a torch checkpoint file (its bytes are not a torch.save archive)"
+    try:
+        with warnings.catch_warnings():  # the unpickler's warnings about odd bytes ("pickle protocol 4") are noise
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's message advises loading with weights_only=False, which would let the file run code: never quoted
-        text = str(exc)
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if found is None and re.search(r"Unsupported operand|invalid load key|could not find MARK", text):
-            raise PlugtrainError(f"{path}: not a torch checkpoint file (its bytes are not a torch.save archive)") \
-                from None
-        what = f" ({found.group(1)})" if found else ""
+        found = _GLOBAL.search(str(exc))
+        if found is None:
+            raise PlugtrainError(not_torch if not archive else f"{path}: not a readable torch file: its archive "
+                                 "holds something other than tensors and plain types, or is damaged") from None
         raise PlugtrainError(
-            f"{path}: refused to load: the file holds a pickled Python object{what}, not only tensors and plain "
-            "types; plugtrain loads checkpoints with torch.load(weights_only=True) so that a file cannot run code, "
-            "and a plugtrain checkpoint never holds such objects"
+            f"{path}: refused to load: the file holds a pickled Python object ({found.group(1)}), not only tensors "
+            "and plain types; plugtrain loads checkpoints with torch.load(weights_only=True) so that a file cannot "
+            "run code, and a plugtrain checkpoint never holds such objects"
         ) from None
-    except EOFError:
-        raise PlugtrainError(f"{path}: not a readable torch file: it is empty or cut short") from None
-    except (RuntimeError, OSError, ValueError, MemoryError) as exc:
-        raise PlugtrainError(f"{path}: not a readable torch file: {first_line(exc, 200)}") from None
+    except MemoryError:
+        raise PlugtrainError(f"{path}: not a readable torch file: reading it ran out of memory") from None
+    except OSError as exc:
+        raise PlugtrainError(f"{path}: cannot read it: {exc.strerror or first_line(exc, 200)}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the unpickler trips over in bytes that are no checkpoint
+        if not archive:
+            raise PlugtrainError(not_torch if not isinstance(exc, EOFError) else
+                                 f"{path}: not a readable torch file: it is empty or cut short") from None
+        raise PlugtrainError(f"{path}: not a readable torch file: the torch.save archive is damaged or cut short "
+                             f"({type(exc).__name__}: {first_line(exc, 160)})") from None
 
 
 def check_plain(obj: Any, where: str = "checkpoint") -> None:

@@ -167,6 +167,7 @@ class Checkpointer:
             detail = f": {first_line(exc)}" if exc is not None and first_line(exc) else ""
             return PlugtrainError(f"--resume {source}: {what}{detail} (was the spec changed since the checkpoint?)")
 
+        replay = self._schedule_to_replay(state, fail)
         from_shards = self.sharded or bool(state.get("sharded"))
         if from_shards:  # an fsdp run's model, loss and optimizer states are in the checkpoint's DCP directory
             fsdp.load_sharded(self.states["model"], self.states["loss"], self.states["optimizers"], state, source)
@@ -178,6 +179,8 @@ class Checkpointer:
             saved = state.get(key)
             if part is None or (not required and (saved is None or saved == {})):  # {}: a disabled scaler's
                 continue
+            if key == "scheduler" and replay is not None:  # rebuilt for the new length below
+                continue
             try:
                 part.load_state_dict(state[key])
             except Mismatch as exc:
@@ -188,6 +191,42 @@ class Checkpointer:
                 raise fail(what, exc) from None
         self.best = state.get("best")
         self.epoch_checkpoints = [list(e) for e in state.get("epoch_checkpoints") or []]
+        if replay is not None:
+            _replay(self.states["scheduler"], *replay)
+
+    def _schedule_to_replay(self, state: dict[str, Any], fail: Callable[..., PlugtrainError]) -> Any:
+        """When the run's length changed since the checkpoint (``run.epochs``, allowed on resume), a scheduler that
+        steps without a metric is not restored from the checkpoint (its state holds the old length, e.g. a cosine's
+        ``T_max``) but replayed from the start of the new schedule to the checkpoint's step count: ``(the lrs it
+        starts from, steps)``. A metric-fed scheduler (ReduceLROnPlateau) does not depend on the length: restored."""
+        import inspect
+
+        sched, saved = self.states.get("scheduler"), state.get("scheduler")
+        old = ((state.get("meta") or {}).get("spec") or {}).get("run") or {}
+        new = (self.meta.get("spec") or {}).get("run") or {}
+        if sched is None or not saved or old.get("epochs") in (None, new.get("epochs")):
+            return None
+        if "metrics" in inspect.signature(sched.step).parameters:
+            return None
+        steps, optimizer = saved.get("last_epoch"), getattr(sched, "optimizer", None)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0 or optimizer is None:
+            raise fail(f"run.epochs changed ({old.get('epochs')} -> {new.get('epochs')}) but the scheduler "
+                       f"{type(sched).__name__} cannot be rebuilt for the new length (its state has no step count)")
+        return [float(g["lr"]) for g in optimizer.param_groups], steps
+
+
+def _replay(sched: Any, start_lrs: list[float], steps: int) -> None:
+    """Step a freshly built scheduler ``steps`` times from its starting lrs: its state and the optimizer's lrs are
+    then those of the new schedule at the checkpoint's position (the optimizer state restored meanwhile holds the
+    old schedule's lrs)."""
+    import warnings
+
+    for group, lr in zip(sched.optimizer.param_groups, start_lrs, strict=False):
+        group["lr"] = lr
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": no optimizer step is due here
+        warnings.simplefilter("ignore")
+        for _ in range(steps):
+            sched.step()
 
 
 def resume_position(state: dict[str, Any], global_batch: int, batches_per_epoch: int) -> tuple[int, int, str]:

@@ -1,6 +1,7 @@
 """The run directory ``<output_dir>/<run.name>/`` and what goes in it besides checkpoints and logs.
 
-Contract: ``spec.toml`` (the resolved spec), ``env.json`` (versions, plugins, git revision, world size, host, start
+Contract: ``spec.toml`` (the resolved spec it started with; a resume in place never rewrites it, and records a spec
+that changed what :data:`RESUME_MAY_CHANGE` allows as ``spec.resume-N.toml``), ``env.json`` (versions, plugins, git revision, world size, host, start
 time), ``metrics.csv`` (a row per epoch), ``tb/`` (TensorBoard), ``checkpoints/`` (``last.pt``, ``best.pt``,
 ``epoch-NNNN.pt``).
 
@@ -14,6 +15,8 @@ What is guaranteed (:func:`plan`, :class:`Opening`):
   the next start refuses and says how to move it back.
 * ``--resume auto`` starts from scratch only where nothing is lost: no directory, an empty one, or an elastic restart
   before the first checkpoint of the same torchrun job; a directory with files but no ``last.pt`` is refused.
+* A resume trains what the run directory says: a spec that differs from its checkpoint's in anything but
+  :data:`RESUME_MAY_CHANGE` is refused before anything is written (:func:`check_resume_spec`).
 * A fresh directory appears whole (one rename) or not at all: nothing is half-written before the run is known to
   start.
 * Every file a component writes stays inside the run directory: :func:`run_path` and the :data:`RunPath` annotation.
@@ -324,10 +327,15 @@ def plan(run_dir: Path, resume: str | None, overwrite: bool, elastic_restart: bo
         return Plan(run_dir, "resume", ckpt)
     if exists:
         if not overwrite:
+            if (run_dir / CHECKPOINTS / "last.pt").is_file():
+                raise PlugtrainError(f"run directory {run_dir} already exists: pass --resume auto to continue it, "
+                                     "--overwrite to replace it, or choose another run.name")
+            others = sorted((run_dir / CHECKPOINTS).glob("*.pt")) if (run_dir / CHECKPOINTS).is_dir() else []
+            best = next((c for c in others if c.name == "best.pt"), others[-1] if others else None)
+            other = f", --resume {best} to continue from one of its checkpoints" if best is not None else ""
             raise PlugtrainError(
-                f"run directory {run_dir} already exists: pass --resume auto to continue it, --overwrite to replace "
-                "it, or choose another run.name"
-            )
+                f"run directory {run_dir} already exists and holds no {CHECKPOINTS}/last.pt to continue "
+                f"({_contents(run_dir)}): pass --overwrite to start it again{other}, or choose another run.name")
         _check_replaceable(run_dir, "--overwrite")
         return Plan(run_dir, "overwrite", replace=True)
     return Plan(run_dir, "new")
@@ -375,6 +383,23 @@ class Opening:
         except OSError as exc:
             self._remove_created()
             raise PlugtrainError(f"cannot create the run directory {p.run_dir}: {exc.strerror or exc}") from None
+
+    def write_spec(self, spec_dict: dict[str, Any], changes: dict[str, Any] | None = None) -> str:
+        """Record the spec this start trains with; returns the file's name. A fresh directory gets ``spec.toml``. A
+        resume in place keeps ``spec.toml`` (what trained the run) and writes a spec that differs from its
+        checkpoint's (``changes``, allowed by :func:`check_resume_spec`) to the next ``spec.resume-N.toml``."""
+        if self.staged:
+            write_spec(self.where, spec_dict)
+            return "spec.toml"
+        history = spec_history(self.run_dir)
+        if not changes:
+            return history[-1].name
+        name = f"spec.resume-{len(history)}.toml"
+        self.kept.setdefault(name, _read_bytes(self.run_dir / name))  # removed again on a rollback
+        changed = "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, (a, b) in changes.items())
+        write_spec(self.run_dir, spec_dict, name, f"# The resolved run spec of resume {len(history)} of this run "
+                                                 f"(written by plugtrain); changed: {changed}\n")
+        return name
 
     def publish(self) -> None:
         """Put the staged directory in place (the old run, for ``overwrite``, moved aside first)."""
@@ -439,11 +464,11 @@ def discard(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def write_spec(run_dir: Path, spec_dict: dict[str, Any]) -> None:
+def write_spec(run_dir: Path, spec_dict: dict[str, Any], name: str = "spec.toml",
+               header: str = "# The resolved run spec of this run (written by plugtrain).\n") -> None:
     import tomli_w
 
-    text = "# The resolved run spec of this run (written by plugtrain).\n" + tomli_w.dumps(spec_dict)
-    _write_text(run_dir / "spec.toml", text)
+    _write_text(run_dir / name, header + tomli_w.dumps(spec_dict))
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -503,9 +528,13 @@ def environment(world_size: int, spec_source: str | None) -> dict[str, Any]:
     }
 
 
-def write_env(run_dir: Path, env: dict[str, Any], resumed_from: Path | None = None) -> None:
-    """Write env.json; a resumed run keeps the first record and appends this start to ``resumes``."""
+def write_env(run_dir: Path, env: dict[str, Any], resumed_from: Path | None = None,
+              spec_file: str | None = None, changes: dict[str, Any] | None = None) -> None:
+    """Write env.json; a resumed run keeps the first record and appends this start to ``resumes``, with the spec
+    file it trained with and the spec keys it changed (``{key: [old, new]}``)."""
     path = run_dir / "env.json"
+    if resumed_from is not None:
+        env = {**env, "spec": spec_file, "changed": changes or {}}
     if resumed_from is not None and path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
@@ -517,3 +546,148 @@ def write_env(run_dir: Path, env: dict[str, Any], resumed_from: Path | None = No
     elif resumed_from is not None:  # --resume PATH into a new run directory: say where it started from
         env = {**env, "resumed_from": str(resumed_from)}
     _write_text(path, json.dumps(env, indent=2, default=str) + "\n")
+
+
+# -- what a resume may change ------------------------------------------------------------------------------------
+#: The spec keys a resume may change (dotted; a key stands for everything below it), and why each is harmless: where
+#: the run lives, how long it runs, how it is logged and checkpointed, and how fast (not what) it computes. Every
+#: other difference (data, model, loss, optimizer, scheduler, augmentations, mixup, seed, metrics, callbacks,
+#: precision, ...) changes what is trained, and is refused (:func:`check_resume_spec`).
+RESUME_MAY_CHANGE: dict[str, str] = {
+    "run.name": "where the run lives",
+    "run.output_dir": "where the run lives",
+    "run.epochs": "more epochs only; a scheduler is rebuilt for the new length at the checkpoint's step",
+    "run.deterministic": "how the kernels are chosen",
+    "data.batch_size": "only at the same global batch (batch_size x processes)",
+    "data.val_batch_size": "how validation is batched",
+    "data.num_workers": "how the data is loaded",
+    "data.persistent_workers": "how the data is loaded",
+    "data.prefetch_factor": "how the data is loaded",
+    "data.pin_memory": "how the data is loaded",
+    "trainer.device": "where it computes",
+    "trainer.backend": "how the processes talk",
+    "trainer.compile": "how it computes",
+    "trainer.channels_last": "how it computes",
+    "trainer.log_every_steps": "what is logged",
+    "trainer.checkpoint_every_steps": "what is saved",
+    "trainer.checkpoint_every_epochs": "what is saved",
+    "trainer.keep_top_k": "what is saved",
+    "loggers": "what is logged",
+    "augmentations.save_samples": "what is logged (on a fresh start only)",
+}
+
+_UNSET = object()
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A spec dict as ``{dotted key: value}``: tables are walked, arrays are values."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def spec_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (old value, new value)}`` of every key on which two resolved spec dicts differ (a key only one
+    of them sets has the other's value :data:`_UNSET`)."""
+    a, b = _flatten(old), _flatten(new)
+    return {k: (a.get(k, _UNSET), b.get(k, _UNSET)) for k in sorted(a.keys() | b.keys())
+            if a.get(k, _UNSET) != b.get(k, _UNSET)}
+
+
+def _show(value: Any) -> str:
+    if value is _UNSET:
+        return "(not set)"
+    if isinstance(value, str):
+        text = json.dumps(value)
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, (list, dict)):
+        text = json.dumps(value, default=str, separators=(", ", ": "))
+    else:
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _allowed_key(key: str) -> str | None:
+    return next((k for k in RESUME_MAY_CHANGE if key == k or key.startswith(k + ".")), None)
+
+
+def resume_refusals(changes: dict[str, tuple[Any, Any]], new: dict[str, Any], old_global_batch: int | None,
+                    world_size: int) -> list[str]:
+    """The lines ``key: old -> new`` (with the reason where an allowed key is used wrongly) of ``changes`` that a
+    resume may not make; empty when the resume may go on."""
+    refused = []
+    for key, (was, now) in changes.items():
+        line = f"{key}: {_show(was)} -> {_show(now)}"
+        allowed = _allowed_key(key)
+        if allowed is None:
+            refused.append(line)
+        elif key == "run.epochs":
+            trainer = new.get("trainer") or {}
+            if not isinstance(was, int) or not isinstance(now, int) or now < was:
+                refused.append(f"{line} (a resume may add epochs, not remove them)")
+            elif trainer.get("swa") and trainer.get("swa_start_epoch") is None:
+                refused.append(f"{line} (trainer.swa without trainer.swa_start_epoch averages the last quarter of "
+                               "run.epochs: the averaging would change)")
+        elif key == "data.batch_size":
+            now_global = now * world_size if isinstance(now, int) else None
+            if old_global_batch is None or now_global != old_global_batch:
+                before = f"{old_global_batch}" if old_global_batch else "unknown"
+                refused.append(f"{line} (the global batch, batch_size x processes, would be {now_global}, was "
+                               f"{before})")
+    return refused
+
+
+def check_resume_spec(p: Plan, state: dict[str, Any], new: dict[str, Any], world_size: int,
+                      flag: str = "--resume auto") -> dict[str, Any]:
+    """Refuse (:class:`PlugtrainError`, exit 2, before anything is written) a resume whose spec differs from the one
+    that trained the checkpoint (its ``meta.spec``) in anything :data:`RESUME_MAY_CHANGE` does not allow, listing every
+    difference as ``key: old -> new``. Returns the allowed changes as ``{key: [old, new]}`` (to record)."""
+    meta = state.get("meta") or {}
+    old = meta.get("spec")
+    if not isinstance(old, dict):
+        return {}
+    changes = spec_changes(old, new)
+    sampler = state.get("sampler") or {}
+    try:
+        old_global = int(sampler["batch_size"]) * int(sampler["world_size"])
+    except (KeyError, TypeError, ValueError):
+        old_global = None
+    refused = resume_refusals(changes, new, old_global, world_size)
+    if refused:
+        where = f"{p.run_dir}" if not p.fresh else f"{p.checkpoint}"
+        if p.fresh:
+            how = ("To train with these settings, start a new run without --resume (its weights can start from a "
+                   "file with [backbone] pretrained); to continue the checkpoint, resume with the spec that trained it")
+        else:
+            how = (f"To train with these settings, start a new run: --set run.name=\"...\" (or start this one again "
+                   f"from scratch with --overwrite); to continue it, resume with the spec that trained it "
+                   f"({latest_spec(p.run_dir)})")
+        may = ", ".join(RESUME_MAY_CHANGE)
+        raise PlugtrainError(
+            f"{flag}: the spec differs from the one that trained {where} in what a resume cannot change:\n  "
+            + "\n  ".join(refused) + f"\nA resume continues the same training; it may change only {may}. {how}.")
+    return {k: [None if v is _UNSET else v for v in pair] for k, pair in changes.items()}
+
+
+_RESUME_SPEC = re.compile(r"^spec\.resume-(\d+)\.toml$")
+
+
+def spec_history(run_dir: Path) -> list[Path]:
+    """``spec.toml`` and then the ``spec.resume-N.toml`` files in order: the specs that trained the run."""
+    found = []
+    with contextlib.suppress(OSError):
+        found = sorted((int(m.group(1)), p) for p in run_dir.iterdir() if (m := _RESUME_SPEC.match(p.name)))
+    return [run_dir / "spec.toml", *(p for _, p in found)]
+
+
+def latest_spec(run_dir: Path) -> Path:
+    """The spec file of the run's latest start (``spec.toml``, or its newest ``spec.resume-N.toml``)."""
+    return spec_history(run_dir)[-1]

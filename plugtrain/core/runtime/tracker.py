@@ -1,7 +1,8 @@
 """The training loss and sample counts, kept on the device and read at log intervals only.
 
 Per epoch: the running loss sum and count, samples, skipped samples and training time (checkpointed per rank, so
-that a mid-epoch resume continues every rank's own sums). Per log interval: the micro-batch losses since the last
+that a mid-epoch resume continues every rank's own loss sums; the timings start again at a resume and count the
+steps run since). Per log interval: the micro-batch losses since the last
 look, read back in one device sync by :meth:`LossTracker.read_interval`, which also finds a non-finite loss.
 """
 
@@ -106,12 +107,12 @@ class LossTracker:
                 "data_time": self.data_time, "compute_time": self.compute_time, "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The epoch's loss sums and skipped samples continue; its timings (``samples``, ``steps`` and the seconds,
+        what ``train/throughput`` and the step times are made of) start again at zero: after a resume they count
+        the steps run since the resume only, never the steps of another process's lifetime against this one's time."""
         self.loss_sum = state["loss_sum"].to(self.device, torch.float64)
         self.loss_count = state["loss_count"].to(self.device, torch.float64)
-        self.samples, self.skipped = int(state["samples"]), int(state["skipped"])
-        self.train_time = float(state["train_time"])
-        self.data_time, self.compute_time = float(state.get("data_time", 0.0)), float(state.get("compute_time", 0.0))
-        self.steps = int(state.get("steps", 0))
+        self.skipped = int(state["skipped"])
 
     def resume(self, state: dict[str, Any], rank: int, world_size: int) -> None:
         """From a checkpoint: this rank's running sums when it was written mid-epoch, else a fresh epoch."""
