@@ -5,7 +5,9 @@ will use; the jobs then run with ``HF_HUB_OFFLINE=1`` and read the weights from 
 are its ``[backbone] pretrained``: ``true`` (the model's default weights on the hub), ``"hf-hub:ORG/NAME"`` or
 ``"timm/NAME.TAG"``; a local file needs no fetching and is only reported.
 
-One line per weight: ``cached`` (already there), ``fetched`` (downloaded now), or why it cannot be had. With
+One line per weight: ``cached`` (already there), ``fetched`` (downloaded now), or why it cannot be had; weights
+whose ``config.json`` names another architecture than the spec's backbone are reported too (exit 2), as training
+would refuse them. With
 ``HF_HUB_OFFLINE=1`` nothing is downloaded: the command then says which weights are cached and fails (exit 2) when
 one is not, which makes it a check of the cache, too. The specs are validated first (every problem reported, exit 2,
 nothing fetched).
@@ -63,10 +65,17 @@ def _refs(specs: Sequence[str], overrides: Sequence[str]) -> list[tuple[str, Any
 
 def fetch(specs: Sequence[str], overrides: Sequence[str] = ()) -> int:
     """Download (or, offline, look up) every hub weight the specs name; exit 2 when one cannot be had."""
-    from plugtrain.plugins.backbones import cached_weights_file, download_weights, hub_cache_dir, hub_offline
+    from plugtrain.plugins.backbones import (
+        architecture_problem,
+        cached_weights_file,
+        download_weights,
+        hub_cache_dir,
+        hub_offline,
+    )
 
     offline = hub_offline()
     failed: list[str] = []
+    unfit: list[str] = []  # weights that are there but another architecture than the spec's backbone
     done: dict[Any, str] = {}
     refs = _refs(specs, overrides)
     for path, ref, name in refs:
@@ -76,27 +85,34 @@ def fetch(specs: Sequence[str], overrides: Sequence[str] = ()) -> int:
             state = "a local file" if os.path.isfile(os.path.expanduser(where)) else "a local file that does not exist"
             console.echo(f"{head}: {state} (relative to the working directory), nothing to fetch")
             continue
-        if ref in done:
-            console.echo(f"{head}: {done[ref]}")
-            continue
-        cached = cached_weights_file(ref)
-        if cached is not None:
-            done[ref] = f"cached ({cached})"
-        elif offline:
-            failed.append(ref.label)
-            done[ref] = "NOT cached, and HF_HUB_OFFLINE is set: nothing can be fetched here"
-        else:
-            try:
-                done[ref] = f"fetched ({download_weights(ref)})"
-            except PlugtrainError as exc:
+        if ref not in done:
+            cached = cached_weights_file(ref)
+            if cached is not None:
+                done[ref] = f"cached ({cached})"
+            elif offline:
                 failed.append(ref.label)
-                done[ref] = f"cannot be fetched: {str(exc).removeprefix('backbone.pretrained: ')}"
-        console.echo(f"{head}: {done[ref]}")
+                done[ref] = "NOT cached, and HF_HUB_OFFLINE is set: nothing can be fetched here"
+            else:
+                try:
+                    done[ref] = f"fetched ({download_weights(ref)})"
+                except PlugtrainError as exc:
+                    failed.append(ref.label)
+                    done[ref] = f"cannot be fetched: {str(exc).removeprefix('backbone.pretrained: ')}"
+        state = done[ref]
+        wrong = architecture_problem(ref, name) if state.startswith(("cached", "fetched")) else None
+        if wrong:  # the weights are there, and training would refuse them: say so now
+            unfit.append(f"{path} ({wrong.split(': set ')[0]})")
+            state += f", but {wrong}"
+        console.echo(f"{head}: {state}")
     if failed:
         how = ("run `plugtrain weights fetch` without HF_HUB_OFFLINE where there is network, with the same HF_HOME"
                if offline else "see above")
         raise PlugtrainError(f"{len(failed)} weight{'s' if len(failed) != 1 else ''} not in the Hugging Face cache "
                              f"({hub_cache_dir()}): {', '.join(sorted(set(failed)))}; {how}")
+    if unfit:
+        many = len(unfit) != 1
+        raise PlugtrainError(f"{len(unfit)} spec{'s name' if many else ' names'} weights of another architecture "
+                             f"than {'their' if many else 'its'} backbone: {'; '.join(unfit)}; see above")
     if any(ref.hub for _, ref, _ in refs):
         console.echo(f"cache: {hub_cache_dir()} (training with HF_HUB_OFFLINE=1 reads the weights from here)")
     return 0

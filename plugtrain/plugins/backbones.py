@@ -436,6 +436,8 @@ HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _HUB_PREFIX = "hf-hub:"
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".tar")
 _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+#: A git revision the hub serves: a branch or tag (``v1.0``, ``refs/pr/1``) or a commit; no space, no ``@``.
+_REVISION = re.compile(r"[A-Za-z0-9._/-]+")
 
 
 class WeightsRef:
@@ -498,10 +500,14 @@ def weights_ref(model_name: str, pretrained: Any) -> WeightsRef | None:
         raise PlugtrainError(f"backbone.pretrained: expected true, a hub reference or a file path, got {pretrained!r}")
     text = pretrained.strip()
     if text.startswith(_HUB_PREFIX):
-        repo, _, revision = text[len(_HUB_PREFIX):].partition("@")
+        repo, at, revision = text[len(_HUB_PREFIX):].partition("@")
         if not _REPO.fullmatch(repo):
             raise PlugtrainError(f"backbone.pretrained: {pretrained!r} is not a hub reference: a hub reference is "
                                  "\"hf-hub:ORG/NAME\" (optionally \"@REVISION\"), e.g. \"hf-hub:timm/resnet18.a1_in1k\"")
+        if at and not _REVISION.fullmatch(revision):
+            what = "an empty revision after '@'" if not revision else f"the revision {revision!r}, which is not one"
+            raise PlugtrainError(f"backbone.pretrained: {pretrained!r} names {what}: write \"hf-hub:{repo}@REVISION\" "
+                                 f"(a branch, tag or commit) or \"hf-hub:{repo}\" for the default branch")
         return WeightsRef(repo=repo, revision=revision or None)
     if (text.startswith("timm/") and _REPO.fullmatch(text) and not os.path.exists(os.path.expanduser(text))
             and not text.lower().endswith(_WEIGHT_SUFFIXES)):
@@ -620,18 +626,29 @@ def hub_weights_file(ref: WeightsRef, model_name: str) -> str:
     from plugtrain.core.errors import PlugtrainError
 
     path = download_weights(ref)
+    problem = architecture_problem(ref, model_name)
+    if problem:
+        raise PlugtrainError(f"backbone.pretrained: {problem}")
+    return path
+
+
+def architecture_problem(ref: WeightsRef, model_name: str) -> str | None:
+    """Why the hub weights ``ref`` do not fit the backbone ``model_name``, by the architecture that the
+    repository's cached ``config.json`` names (timm writes it); None when it fits or no config is cached. Never
+    touches the network: ``plugtrain check``, ``weights fetch`` and the build all ask it."""
     cfg = hub_config(ref) or {}
     arch = cfg.get("architecture") or (cfg.get("pretrained_cfg") or {}).get("architecture")
     if isinstance(arch, str) and model_name and arch.split(".")[0] != model_name.split(".")[0]:
-        raise PlugtrainError(f"backbone.pretrained: {ref.label} holds weights of a timm {arch!r} (its config.json), "
-                             f"not of the backbone {model_name!r}: set backbone.name = {arch.split('.')[0]!r}")
-    return path
+        return (f"{ref.label} holds weights of a timm {arch!r} (its config.json), not of the backbone "
+                f"{model_name!r}: set backbone.name = {arch.split('.')[0]!r}")
+    return None
 
 
 def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any]) -> list[tuple[str | None, str, bool]]:
     """``plugtrain check`` of a backbone's ``pretrained`` (this module's ``PLUGTRAIN_VALIDATE``): the reference must
-    parse, and hub weights are looked up in the cache (no network): missing is a warning (training will download
-    them), or an error when ``HF_HUB_OFFLINE`` is set (training could not). A local file must exist (training would
+    parse (a revision after ``@`` is not empty), and hub weights are looked up in the cache (no network): missing is
+    a warning (training will download them), or an error when ``HF_HUB_OFFLINE`` is set (training could not); a
+    cached ``config.json`` naming another architecture than the backbone is an error (:func:`architecture_problem`). A local file must exist (training would
     stop on it before its first step), or lie in the run directory of a spec queued before this one (``plugtrain
     check STAGE1 STAGE2``); what it holds is checked when the backbone is built. Neither is looked up where
     :func:`~plugtrain.core.runtime.rundir.start_inputs_needed` says no (a finished run reopened, ``weights fetch``)."""
@@ -650,8 +667,11 @@ def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any]) -> 
         return _local_file_problems(ref.path)
     try:
         cached = cached_weights_file(ref)
+        wrong = architecture_problem(ref, model_name)
     except Exception:  # an unreadable cache is the build's to report
         return []
+    if wrong:
+        return [("pretrained", wrong, False)]
     if cached is not None:
         return []
     what = f"{ref.label}" + (f" ({ref.why})" if ref.why else "")

@@ -238,6 +238,67 @@ def test_check_rejects_a_misspelled_parameter(tmp_path, capsys):
     assert "tracking_url" in err and "tracking_uri" in err
 
 
+@pytest.mark.parametrize(("uri", "fragment"), [
+    ("http:/host", "'http:/host' is not a server URL: write http://HOST[:PORT] (two slashes, then the host)"),
+    ("https:mlflow.example", "is not a server URL: write https://HOST[:PORT]"),
+    ("http://", "'http://' is not a server URL"),
+    ("http://host:80x", "the port after the host is not a number in 0..65535"),
+    ("htp://x", "'htp://x': MLflow knows no htp: tracking store. Did you mean 'http'"),
+    ("localhost:5000", "'localhost:5000' has no scheme: a server is http://localhost:5000"),
+    ("file:/nonexistent dir", "a URI holds no spaces (write %20 for one: 'file:/nonexistent%20dir')"),
+    ("file://tmp/mlruns", "names the host 'tmp': a file URI is file:///ABSOLUTE/PATH (three slashes; "
+                          "file:///tmp/mlruns if that is what was meant)"),
+    ("file:mlruns", "'file:mlruns' is not an absolute file URI"),
+    ("sqlite://t.db", "'sqlite://t.db' is not a SQLite URI: write sqlite:///PATH (three slashes"),
+    ("postgresql:db", "is not a database URI: write postgresql://USER@HOST/DB"),
+    ("   ", "an empty tracking_uri names no store"),
+])
+def test_check_refuses_a_malformed_tracking_uri_where_the_spec_says_it(tmp_path, capsys, uri, fragment):
+    spec = write_spec(tmp_path, loggers=f'[[loggers]]\nname = "mlflow"\ntracking_uri = "{uri}"\n')
+    line = spec.read_text().splitlines().index(f'tracking_uri = "{uri}"') + 1
+    assert cli("check", spec) == 2
+    err = capsys.readouterr().err
+    assert f"{spec}:{line}:16: loggers[0].tracking_uri: " in err and fragment in err, err
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()
+
+
+def test_check_refuses_a_local_store_that_cannot_be_made_and_a_bad_environment_uri(tmp_path, capsys, monkeypatch,
+                                                                                   clean_mlflow_env):
+    afile = tmp_path / "a-file"
+    afile.write_text("not a folder")
+    for uri in (f"file://{afile}/mlruns", f"sqlite:///{afile}/sub/t.db", f"{afile}/mlruns"):
+        spec = write_spec(tmp_path, loggers=f'[[loggers]]\nname = "mlflow"\ntracking_uri = "{uri}"\n')
+        assert cli("check", spec) == 2, uri
+        assert f"{afile} is a file, not a folder" in capsys.readouterr().err, uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http:/tracking.example:5000")
+    spec = write_spec(tmp_path)
+    assert cli("check", spec) == 2
+    err = capsys.readouterr().err
+    assert ("loggers[0] (logger 'mlflow'): $MLFLOW_TRACKING_URI (the default tracking_uri): "
+            "'http:/tracking.example:5000' is not a server URL") in err
+
+
+def test_the_logger_itself_refuses_a_malformed_uri_before_writing_anything(tmp_path):
+    from plugtrain_mlflow.plugin import MlflowLogger
+
+    from plugtrain.core.errors import PlugtrainError
+
+    run_dir = tmp_path / "runs" / "tiny"
+    with pytest.raises(PlugtrainError, match=r"tracking_uri: 'http:/host' is not a server URL"):
+        MlflowLogger(run_dir, {"run": {"name": "tiny", "output_dir": str(tmp_path / "runs")}}, tracking_uri="http:/host")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "https://mlflow.example.com/prefix", "sqlite:///t.db",
+                                 "t.db", "mlruns", "file:///tmp/mlruns", "file:/tmp/mlruns", "databricks",
+                                 "databricks://profile", "postgresql+psycopg2://user@host:5432/db",
+                                 "file:///tmp/a%20b"])
+def test_well_formed_tracking_uris_pass(uri):
+    from plugtrain_mlflow.plugin import tracking_uri_problem
+
+    assert tracking_uri_problem(uri) is None
+
+
 # -- pure helpers ------------------------------------------------------------------------------------------------------
 
 
@@ -312,6 +373,11 @@ def test_run_params_metrics_artifacts_images_then_resume_after_completion(tmp_pa
     for key in ("train/loss", "train/lr", "val/loss", "val/accuracy", "epoch"):
         assert [s for s, _ in hist[key]] == [3, 6], key
         assert [v for _, v in hist[key]] == pytest.approx([float(r[key]) for r in rows], rel=1e-6), key
+    # the per-step metrics (log_every_steps = 1): every optimizer step, at its global step, read back from the store
+    for key in ("step/loss", "step/lr", "step/grad_norm", "step/throughput"):
+        assert [s for s, _ in hist[key]] == [1, 2, 3, 4, 5, 6], key
+    assert all(v > 0 for _, v in hist["step/loss"] + hist["step/throughput"] + hist["step/lr"])
+    assert dict(hist["step/lr"])[6] == pytest.approx(float(rows[1]["train/lr"]), rel=1e-6)  # the lr step 6 used
 
     paths = artifact_paths(client, state["run_id"])
     assert {"spec.toml", "env.json", "checkpoints/best.pt"} <= set(paths)
@@ -338,6 +404,7 @@ def test_run_params_metrics_artifacts_images_then_resume_after_completion(tmp_pa
     for key in ("train/loss", "val/accuracy", "epoch"):
         assert [s for s, _ in hist[key]] == [3, 6, 9], key
     assert [v for _, v in hist["epoch"]] == [1, 2, 3]
+    assert [s for s, _ in hist["step/loss"]] == list(range(1, 10))
     assert image_steps(artifact_paths(client, state["run_id"]), "val/confusion_matrix") == [3, 6, 9]
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
@@ -386,6 +453,8 @@ def test_preempted_and_killed_run_resumed_continues_the_same_run_without_duplica
     hist = histories(client, run_id)
     for key in ("train/loss", "train/lr", "val/loss", "val/accuracy", "epoch"):
         assert [s for s, _ in hist[key]] == [3, 6, 9], key
+    for key in ("step/loss", "step/lr"):  # the replayed steps 4-6 were not logged again
+        assert [s for s, _ in hist[key]] == list(range(1, 10)), key
     # the value kept for step 6 is the one logged before the kill; the exact resume recomputed the same
     rows = {int(r["step"]): r for r in csv_rows(run_dir)}
     assert dict(hist["val/loss"])[6] == pytest.approx(float(rows[6]["val/loss"]), rel=1e-5)

@@ -290,9 +290,17 @@ def test_offline_run_config_history_images_then_resume_after_completion(tmp_path
     resolved = tomllib.loads((run_dir / "spec.toml").read_text())
     assert config == json.loads(json.dumps(resolved))  # the resolved spec, whole
     rows = history(records)
-    assert [s for s, _ in rows] == [0, 3, 6]
+    assert [s for s, _ in rows] == [0, 1, 2, 3, 4, 5, 6]
     assert rows[0][1]["samples/train._type"] == "image-file"  # the augmented samples, logged before training
-    for (step, item), row in zip(rows[1:], csv_rows(run_dir), strict=True):
+    # the per-step metrics (log_every_steps = 1): every optimizer step, at its global step
+    per_step = [(s, item) for s, item in rows if "step/loss" in item]
+    assert [s for s, _ in per_step] == [1, 2, 3, 4, 5, 6]
+    for _, item in per_step:
+        assert item["step/loss"] > 0 and item["step/lr"] > 0 and item["step/throughput"] > 0
+        assert "step/grad_norm" in item
+    assert per_step[-1][1]["step/lr"] == pytest.approx(float(csv_rows(run_dir)[-1]["train/lr"]), rel=1e-6)
+    epochs = [(s, item) for s, item in rows if "epoch" in item]
+    for (step, item), row in zip(epochs, csv_rows(run_dir), strict=True):
         assert int(row["step"]) == step
         for key in ("train/loss", "train/lr", "val/loss", "val/accuracy", "epoch"):
             assert item[key] == pytest.approx(float(row[key]), rel=1e-6), key
@@ -314,7 +322,8 @@ def test_offline_run_config_history_images_then_resume_after_completion(tmp_path
     (run,) = [r["run"] for r in records if r["type"] == "run"]
     assert run["run_id"] == state["run_id"] and run.get("resume") is True
     assert run["config"]["update"]["run"]["epochs"] == 3
-    assert [s for s, _ in history(records)] == [9]
+    assert [s for s, _ in history(records)] == [7, 8, 9]
+    assert [s for s, item in history(records) if "epoch" in item] == [9]
 
 
 @pytest.mark.slow
@@ -356,12 +365,13 @@ def test_crash_and_kill_then_resume_keep_one_run_without_duplicated_steps(tmp_pa
     logs = attempts(run_dir)
     assert len(logs) == 3 and all(p.name == f"run-{run_id}.wandb" for p in logs)
     steps = [[s for s, _ in history(inspect(p))] for p in logs]
-    assert steps[0] == [3, 6]  # finished by close(): everything written
+    epochs = [[s for s, item in history(inspect(p)) if "epoch" in item] for p in logs]
+    assert steps[0] == [1, 2, 3, 4, 5, 6] and epochs[0] == [3, 6]  # finished by close(): everything written
     assert [r["type"] for r in inspect(logs[1])].count("run") == 1  # attempt 2's log was flushed before the kill ...
-    assert 6 not in steps[1]  # ... and has no step 6: the replayed step was not logged again
-    assert steps[2] == [9]
-    flat = [s for attempt in steps for s in attempt]
-    assert sorted(flat) == sorted(set(flat)) == [3, 6, 9]
+    assert not {4, 5, 6} & set(steps[1])  # ... and has no step 4-6: the replayed steps were not logged again
+    assert epochs[2] == [9] and steps[2][-1] == 9
+    flat = [s for attempt in steps for s in attempt]  # per-step rows (log_every_steps = 1) and epoch rows
+    assert sorted(flat) == sorted(set(flat)) == list(range(1, 10))
     exits = [[r["exit"].get("exit_code", 0) for r in inspect(p) if r["type"] == "exit"] for p in logs]
     assert exits[0] == [1] and exits[2] == [0]
 
@@ -379,7 +389,8 @@ def test_torchrun_two_processes_make_one_wandb_run(tmp_path):
     assert json.loads((run_dir / "env.json").read_text())["world_size"] == 2
     (only,) = attempts(run_dir)  # rank 0 alone built the logger
     assert only.name == f"run-{json.loads((run_dir / 'wandb.json').read_text())['run_id']}.wandb"
-    assert [s for s, _ in history(inspect(only))] == [3, 6]
+    assert [s for s, item in history(inspect(only)) if "epoch" in item] == [3, 6]
+    assert [s for s, _ in history(inspect(only))] == [1, 2, 3, 4, 5, 6]  # log_every_steps = 1
 
 
 # -- failures before training ---------------------------------------------------------------------------------------------

@@ -66,10 +66,13 @@ PARAM_RANGES: dict[str, dict[str, Range]] = {
     "losses": {"label_smoothing": PROBABILITY, "margin": NON_NEGATIVE},
     "backbones": {"drop_rate": FRACTION, "drop_path_rate": FRACTION, "in_chans": Range(1)},
     "datasets": {"val_fraction": Range(0, 1, lo_open=True, hi_open=True),
-                 "test_fraction": Range(0, 1, hi_open=True)},
+                 "test_fraction": Range(0, 1, hi_open=True), "cache_max_gb": POSITIVE, "num_classes": Range(1),
+                 "upscale": Range(1)},
     "schedulers": {"warmup_epochs": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE, "eta_min": NON_NEGATIVE,
                    "gamma": POSITIVE, "step_size": Range(1), "patience": NON_NEGATIVE, "T_max": Range(1)},
     "callbacks": {"patience": Range(1), "min_delta": NON_NEGATIVE},
+    "loggers": {"flush_secs": POSITIVE, "digits": NON_NEGATIVE, "connect_timeout": POSITIVE},
+    "metrics": {"top_k": Range(1), "max_points": Range(1)},
 }
 
 #: Ranges of the model's own section fields, from their attrs validators (``_positive`` / ``_non_negative``).

@@ -47,3 +47,13 @@ def plugtrain_datasets():
         Component("sklearn-digits", sklearn_digits.sklearn_digits,
                   summary="scikit-learn's 1,797 8x8 handwritten digits (no files)."),
     ]
+
+
+def validate(factory, params, defaults):
+    """``plugtrain check`` of a dataset's parameters: the factory's own ``validate`` when it has one (webdataset's
+    shard names), so that what the build would refuse is found before a run starts."""
+    check = getattr(factory, "validate", None)
+    return list(check(params, defaults)) if callable(check) else []
+
+
+PLUGTRAIN_VALIDATE = validate

@@ -19,7 +19,9 @@ the decoder or a library and the key changes, so a cache never serves pixels tha
 ``cache_dir`` (default ``$PLUGTRAIN_CACHE_DIR``, else ``$XDG_CACHE_HOME/plugtrain``, else ``~/.cache/plugtrain``),
 under ``decoded/``. The size is checked before the file is made: a cache that does not fit (with
 min(10 %, 8 GiB) of the memory or disk kept free, or beyond ``cache_max_gb``) is refused with a
-:class:`~plugtrain.core.errors.PlugtrainError` naming the size and the free space; it is never an OOM.
+:class:`~plugtrain.core.errors.PlugtrainError` naming the size and the free space; it is never an OOM, and a refused
+cache leaves nothing behind (neither its lock file nor a folder it made). A bad ``cache_max_gb`` (not > 0) is refused
+by ``plugtrain check`` already, where the spec says it.
 
 Filling: on first touch
 -----------------------
@@ -394,36 +396,27 @@ def open_cache(split: Any, mode: str, cache_dir: str | None, label: str, budget:
 
     n = len(split)
     folder = cache_folder(mode, cache_dir)
+    made = _missing_parents(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise error(f"cannot make the cache folder {folder}: {exc.strerror or exc}") from None
     key = cache_key(split.cache_entries(), n, split.channels, split.decoder)
     stem = folder / f"{label}-{key[:24]}"
-    created = False
-    with exclusive(Path(f"{stem}.lock")):
-        _clear_stale(stem)
-        found = _load_layout(stem, key, n)
-        if found is None:
-            if announce and n >= 20000:
-                console.echo(f"data: reading {n:,} image headers for the {label} cache...")
-            shapes = np.full((n, 3), -1, dtype=np.int32)
-            for i in range(n):
-                hw = split.cache_shape(i)
-                if hw is not None:
-                    shapes[i] = (hw[0], hw[1], split.channels)
-            offsets, total = _layout(shapes)
-            _check_room(total, mode, folder, label, budget)
-            _make(stem, key, shapes, offsets, total)
-            created = True
-        else:
-            offsets, shapes, total = found
-            if budget is not None and total > budget:
-                raise error(f'cache = "{mode}": the {label} split decodes to {fmt_bytes(total)}, more than '
-                            f'cache_max_gb allows ({fmt_bytes(max(budget, 0))} left for it); raise cache_max_gb, or '
-                            'use cache = "none"')
-        if mode == "memory":
-            _register_user(stem)
+    lock_existed = os.path.exists(f"{stem}.lock")
+    try:
+        with exclusive(Path(f"{stem}.lock")):
+            try:
+                created, offsets, shapes, total = _open_or_make(split, mode, folder, stem, key, label, budget,
+                                                                announce)
+            except BaseException:
+                if not lock_existed and not os.path.exists(f"{stem}.data"):  # held: waiters retake a new lock file
+                    with contextlib.suppress(OSError):
+                        os.unlink(f"{stem}.lock")
+                raise
+    except BaseException:
+        _remove_empty(made)
+        raise
     cache = DecodedCache(f"{stem}.data", offsets, shapes, mode)
     if announce:
         uncached = int(np.count_nonzero(shapes[:, 0] <= 0))
@@ -432,6 +425,57 @@ def open_cache(split: Any, mode: str, cache_dir: str | None, label: str, budget:
         extra = f"; {uncached} unreadable header(s): decoded each time" if uncached else ""
         console.echo(f"data: {label} cache ({mode}): {n:,} images, {fmt_bytes(total)} in {stem}.data; {state}{extra}")
     return cache
+
+
+def _open_or_make(split: Any, mode: str, folder: Path, stem: Path, key: str, label: str, budget: int | None,
+                  announce: bool) -> tuple[bool, np.ndarray, np.ndarray, int]:
+    """With ``<stem>.lock`` held: the cache's layout, made if need be: ``(created, offsets, shapes, total)``."""
+    from plugtrain.core import console
+
+    n = len(split)
+    created = False
+    _clear_stale(stem)
+    found = _load_layout(stem, key, n)
+    if found is None:
+        if announce and n >= 20000:
+            console.echo(f"data: reading {n:,} image headers for the {label} cache...")
+        shapes = np.full((n, 3), -1, dtype=np.int32)
+        for i in range(n):
+            hw = split.cache_shape(i)
+            if hw is not None:
+                shapes[i] = (hw[0], hw[1], split.channels)
+        offsets, total = _layout(shapes)
+        _check_room(total, mode, folder, label, budget)
+        _make(stem, key, shapes, offsets, total)
+        created = True
+    else:
+        offsets, shapes, total = found
+        if budget is not None and total > budget:
+            raise error(f'cache = "{mode}": the {label} split decodes to {fmt_bytes(total)}, more than '
+                        f'cache_max_gb allows ({fmt_bytes(max(budget, 0))} left for it); raise cache_max_gb, or '
+                        'use cache = "none"')
+    if mode == "memory":
+        _register_user(stem)
+    return created, offsets, shapes, total
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, innermost first (what ``mkdir -p`` makes)."""
+    out: list[Path] = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """A cache that was refused (no room, over ``cache_max_gb``) leaves no folder behind that it made."""
+    for p in made:
+        try:
+            p.rmdir()
+        except OSError:
+            break
 
 
 def attach(splits: Mapping[str, Any], mode: str, cache_dir: str | None, cache_max_gb: float | None,

@@ -30,6 +30,12 @@ copied once into ``cache_dir/shards/`` (temporary name, then renamed; the local 
 there; a shell command in a spec runs as any command would, so read a spec with ``pipe:`` URLs before running it
 (``WDS_SECURE=1``, webdataset's switch, refuses them).
 
+Every name is checked before anything is read or written (``plugtrain check`` runs the same check,
+:func:`shard_problems`, and points at the parameter): a brace pattern must be balanced, hold no empty ``{}``, no
+group that is neither a list (``{a,b}``) nor a range (``{000..009}``, ``{a..f}``), expand to at most
+:data:`MAX_SHARDS` names and name no shard twice; a URL must have a scheme webdataset opens, and a ``pipe:`` URL is
+refused under ``WDS_SECURE=1`` before the cache folder is touched.
+
 Samples
 -------
 The image is the first member whose extension is one of png, jpg, jpeg, bmp, webp, tif, tiff (or ``image_key``,
@@ -47,6 +53,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -81,16 +88,199 @@ def is_url(name: str) -> bool:
     return bool(sep) and scheme.isalnum() and scheme != "file"
 
 
-def expand(names: str | Iterable[str]) -> list[str]:
-    """Brace patterns expanded (``a-{000..002}.tar``), in order; a list expands each element."""
+#: The most shard names one parameter may expand to (a larger brace range is a typo, and would fill the memory).
+MAX_SHARDS = 100_000
+_INT_RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.-?(\d+))?")  # braceexpand's grammar
+_CHAR_RANGE = re.compile(r"([A-Za-z])\.\.([A-Za-z])(?:\.\.-?(\d+))?")
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_PATTERN_HELP = "a brace pattern is a list {a,b} or a range {000..009}"
+
+
+class _BadPattern(Exception):
+    pass
+
+
+def _range_size(expr: str) -> int | None:
+    """How many names a braceexpand range expression gives (None: not a range); never expands it."""
+    m = _INT_RANGE.fullmatch(expr)
+    if m:
+        lo, hi, step = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0) or 1
+        return abs(hi - lo) // step + 1
+    m = _CHAR_RANGE.fullmatch(expr)
+    if m:
+        lo, hi, step = _ALPHABET.index(m.group(1)), _ALPHABET.index(m.group(2)), int(m.group(3) or 0) or 1
+        return abs(hi - lo) // step + 1
+    return None
+
+
+def _split_top(text: str) -> list[tuple[int, str]]:
+    """``text`` split at its top-level commas: ``(offset, item)`` pairs (braceexpand's escapes respected)."""
+    items, depth, start, pos = [], 0, 0, 0
+    while pos < len(text):
+        c = text[pos]
+        if c == "\\":
+            pos += 2
+            continue
+        depth += (c == "{") - (c == "}")
+        if c == "," and depth == 0:
+            items.append((start, text[start:pos]))
+            start = pos + 1
+        pos += 1
+    items.append((start, text[start:]))
+    return items
+
+
+def _pattern_size(text: str, off: int = 0) -> int:
+    """How many names braceexpand makes of ``text``; :class:`_BadPattern` (naming the 1-based character) for an
+    unbalanced, empty or meaningless brace group, or a range that is not one."""
+    total, depth, start, opens, pos = 1, 0, 0, [], 0
+    while pos < len(text):
+        c = text[pos]
+        if c == "\\":
+            pos += 2
+            continue
+        if c == "{":
+            opens.append(pos)
+            if depth == 0:
+                start = pos
+            depth += 1
+        elif c == "}":
+            if depth == 0:
+                raise _BadPattern(f"unbalanced braces: the '}}' at character {off + pos + 1} closes no '{{'")
+            depth -= 1
+            opens.pop()
+            if depth == 0:
+                total *= _group_size(text[start + 1:pos], off + start + 1, start > 0 and text[start - 1] == "$")
+                if total > MAX_SHARDS:
+                    raise _BadPattern(f"it expands to more than {MAX_SHARDS:,} shard names (a range too wide?)")
+        pos += 1
+    if depth:
+        raise _BadPattern(f"unbalanced braces: the '{{' at character {off + opens[-1] + 1} is never closed")
+    return total
+
+
+def _group_size(expr: str, off: int, literal_ok: bool = False) -> int:
+    """How many names one brace group gives; ``literal_ok``: a group braceexpand keeps as it is may stand (a
+    shell's ``${VAR}`` in a ``pipe:`` command)."""
+    where = f"'{{{expr}}}' at character {off}"
+    if expr == "":
+        raise _BadPattern(f"the empty braces {where} expand to nothing ({_PATTERN_HELP})")
+    size = _range_size(expr)
+    if size is not None:
+        return size
+    items = _split_top(expr)
+    if len(items) > 1:
+        return sum(_pattern_size(item, off + i) for i, item in items)
+    _pattern_size(expr, off)  # nested groups inside a literal pair of braces
+    if literal_ok:
+        return 1
+    if ".." in expr:
+        raise _BadPattern(f"{where} is not a range: a range is {{FIRST..LAST}} (or {{FIRST..LAST..STEP}}) of integers "
+                          "(000..009) or of single letters (a..f)")
+    raise _BadPattern(f"{where} is neither a list nor a range, so it would stay in the name as it is "
+                      f"({_PATTERN_HELP})")
+
+
+def _wds_secure() -> bool:
+    """Whether webdataset refuses ``pipe:`` URLs here (``WDS_SECURE``, as webdataset reads it)."""
+    import sys
+
+    flag = os.environ.get("WDS_SECURE", "0").strip()
+    loaded = sys.modules.get("webdataset.utils")
+    try:
+        on = bool(int(flag or "0"))
+    except ValueError:
+        on = False
+    return on or bool(getattr(loaded, "enforce_security", False))
+
+
+def _url_problem(name: str) -> str | None:
+    if name.startswith("pipe:"):
+        if _wds_secure():
+            return (f"'{name}' is a pipe: URL (a shell command), and WDS_SECURE=1 refuses them: unset WDS_SECURE, or "
+                    "fetch the shards to local files first")
+        if not name[len("pipe:"):].strip():
+            return f"'{name}' is a pipe: URL without a command"
+        return None
+    scheme = name.partition("://")[0].lower()
+    from webdataset.gopen import gopen_schemes
+
+    known = sorted(k for k in gopen_schemes if not k.startswith("_") and k != "pipe")
+    if scheme not in known:
+        from plugtrain.core.errors import did_you_mean
+
+        return (f"'{name}': webdataset opens no {scheme}:// URL.{did_you_mean(scheme, known)} It opens "
+                f"{', '.join(s + '://' for s in known)}, pipe:COMMAND and local paths")
+    return None
+
+
+def shard_problems(names: Any) -> list[str]:
+    """What is wrong with a ``shards`` / ``val_shards`` / ``test_shards`` value (a name, a brace pattern, or a list
+    of them), before anything is read: one message per problem. Checked by ``plugtrain check`` and again by the
+    dataset, before the cache folder is touched."""
     import braceexpand
 
-    items = [names] if isinstance(names, str) else list(names)
-    out: list[str] = []
-    for item in items:
+    items = [names] if isinstance(names, str) else names
+    if not isinstance(items, list):
+        return [f"expected a shard name, a brace pattern or a list of them, not {names!r}"]
+    if not items:
+        return ["an empty list names no shard"]
+    problems: list[str] = []
+    total = 0
+    for i, item in enumerate(items):
+        label = f"item {i + 1} " if not isinstance(names, str) else ""
         if not isinstance(item, str):
-            raise error(f"webdataset: shard names must be strings, not {item!r}")
+            problems.append(f"{label}{item!r}: shard names must be strings")
+            continue
+        if not item.strip():
+            problems.append(f"{label}an empty shard name")
+            continue
+        try:
+            total += _pattern_size(item)
+        except _BadPattern as exc:
+            problems.append(f"{label}'{item}': {exc}")
+            continue
+        if is_url(item):
+            problem = _url_problem(item)
+            if problem:
+                problems.append(f"{label}{problem}")
+    if problems:
+        return problems
+    if total > MAX_SHARDS:
+        return [f"the names expand to {total:,} shards, more than {MAX_SHARDS:,} (a range too wide?)"]
+    seen: set[str] = set()
+    for item in items:
+        for name in braceexpand.braceexpand(item):
+            if name in seen:
+                return [f"'{name}' is named twice (its samples would count twice)"]
+            seen.add(name)
+    return []
+
+
+def expand(names: str | Iterable[str], what: str = "shards") -> list[str]:
+    """Brace patterns expanded (``a-{000..002}.tar``), in order; a list expands each element. A name
+    :func:`shard_problems` refuses raises one :class:`PlugtrainError` naming the parameter ``what``."""
+    import braceexpand
+
+    items = names if isinstance(names, str) else list(names)
+    problems = shard_problems(items)
+    if problems:
+        raise error(f"webdataset: {what}: {'; '.join(problems)}")
+    out: list[str] = []
+    for item in [items] if isinstance(items, str) else items:
         out.extend(braceexpand.braceexpand(item))
+    return out
+
+
+def validate(params: dict[str, Any], defaults: dict[str, Any]) -> list[tuple[str | None, str, bool]]:
+    """``plugtrain check`` of the shard names (see :func:`shard_problems`): each problem points at its parameter."""
+    out: list[tuple[str | None, str, bool]] = []
+    for key in ("shards", "val_shards", "test_shards"):
+        value = params.get(key, defaults.get(key))
+        if value is None or (key == "shards" and isinstance(value, str) and not is_url(value)
+                             and os.path.isdir(_local(value))):
+            continue
+        out.extend((key, problem, False) for problem in shard_problems(value))
     return out
 
 
@@ -394,10 +584,10 @@ def _resolve(shards: Any, val_shards: Any, test_shards: Any) -> tuple[dict[str, 
         if "train" not in names:
             raise error(f"{os.path.join(folder, META_NAME)}: lists no train split")
     else:
-        names["train"] = expand(shards)
+        names["train"] = expand(shards, "shards")
     for split, given in (("val", val_shards), ("test", test_shards)):
         if given is not None:
-            names[split] = expand(given)
+            names[split] = expand(given, f"{split}_shards")
     for split, items in names.items():
         if not items:
             raise error(f"webdataset: the {split} shards pattern names no shard")
@@ -621,3 +811,4 @@ def read_image(path: str | os.PathLike[str], *, in_chans: int, params: Mapping[s
 
 
 webdataset.read_image = read_image
+webdataset.validate = validate  # type: ignore[attr-defined]  # the datasets plugin's PLUGTRAIN_VALIDATE calls it

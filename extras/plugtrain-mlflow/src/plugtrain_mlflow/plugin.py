@@ -32,14 +32,17 @@ _MAX_PENDING = 100_000  # metric values kept for a retry while the tracking stor
 
 
 class MlflowLogger:
-    """Logs the run to MLflow: the spec as params, every metric with its step, spec.toml/env.json, images.
+    """Logs the run to MLflow: the spec as params, every metric with its step (the per-step ``step/*`` ones too),
+    spec.toml/env.json, images.
 
     ``tracking_uri``: where runs are stored. By default ``$MLFLOW_TRACKING_URI`` when set, else a local SQLite
     database beside the run directories, ``sqlite:///<output_dir>/mlflow.db`` (artifacts in
     ``<output_dir>/mlartifacts``; look at them with ``mlflow ui --backend-store-uri sqlite:///<output_dir>/mlflow.db``).
     A relative path (``sqlite:///tracking.db`` or a plain ``tracking.db``) is taken relative to the output directory;
-    ``http(s)://`` and other URIs are used as given. A server that cannot be reached within ``connect_timeout``
-    seconds stops the run before training, with one message.
+    ``http(s)://`` and other URIs are used as given. A URI of the wrong shape (``http:/host``, ``htp://host``,
+    ``sqlite://t.db``, ``file://tmp/x``, a local store that cannot be made) is refused by ``plugtrain check``
+    (:func:`tracking_uri_problem`). A server that cannot be reached within ``connect_timeout`` seconds stops the run
+    before training, with one message.
 
     ``experiment``: the MLflow experiment (created when missing; default ``$MLFLOW_EXPERIMENT_NAME`` or
     ``"plugtrain"``). ``run_name``: default ``run.name`` of the spec. ``tags``: extra run tags.
@@ -78,6 +81,9 @@ class MlflowLogger:
                                  f"got {connect_timeout}")
         if tags is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
             raise PlugtrainError("[loggers] mlflow: tags must map strings to strings")
+        problem = tracking_uri_problem(tracking_uri) if tracking_uri is not None else None
+        if problem:
+            raise PlugtrainError(f"[loggers] mlflow: tracking_uri: {problem}")
         spec = spec or {}
         run = spec.get("run", {}) if isinstance(spec.get("run"), dict) else {}
         output_dir = _output_dir(self.run_dir, run)
@@ -218,6 +224,11 @@ class MlflowLogger:
         self._last_step = max(self._last_step, step)
         self._logged_any = True
         self._send(batch)
+
+    def log_step_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Every ``trainer.log_every_steps`` optimizer steps: ``step/loss``, ``step/lr``, ``step/grad_norm``,
+        ``step/throughput`` at the global step (a resumed run skips the steps its history has, as for epochs)."""
+        self.log_metrics(metrics, step)
 
     def log_image(self, tag: str, image: Any, step: int) -> None:
         if self.client is None or (tag, int(step)) in self._seen_images:
@@ -360,6 +371,111 @@ def resolve_tracking_uri(tracking_uri: str | None, output_dir: Path) -> tuple[st
     if path.suffix in (".db", ".sqlite", ".sqlite3"):
         return f"sqlite:///{path}", path.parent / "mlartifacts"
     return path.as_uri(), None
+
+
+#: The tracking-store schemes MLflow itself knows (its ``_tracking_store_registry``; a database scheme may carry a
+#: SQLAlchemy driver: ``postgresql+psycopg2``); MLflow plugins add theirs through ``mlflow.tracking_store``.
+_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc")
+_DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):(.*)", re.S)
+
+
+def _plugin_schemes() -> list[str]:
+    """The schemes installed MLflow plugins register (entry points ``mlflow.tracking_store``); no mlflow import."""
+    from importlib.metadata import entry_points
+
+    try:
+        return [ep.name for ep in entry_points(group="mlflow.tracking_store")]
+    except Exception:  # noqa: BLE001 - broken metadata: only MLflow's own schemes
+        return []
+
+
+def _local_store_problem(path: str) -> str | None:
+    """Why a local store at the absolute ``path`` could not be made (looked at, nothing written), or None."""
+    p = Path(path)
+    if p.exists():
+        return None
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, not a folder, so {path} cannot be made"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{path} cannot be made: {parent} is not writable"
+    return None
+
+
+def tracking_uri_problem(uri: Any) -> str | None:
+    """Why ``tracking_uri`` is not a tracking store MLflow can use, by its shape (no network, nothing written), or
+    None: a scheme MLflow (or an installed MLflow plugin) knows, ``//HOST`` for a server, three slashes for
+    ``sqlite:///PATH``, an absolute path for ``file:``, and a local store that can be made."""
+    if not isinstance(uri, str):
+        return f"expected a URI or a path, got {uri!r}"
+    text = uri.strip()
+    if not text:
+        return "an empty tracking_uri names no store: leave it out for the default (sqlite:///<output_dir>/mlflow.db)"
+    m = _SCHEME.fullmatch(text)
+    if m is None or len(m.group(1)) == 1:  # a plain path (relative to the output directory), or C:\...
+        path = Path(text).expanduser()
+        return _local_store_problem(str(path)) if path.is_absolute() else None
+    scheme, rest = m.group(1).lower(), m.group(2)
+    base = scheme.split("+", 1)[0]
+    known = [*_SCHEMES, *_plugin_schemes()]
+    if base not in known and scheme not in known:
+        from plugtrain.core.errors import did_you_mean
+
+        if rest.isdigit():  # localhost:5000
+            return f"{uri!r} has no scheme: a server is http://{text} (or https://)"
+        return (f"{uri!r}: MLflow knows no {m.group(1)}: tracking store.{did_you_mean(base, known)} It knows "
+                f"{', '.join(s + ':' for s in known)} and plain paths")
+    if re.search(r"\s", text):
+        return (f"{uri!r}: a URI holds no spaces (write %20 for one: {text.replace(' ', '%20')!r}), or give the "
+                "plain path")
+    if base in ("http", "https"):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(text)
+        if not rest.startswith("//") or not parts.hostname:
+            return f"{uri!r} is not a server URL: write {base}://HOST[:PORT] (two slashes, then the host)"
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number in 0..65535
+        except ValueError:
+            return f"{uri!r}: the port after the host is not a number in 0..65535"
+        return None
+    if base == "sqlite":
+        if not rest.startswith("///"):
+            return (f"{uri!r} is not a SQLite URI: write sqlite:///PATH (three slashes; a relative PATH is relative to "
+                    "the output directory, sqlite:////abs/path for an absolute one)")
+        path = rest[3:]
+        return _local_store_problem(path) if path.startswith("/") else None
+    if base in _DB_SCHEMES:
+        return None if rest.startswith("//") else f"{uri!r} is not a database URI: write {scheme}://USER@HOST/DB"
+    if base == "file":
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            return (f"{uri!r} names the host {parts.netloc!r}: a file URI is file:///ABSOLUTE/PATH (three slashes; "
+                    f"file:///{parts.netloc}{parts.path} if that is what was meant)")
+        if not parts.path.startswith("/"):
+            return f"{uri!r} is not an absolute file URI: write file:///ABSOLUTE/PATH, or the plain path"
+        return _local_store_problem(unquote(parts.path))
+    return None
+
+
+def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any]) -> list[tuple[str | None, str, bool]]:
+    """``plugtrain check`` of the logger's ``tracking_uri`` (this module's ``PLUGTRAIN_VALIDATE``), or of
+    ``$MLFLOW_TRACKING_URI`` when the spec names none: its shape, see :func:`tracking_uri_problem`."""
+    given = params.get("tracking_uri", defaults.get("tracking_uri"))
+    if given is not None:
+        problem = tracking_uri_problem(given)
+        return [("tracking_uri", problem, False)] if problem else []
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    problem = tracking_uri_problem(env) if env else None
+    return [(None, f"$MLFLOW_TRACKING_URI (the default tracking_uri): {problem}", False)] if problem else []
+
+
+PLUGTRAIN_VALIDATE = validate
 
 
 def flatten_spec(spec: dict[str, Any], prefix: str = "") -> dict[str, str]:

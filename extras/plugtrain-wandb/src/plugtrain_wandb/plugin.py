@@ -28,7 +28,8 @@ _PREFIX = "plugtrain-wandb"
 
 
 class WandbLogger:
-    """Logs the run to Weights & Biases: the resolved spec as config, every metric at its step, images.
+    """Logs the run to Weights & Biases: the resolved spec as config, every metric at its step (the per-step
+    ``step/*`` ones too), images.
 
     ``mode``: ``"online"`` (needs ``wandb login`` or ``WANDB_API_KEY``), ``"offline"`` (everything stays in
     ``<run_dir>/wandb/``; upload later with ``wandb sync``) or ``"disabled"``. ``project``: default
@@ -111,6 +112,11 @@ class WandbLogger:
             if x is not None:
                 data[key] = x
         self._log(data, step)
+
+    def log_step_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Every ``trainer.log_every_steps`` optimizer steps: ``step/loss``, ``step/lr``, ``step/grad_norm``,
+        ``step/throughput`` at the global step (a resumed run skips the steps it already has, as for epochs)."""
+        self.log_metrics(metrics, step)
 
     def log_image(self, tag: str, image: Any, step: int) -> None:
         if self.run is None:
