@@ -1,6 +1,6 @@
 """plugtrain: a PyTorch training framework in which every component is a plugin.
 
-Plugin authors need only :data:`hookimpl` and :class:`Component`::
+Plugin authors need only :data:`hookimpl` and :class:`Component` (and :class:`Command` to add a CLI subcommand)::
 
     from plugtrain import Component, hookimpl
 
@@ -14,13 +14,13 @@ and the API module only when one of its names is.
 
 from plugtrain.core.errors import PlugtrainError, TrainingFailed
 from plugtrain.core.hookspecs import KINDS, hookimpl
-from plugtrain.core.registry import Component
+from plugtrain.core.registry import Command, Component
 
 __version__ = "0.1.0"
 
 _API = ("LoadedRun", "Result", "check", "load_run", "train")
 
-__all__ = ["KINDS", "Component", "PlugtrainError", "TrainingFailed", "hookimpl", "__version__", *_API]
+__all__ = ["KINDS", "Command", "Component", "PlugtrainError", "TrainingFailed", "hookimpl", "__version__", *_API]
 
 
 def __getattr__(name: str) -> object:

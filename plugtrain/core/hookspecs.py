@@ -3,7 +3,8 @@
 Every component plugtrain can use — a backbone, a loss, an optimizer, a scheduler, an augmentation, a logger, a
 dataset, a metric, a callback — comes from a plugin that implements one of the hooks below. Built-in components are
 plugins like any other: they live in :mod:`plugtrain.plugins` and are found through the ``plugtrain`` entry-point
-group, exactly as a third-party package's are.
+group, exactly as a third-party package's are. One more hook, :func:`plugtrain_commands`, lets a plugin add
+subcommands to the ``plugtrain`` command line.
 
 A plugin is a module named by an entry point::
 
@@ -83,7 +84,7 @@ Besides its hooks, a plugin module may define:
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pluggy
 
@@ -154,7 +155,8 @@ def plugtrain_backbones():
     Called: lazily, once, the first time backbones are listed, shown, checked or built.
 
     Returns: an iterable of :class:`plugtrain.Component`. Each factory returns a ``torch.nn.Module`` that maps a batch
-    of images ``(N, C, H, W)`` to logits ``(N, num_classes)`` or, when ``num_classes`` is 0, to features or embeddings.
+    of images ``(N, C, H, W)`` to logits ``(N, num_classes)`` or, when ``num_classes`` is 0, to features or embeddings
+    (contract: :class:`Backbone`).
 
     Context: ``num_classes`` (int; 0 asks for a model without a classifier head).
 
@@ -172,7 +174,7 @@ def plugtrain_losses():
 
     Returns: an iterable of :class:`plugtrain.Component`. Each factory returns a ``torch.nn.Module`` called as
     ``loss(outputs, targets)`` that returns a scalar tensor. A loss that owns parameters (class centres, say) exposes
-    them through ``parameters()``; the runtime trains them.
+    them through ``parameters()``; the runtime trains them (contract: :class:`Loss`).
 
     Context: ``num_classes`` (int), ``embedding_dim`` (int; the width of the backbone's output).
     """
@@ -184,7 +186,8 @@ def plugtrain_optimizers():
 
     Called: lazily, once, the first time optimizers are listed, shown, checked or built.
 
-    Returns: an iterable of :class:`plugtrain.Component`. Each factory returns a ``torch.optim.Optimizer``.
+    Returns: an iterable of :class:`plugtrain.Component`. Each factory returns a ``torch.optim.Optimizer``
+    (contract: :class:`Optimizer`).
     An optimizer with ``first_step()`` and ``second_step()`` (SAM) gets two forward/backward passes per step.
 
     Context: ``params`` (an iterable of parameters or parameter-group dicts), ``model`` (the ``nn.Module``).
@@ -198,7 +201,7 @@ def plugtrain_schedulers():
     Called: lazily, once, the first time schedulers are listed, shown, checked or built.
 
     Returns: an iterable of :class:`plugtrain.Component`. Each factory returns a ``torch.optim.lr_scheduler``
-    scheduler (anything with ``step()``, ``state_dict()`` and ``load_state_dict()``).
+    scheduler (anything with ``step()``, ``state_dict()`` and ``load_state_dict()``; contract: :class:`Scheduler`).
 
     Context: ``optimizer``, ``epochs`` (int), ``steps_per_epoch`` (optimizer steps per epoch), ``total_steps``.
     """
@@ -212,7 +215,7 @@ def plugtrain_augmentations():
 
     Returns: an iterable of :class:`plugtrain.Component`. Each factory returns an albumentations-compatible transform
     (callable as ``t(image=array)`` returning a dict with ``"image"``). A composition takes a ``transforms`` parameter:
-    the runtime builds the nested specs first and passes the built transforms.
+    the runtime builds the nested specs first and passes the built transforms (contract: :class:`Augmentation`).
     """
 
 
@@ -238,7 +241,8 @@ def plugtrain_datasets():
 
     Returns: an iterable of :class:`plugtrain.Component`. Each factory returns a
     :class:`plugtrain.core.data.DatasetSplits`: the train/val (and optionally test) sequences of
-    ``(image, target)`` samples with the image an ``HxWxC`` uint8 numpy array, plus the class names.
+    ``(image, target)`` samples with the image an ``HxWxC`` uint8 numpy array, plus the class names (contract:
+    :class:`Dataset`, each split a :class:`DatasetSplit`).
 
     Context: ``seed`` (int; use it for any random split so that runs are reproducible), ``on_error`` (``"raise"``
     or ``"skip"``: what to do with a bad sample found while indexing), ``image_size`` (int or None).
@@ -279,9 +283,166 @@ def plugtrain_callbacks():
     """
 
 
-# -- the objects that loggers, metrics and callbacks factories return ---------------------------------------------------
-# Checked when the component is built (a required method missing, or a method that cannot take the arguments listed
-# here, is an error naming the component). Optional methods are called only when present.
+#: The hook through which plugins add CLI subcommands (not a component kind).
+COMMANDS_HOOK = "plugtrain_commands"
+
+
+@hookspec
+def plugtrain_commands():
+    """Return the subcommands this plugin adds to the ``plugtrain`` command line (as datasette's ``register_commands``).
+
+    Called: once, when the command line may need them: ``plugtrain --help`` (and a bare or unknown command), or a
+    command that is not built in. A built-in command never calls it, so a plugin's commands cost the others nothing.
+
+    Returns: an iterable of :class:`plugtrain.Command`::
+
+        Command("hello", run, help="say hello", arguments=add_arguments)
+
+    ``arguments(parser)`` (optional) adds the command's arguments to its ``argparse`` parser; ``run(args)`` gets the
+    parsed ``argparse.Namespace`` and returns the exit code (``None`` is 0). A :class:`plugtrain.PlugtrainError` from
+    ``run`` is one line on stderr and exit code 2, as for a built-in command. ``plugtrain --help`` lists the command
+    with its help and its plugin's name.
+
+    Names are lowercase (``[a-z][a-z0-9_-]*``). A name of a built-in command, or one an earlier plugin (by
+    entry-point name) already added, is refused with a warning naming both (``PLUGTRAIN_STRICT_PLUGINS``: an error),
+    and the built-in (or the first) is kept.
+    """
+
+
+# -- what each kind's factory returns ---------------------------------------------------------------------------------
+# One Protocol per kind, :data:`CONTRACTS` says which of its members are required. Checked when the component is built
+# (plugtrain.core.runtime.build.component): a required member missing, or a method that cannot take the arguments
+# listed here, is one PlugtrainError naming the component, its kind and what is missing. Optional members are used
+# only when present. A Protocol whose members are all required is ``runtime_checkable``; ``isinstance`` against the
+# others would also demand their optional members, so the build check reads :data:`CONTRACTS` instead.
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What a ``backbones`` factory returns: a ``torch.nn.Module`` (the runtime also checks that it is one)."""
+
+    training: bool  #: True in training mode; the dummy forward restores it.
+
+    def __call__(self, images: Any) -> Any:
+        """A batch ``(N, C, H, W)`` to ``(N, num_classes)`` logits, or ``(N, D)`` features when ``num_classes`` is 0
+        (a tuple's first item is used)."""
+
+    def parameters(self) -> Any:
+        """Every parameter, frozen ones included (``requires_grad = False``): the optimizer gets them all."""
+
+    def named_parameters(self) -> Any:
+        """``(name, parameter)`` pairs: ``optimizer.no_decay_norm_bias`` splits by name and shape."""
+
+    def train(self, mode: bool) -> Any:
+        """Training or evaluation mode."""
+
+    def eval(self) -> Any:
+        """Evaluation mode (the dummy forward, validation)."""
+
+    def to(self, device: Any) -> Any:
+        """Move to the run's device; returns the module."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The weights saved in every checkpoint."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any:
+        """Restore the weights of a checkpoint (resume, evaluate, predict, export)."""
+
+
+class Loss(Protocol):
+    """What a ``losses`` factory returns: a ``torch.nn.Module``, or a plain callable that the runtime wraps in one.
+    Required: :meth:`__call__`."""
+
+    def __call__(self, outputs: Any, targets: Any) -> Any:
+        """The model's outputs (logits, values or embeddings) and the batch's targets to a scalar tensor."""
+
+    def parameters(self) -> Any:
+        """Optional (a Module has it): the loss's own parameters (class centres); trainable ones are trained."""
+
+    plugtrain_requires_callbacks: list[str]  #: Optional: callbacks this loss needs, by name, added unless listed.
+
+
+class Optimizer(Protocol):
+    """What an ``optimizers`` factory returns (a ``torch.optim.Optimizer`` is one). Required: :attr:`param_groups`,
+    :meth:`step`, :meth:`zero_grad`, :meth:`state_dict`, :meth:`load_state_dict`."""
+
+    param_groups: list[dict[str, Any]]  #: The parameter groups, each with ``"params"`` and ``"lr"`` (warmup scales it).
+
+    def step(self) -> Any:
+        """One update from the gradients (through the AMP grad scaler)."""
+
+    def zero_grad(self, *, set_to_none: bool) -> None:
+        """After every step, as ``zero_grad(set_to_none=True)``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restored on resume."""
+
+    def add_param_group(self, group: dict[str, Any]) -> None:
+        """Optional: a group for parameters a callback unfroze that no optimizer holds yet."""
+
+    def first_step(self) -> Any:
+        """Optional, with :meth:`second_step` (SAM): climb to the worst point nearby; a second forward/backward
+        follows. Such an optimizer's :meth:`step` is then not called."""
+
+    def second_step(self) -> Any:
+        """Optional, with :meth:`first_step`: the update from the second pass's gradients."""
+
+
+class Scheduler(Protocol):
+    """What a ``schedulers`` factory returns (a ``torch.optim.lr_scheduler`` scheduler is one). Required:
+    :meth:`step`, :meth:`state_dict`, :meth:`load_state_dict`."""
+
+    def step(self, metrics: float = ...) -> Any:
+        """Once per epoch (or per optimizer step when :attr:`interval` is ``"step"``) as ``step()``; a ``step`` that
+        names a ``metrics`` parameter is called as ``step(value)`` with the primary metric (ReduceLROnPlateau)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restored on resume."""
+
+    interval: str  #: Optional: ``"epoch"`` or ``"step"``, when ``[scheduler] interval`` leaves it unset.
+    optimizer: Any  #: Optional: the optimizer it drives (a resume with a changed schedule re-steps it).
+
+    def set_run_mode(self, mode: str) -> None:
+        """Optional: the run's ``mode`` (``"min"`` or ``"max"``), for a scheduler fed the primary metric."""
+
+
+@runtime_checkable
+class Augmentation(Protocol):
+    """What an ``augmentations`` factory returns: an albumentations-compatible transform."""
+
+    def __call__(self, *, image: Any) -> dict[str, Any]:
+        """``t(image=array)`` with an ``HxWxC`` uint8 array; returns a dict whose ``"image"`` is the result."""
+
+
+@runtime_checkable
+class DatasetSplit(Protocol):
+    """One split of a dataset (``train``, ``val``, ``test``): a sequence of ``(image, target)`` samples. Optional:
+    ``targets``, every sample's target without decoding (class_subset, folds, the m-per-class sampler use it)."""
+
+    def __len__(self) -> int:
+        """The number of samples."""
+
+    def __getitem__(self, index: int) -> Any:
+        """``(image, target)``; a sample that cannot be used raises :class:`plugtrain.core.data.SampleError`."""
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """What a ``datasets`` factory returns: a :class:`plugtrain.core.data.DatasetSplits` (the runtime also checks
+    that it is one), each split a :class:`DatasetSplit`."""
+
+    train: DatasetSplit  #: The training samples (not empty).
+    val: DatasetSplit  #: The validation samples (not empty).
+    test: DatasetSplit | None  #: The test samples, or ``None``.
+    class_names: list[str]  #: The class names, in label order (empty for regression without names).
+    in_chans: int  #: The channels of every image.
+    task: str  #: ``"classification"`` or ``"regression"`` (metric learning uses class targets).
 
 
 class Logger(Protocol):
@@ -363,9 +524,19 @@ class Callback(Protocol):
         """Restored on resume."""
 
 
-#: The contract of each kind that has one: ``(protocol, required methods)``.
+#: The contract of every kind: ``(protocol, required members)``; the protocol's other members are optional.
 CONTRACTS: dict[str, tuple[type, tuple[str, ...]]] = {
+    "backbones": (Backbone, ("training", "__call__", "parameters", "named_parameters", "train", "eval", "to",
+                             "state_dict", "load_state_dict")),
+    "losses": (Loss, ("__call__",)),
+    "optimizers": (Optimizer, ("param_groups", "step", "zero_grad", "state_dict", "load_state_dict")),
+    "schedulers": (Scheduler, ("step", "state_dict", "load_state_dict")),
+    "augmentations": (Augmentation, ("__call__",)),
+    "datasets": (Dataset, ("train", "val", "test", "class_names", "in_chans", "task")),
     "loggers": (Logger, ("log_metrics", "close")),
     "metrics": (Metric, ("update", "compute", "reset", "to", "clone")),
     "callbacks": (Callback, ()),
 }
+
+#: The contract of each split of a dataset (``train``, ``val`` and, when not ``None``, ``test``).
+SPLIT_CONTRACT: tuple[type, tuple[str, ...]] = (DatasetSplit, ("__len__", "__getitem__"))

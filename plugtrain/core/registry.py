@@ -14,6 +14,7 @@ import importlib
 import importlib.metadata
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,7 +24,16 @@ import pluggy
 
 from plugtrain.core import hookspecs
 from plugtrain.core.errors import PlugtrainError, did_you_mean
-from plugtrain.core.hookspecs import CONTEXT, ENTRY_POINT_GROUP, KINDS, ROLES, RUNTIME_ROLES, SINGULAR, hook_name
+from plugtrain.core.hookspecs import (
+    COMMANDS_HOOK,
+    CONTEXT,
+    ENTRY_POINT_GROUP,
+    KINDS,
+    ROLES,
+    RUNTIME_ROLES,
+    SINGULAR,
+    hook_name,
+)
 
 _EMPTY = inspect.Parameter.empty
 
@@ -180,6 +190,54 @@ class Component:
             "version": self.version,
             "summary": self.one_line,
         }
+
+
+@attrs.frozen
+class Command:
+    """A subcommand a plugin adds to the ``plugtrain`` command line (hook ``plugtrain_commands``).
+
+    ``Command("hello", run, help="say hello", arguments=add_arguments)``: ``arguments(parser)`` adds the command's
+    arguments to its ``argparse`` parser, ``run(args)`` gets the parsed ``argparse.Namespace`` and returns the exit
+    code (``None`` is 0). plugtrain fills in ``plugin`` from the entry point that provided it.
+    """
+
+    name: str
+    run: Callable[[Any], int | None] = attrs.field(repr=False)
+    help: str = ""
+    arguments: Callable[[Any], None] | None = attrs.field(default=None, repr=False)
+    plugin: str = ""
+
+    def add_to(self, subparsers: Any) -> None:
+        """Add this command's parser to ``subparsers`` (argparse's), its help naming the plugin."""
+        parser = subparsers.add_parser(self.name, help=f"{self.help} (plugin {self.plugin!r})".strip())
+        if self.arguments is not None:
+            try:
+                self.arguments(parser)
+            except Exception as exc:
+                raise PlugtrainError(f"plugin {self.plugin!r}: the arguments of its command {self.name!r} could not "
+                                     f"be added: {_last_line(exc)}") from exc
+        parser.set_defaults(plugtrain_plugin_command=self)
+
+    def invoke(self, args: Any) -> int:
+        """Run the command with the parsed ``args``; its exit code."""
+        code = self.run(args)
+        return 0 if code is None else int(code)
+
+
+_COMMAND_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+
+
+def _check_command(item: Any) -> None:
+    """Raise TypeError unless ``item`` is a usable Command."""
+    if not isinstance(item, Command):
+        raise TypeError(f"{COMMANDS_HOOK} returned a {type(item).__name__}, not a plugtrain.Command")
+    if not isinstance(item.name, str) or not _COMMAND_NAME.fullmatch(item.name):
+        raise TypeError(f"{COMMANDS_HOOK} returned a Command named {item.name!r}; a command name is lowercase "
+                        "letters, digits, '-' and '_', starting with a letter")
+    if not callable(item.run):
+        raise TypeError(f"command {item.name!r}: its run {item.run!r} is not callable")
+    if item.arguments is not None and not callable(item.arguments):
+        raise TypeError(f"command {item.name!r}: its arguments {item.arguments!r} is not callable")
 
 
 def _signature_names(factory: Callable[..., Any]) -> set[str] | None:
@@ -507,6 +565,37 @@ class Registry:
             self._components[kind] = found
         return self._components[kind]
 
+    # -- commands --------------------------------------------------------------------------------------------------
+    def commands(self, reserved: Iterable[str] = ()) -> list[Command]:
+        """The subcommands plugins add (hook ``plugtrain_commands``), in registration order. A name in ``reserved``
+        (the built-in commands) or already added by an earlier plugin is refused: a warning naming both (an error
+        with ``PLUGTRAIN_STRICT_PLUGINS``), and the command is left out. A hook that raises or returns something that
+        is not a usable :class:`Command` is reported as for components; the other plugins' commands remain."""
+        taken = {name: "is a built-in command" for name in reserved}
+        out: list[Command] = []
+        for impl in getattr(self.pm.hook, COMMANDS_HOOK).get_hookimpls():
+            info = self.plugin(impl.plugin_name)
+            label = info.dist_label if info else "no distribution"
+            try:
+                items = list(impl.function() or [])
+                for item in items:
+                    _check_command(item)
+            except Exception as exc:
+                msg = _last_line(exc)
+                if info is not None:
+                    err = f"{COMMANDS_HOOK}: {msg}"
+                    info.error = f"{info.error}; {err}" if info.error else err
+                self._fail(f"plugin {impl.plugin_name!r} ({label}) failed in {COMMANDS_HOOK}: {msg}")
+                continue
+            for item in items:
+                if item.name in taken:
+                    self._fail(f"plugin {impl.plugin_name!r} ({label}) adds the command {item.name!r}, which "
+                               f"{taken[item.name]}; the plugin's is ignored")
+                    continue
+                taken[item.name] = f"plugin {impl.plugin_name!r} ({label}) already adds"
+                out.append(attrs.evolve(item, plugin=impl.plugin_name))
+        return out
+
     def all_components(self) -> list[Component]:
         """Every component of every kind (calls every hook: errors in any of them are then known)."""
         return [c for kind in KINDS for c in self.components(kind)]
@@ -630,7 +719,7 @@ def _check_component(item: Any, kind: str) -> None:
         raise TypeError(f"component {item.name!r}: roles must be non-empty strings, got {sorted(map(repr, item.roles))}")
 
 
-_HOOK_NAMES = [hook_name(k) for k in KINDS]
+_HOOK_NAMES = [hook_name(k) for k in KINDS] + [COMMANDS_HOOK]
 
 
 def _implements(pm: pluggy.PluginManager, plugin_name: str, hook: str) -> bool:

@@ -19,7 +19,7 @@ import attrs
 
 from plugtrain.core.data import DatasetSplits, SampleError
 from plugtrain.core.errors import PlugtrainError, did_you_mean, first_line
-from plugtrain.core.hookspecs import CONTRACTS, SINGULAR
+from plugtrain.core.hookspecs import CONTRACTS, SINGULAR, SPLIT_CONTRACT
 from plugtrain.core.registry import get_registry
 from plugtrain.core.runtime.distributed import DistEnv
 from plugtrain.core.spec.model import AugmentationSpec, ComponentSpec, RunSpec
@@ -45,27 +45,73 @@ def component(kind: str, cspec: ComponentSpec, section: str, **context: Any) -> 
 
 
 def contract_problem(kind: str, obj: Any) -> str | None:
-    """What ``obj`` lacks of its kind's contract (:data:`~plugtrain.core.hookspecs.CONTRACTS`): a required method, or
-    a method that cannot be called with the contract's arguments; ``None`` when it fits (or the kind has none)."""
+    """What ``obj`` lacks of its kind's contract (:data:`~plugtrain.core.hookspecs.CONTRACTS`); ``None`` when it fits
+    (or the kind has none)."""
     if kind not in CONTRACTS:
         return None
-    protocol, required = CONTRACTS[kind]
+    return protocol_problem(*CONTRACTS[kind], obj)
+
+
+#: The special methods a contract may name; Python looks them up on the type, and so does the check.
+_DUNDERS = ("__call__", "__len__", "__getitem__")
+
+
+def protocol_problem(protocol: type, required: tuple[str, ...], obj: Any) -> str | None:
+    """What ``obj`` lacks of ``protocol``: a ``required`` attribute or method, or a method (required or present) that
+    cannot be called with the arguments the protocol gives it; ``None`` when it fits. A method whose protocol
+    parameter has a default may be called with or without it: either call binding is enough."""
+    for name in inspect.get_annotations(protocol):
+        if name in required and not hasattr(obj, name):
+            return f"has no attribute {name!r}"
     for name, spec_fn in vars(protocol).items():
-        if name.startswith("_") or not callable(spec_fn):
+        if not inspect.isfunction(spec_fn) or (name.startswith("_") and name not in _DUNDERS):
             continue
-        fn = getattr(obj, name, None)
+        fn = _special(obj, name) if name in _DUNDERS else getattr(obj, name, None)
         if not callable(fn):  # absent, or an attribute of that name that is not a method (a metric's state)
             if name in required:
-                return f"has no {name}() method"
+                return f"has no {name}() method" + (": it is not callable" if name == "__call__" else "")
             continue
-        args = [p for p in inspect.signature(spec_fn).parameters if p != "self"]
+        if name in _DUNDERS and name != "__call__":
+            continue
         try:
-            inspect.signature(fn).bind(*args)
-        except TypeError:
-            return f"has a {name}() that cannot be called as {name}({', '.join(args)})"
-        except ValueError:  # a builtin without a signature: trust it
+            sig = inspect.signature(obj if name == "__call__" else fn)
+        except (TypeError, ValueError):  # a builtin without a signature: trust it
             continue
+        calls = _protocol_calls(spec_fn)
+        if not any(_binds(sig, args, kwargs) for args, kwargs in calls):
+            shown = " or ".join(_call_text(name, args, kwargs) for args, kwargs in calls)
+            return f"has a {name}() that cannot be called as {shown}"
     return None
+
+
+def _special(obj: Any, name: str) -> Any:
+    """The special method ``name`` as Python finds it: in the class's own MRO (not the metaclass's ``__call__``)."""
+    return next((vars(k)[name] for k in type(obj).__mro__ if name in vars(k)), None)
+
+
+def _protocol_calls(spec_fn: Any) -> list[tuple[list[str], dict[str, str]]]:
+    """The calls a protocol method stands for: its required arguments, and (when it has optional ones) all of them."""
+    params = [p for p in inspect.signature(spec_fn).parameters.values() if p.name != "self"]
+    calls = []
+    for with_optional in (False, True):
+        chosen = [p for p in params if with_optional or p.default is inspect.Parameter.empty]
+        args = [p.name for p in chosen if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        kwargs = {p.name: p.name for p in chosen if p.kind is p.KEYWORD_ONLY}
+        if (args, kwargs) not in calls:
+            calls.append((args, kwargs))
+    return calls
+
+
+def _binds(sig: inspect.Signature, args: list[str], kwargs: dict[str, str]) -> bool:
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError:
+        return False
+    return True
+
+
+def _call_text(name: str, args: list[str], kwargs: dict[str, str]) -> str:
+    return f"{name}({', '.join([*args, *(f'{k}=...' for k in kwargs)])})"
 
 
 # -- data --------------------------------------------------------------------------------------------------------------
@@ -78,6 +124,12 @@ def build_dataset(spec: RunSpec) -> DatasetSplits:
     if not isinstance(splits, DatasetSplits):
         raise PlugtrainError(f"[data] dataset {spec.data.dataset.name!r} returned {type(splits).__name__}, "
                              "not a DatasetSplits")
+    for name in ("train", "val", "test"):
+        split = getattr(splits, name)
+        problem = None if split is None else protocol_problem(*SPLIT_CONTRACT, split)
+        if problem:
+            raise PlugtrainError(f"[data] dataset {spec.data.dataset.name!r} returned a {name} split (a "
+                                 f"{type(split).__name__}) that {problem} (see plugtrain.core.hookspecs.DatasetSplit)")
     for name in ("train", "val"):
         if len(getattr(splits, name)) == 0:
             raise PlugtrainError(f"[data] dataset {spec.data.dataset.name!r} has an empty {name} split")
