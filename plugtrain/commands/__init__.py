@@ -11,7 +11,8 @@ keyword arguments that mirror the command's flags and returns the exit code; bad
 * :mod:`.export` — ``export`` (ONNX, pt2, safetensors);  :mod:`.weights` — ``weights fetch`` (hub weights)
 * :mod:`.sweep` — ``sweep``, ``sweep status`` (Optuna; the sweep itself is :mod:`plugtrain.sweep`)
 * :mod:`.shards` — ``shards`` (WebDataset shards of a data set)
-* :mod:`._finished_run` — what evaluate, predict, export and :func:`plugtrain.load_run` share
+* :mod:`._finished_run` — the run rebuilt for evaluate and export (opening a run, its checkpoint and weights, and
+  predicting are :mod:`plugtrain.inference`, public)
 
 Importing this package imports nothing else.
 """

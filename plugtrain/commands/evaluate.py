@@ -16,8 +16,12 @@ from __future__ import annotations
 import functools
 import json
 
-from plugtrain.commands._finished_run import (
-    build_for_eval,
+from plugtrain.commands._finished_run import build_for_eval
+from plugtrain.core import console
+from plugtrain.core.errors import PlugtrainError, first_line
+from plugtrain.core.runtime import checkpoint as ckpt
+from plugtrain.core.runtime.precision import autocast
+from plugtrain.inference import (
     check_weights,
     checkpoint_path,
     default_weights,
@@ -25,10 +29,6 @@ from plugtrain.commands._finished_run import (
     local_env,
     open_run,
 )
-from plugtrain.core import console
-from plugtrain.core.errors import PlugtrainError, first_line
-from plugtrain.core.runtime import checkpoint as ckpt
-from plugtrain.core.runtime.precision import autocast
 
 
 def run(run_dir: str, *, checkpoint: str | None = None, split: str = "val", weights: str | None = None,

@@ -23,44 +23,41 @@ into a freshly built backbone), against the eager model on real validation image
 from the run's spec), at the batch size and at batch 1. The largest absolute difference is printed; above
 ``--tolerance`` (1e-4) the files are removed and the exit code is 1. ``plugtrain predict`` and
 ``plugtrain.load_run`` take an exported ``.onnx`` / ``.pt2`` file (with its sidecar) instead of a run directory
-(:class:`ExportedModel`); the sidecar is checked against its schema (:func:`read_sidecar`) and the file against it.
+(:class:`plugtrain.inference.ExportedModel`); the sidecar is checked against its schema
+(:func:`plugtrain.inference.read_sidecar`) and the file against it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
-import importlib.util
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from plugtrain.commands._finished_run import (
-    Predictor,
-    build_for_eval,
+from plugtrain.commands._finished_run import build_for_eval
+from plugtrain.core import console
+from plugtrain.core.errors import PlugtrainError, first_line
+from plugtrain.inference import (
+    FORMATS,
+    INPUT_NAME,
+    NEEDS,
+    SIDECAR_FORMAT,
+    SIDECAR_VERSION,
+    SUFFIX,
     check_weights,
     checkpoint_path,
     load_weights,
     local_env,
+    onnx_data,
+    onnx_session,
     open_run,
     rebuilt_backbone,
+    require,
+    sidecar_path,
 )
-from plugtrain.core import console
-from plugtrain.core.errors import PlugtrainError, first_line
 
-FORMATS: tuple[str, ...] = ("onnx", "pt2", "safetensors")
-SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors"}
-#: Exported files that ``predict`` / ``load_run`` run (safetensors holds weights only).
-LOADABLE: tuple[str, ...] = (".onnx", ".pt2")
-SIDECAR_FORMAT = "plugtrain-export"
-#: 2 added ``preprocessing`` (the validation pipeline's steps); version 1 sidecars are still read.
-SIDECAR_VERSION = 2
-#: What each format needs beyond plugtrain's own dependencies.
-NEEDS = {"onnx": ("onnx", "onnxruntime", "onnxscript"), "pt2": (), "safetensors": ("safetensors",)}
-INPUT_NAME = "images"
 OUTPUT_NAME = {"classification": "logits", "regression": "values", "metric_learning": "embeddings"}
 CHECK_SAMPLES = 32
 #: The metrics.csv prefix of each choice of weights.
@@ -71,25 +68,6 @@ class ExportFailed(PlugtrainError):
     """The exporter failed, or the exported model does not match the eager one: exit code 1."""
 
     exit_code = 1
-
-
-def require(fmt: str, modules: tuple[str, ...] | None = None) -> None:
-    """One error (exit 2) naming what ``fmt`` needs and is not installed."""
-    missing = [m for m in (NEEDS[fmt] if modules is None else modules) if importlib.util.find_spec(m) is None]
-    if missing:
-        raise PlugtrainError(f"--format {fmt} needs {', '.join(missing)}, not installed here: "
-                             "pip install 'plugtrain[export]'")
-
-
-def sidecar_path(path: str | os.PathLike[str]) -> Path:
-    """``model.onnx`` -> ``model.onnx.json``."""
-    path = Path(path)
-    return path.with_name(path.name + ".json")
-
-
-def onnx_data(path: Path) -> Path:
-    """Where an ONNX file over protobuf's 2 GB keeps its weights (``model.onnx.data``)."""
-    return path.with_name(path.name + ".data")
 
 
 #: Above this many bytes of weights an ONNX file keeps them in :func:`onnx_data` (protobuf's limit is 2 GB).
@@ -247,7 +225,7 @@ def _export_onnx(wrapper: Any, images: Any, out: Path, spec: Any, built: Any) ->
     except Exception as exc:  # noqa: BLE001 - an operator the exporter does not support: one line
         raise ExportFailed(f"torch.onnx.export of {spec.backbone.name!r} failed: {type(exc).__name__}: "
                            f"{first_line(exc)}") from exc
-    session = _onnx_session(out)
+    session = onnx_session(out)
     run = lambda x: torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])  # noqa: E731
     return [run(images), run(images[:1])], f"onnxruntime {onnxruntime.__version__}"
 
@@ -421,267 +399,3 @@ def _components(spec: Any) -> dict[str, Any]:
     return out
 
 
-def _load_model(path: Path) -> tuple[Any, tuple[int, ...] | None, int | None]:
-    """``(model, (C, H, W) it takes, values per image it gives)`` of an ``.onnx`` / ``.pt2`` file (``None`` where
-    the file does not fix it); a file the runtime cannot load is bad input."""
-    import torch
-
-    kind = "ONNX model" if path.suffix == ".onnx" else "torch.export (.pt2) program"
-    try:
-        if path.suffix == ".onnx":
-            session = _onnx_session(path)
-            shapes = [i.shape for i in session.get_inputs()], [o.shape for o in session.get_outputs()]
-            model: Any = session
-        else:
-            with _quiet_logger("torch.export"):  # it logs the traceback of its first try at a file it cannot read
-                program = torch.export.load(str(path))
-            inputs = set(program.graph_signature.user_inputs)
-            nodes = list(program.graph.nodes)
-            shapes = ([list(n.meta["val"].shape) for n in nodes if n.op == "placeholder" and n.name in inputs],
-                      [list(a.meta["val"].shape) for n in nodes if n.op == "output" for a in n.args[0]
-                       if hasattr(a, "meta") and "val" in a.meta])
-            model = program.module()
-    except Exception as exc:  # noqa: BLE001 - whatever the runtime raises for a file it cannot read: one line
-        size = path.stat().st_size if path.is_file() else 0
-        raise PlugtrainError(f"{path}: not a readable {kind} (truncated or corrupt? {size} bytes): "
-                             f"{type(exc).__name__}: {first_line(exc)}") from None
-    if len(shapes[0]) != 1 or len(shapes[0][0]) != 4:
-        raise PlugtrainError(f"{path}: takes {len(shapes[0])} inputs of shapes {shapes[0]}, not one NCHW batch of "
-                             "images: not a model plugtrain export wrote")
-    dims = shapes[0][0][1:]
-    took = tuple(dims) if all(isinstance(d, int) for d in dims) else None
-    gives = shapes[1][0][-1] if len(shapes[1]) == 1 and len(shapes[1][0]) == 2 else None
-    return model, took, gives if isinstance(gives, int) else None
-
-
-@contextlib.contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
-    import logging
-
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def read_sidecar(model: str | os.PathLike[str]) -> dict[str, Any]:
-    """The sidecar of ``model`` (``<model>.json``), checked against its schema (:func:`sidecar_problems`); a missing,
-    unreadable or non-JSON file, or one that does not fit the schema, is bad input naming it and what is wrong."""
-    model = Path(model)
-    side = sidecar_path(model)
-    try:
-        text = side.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PlugtrainError(f"{model}: no sidecar {side.name} beside it (plugtrain export writes one)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlugtrainError(f"{side}: not readable: {first_line(exc)}") from None
-    try:
-        meta = json.loads(text)
-    except ValueError as exc:
-        where = f":{exc.lineno}:{exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise PlugtrainError(f"{side}{where}: not JSON: {getattr(exc, 'msg', first_line(exc))}") from None
-    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
-        raise PlugtrainError(f"{side}: not a plugtrain export sidecar (a JSON object with \"format\": "
-                             f"\"{SIDECAR_FORMAT}\"), but {_short(meta)}")
-    problems = sidecar_problems(meta, model.suffix)
-    if problems:
-        raise PlugtrainError(f"{side}: " + "; ".join(problems) + " (was it edited? export again)")
-    return meta
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, dict) else "an object without that"
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def sidecar_problems(meta: dict[str, Any], suffix: str | None = None) -> list[str]:
-    """What in a sidecar does not fit its schema (the keys predict and a deployer read, their types and how they
-    agree with each other and with the model file's ``suffix``); empty when it fits."""
-    from plugtrain.commands._finished_run import WEIGHTS
-    from plugtrain.core.spec.model import TASKS
-
-    problems: list[str] = []
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    def check(table: dict[str, Any], key: str, ok: Any, what: str, prefix: str = "") -> Any:
-        if key not in table:
-            problems.append(f"missing key '{prefix}{key}'")
-            return None
-        if not ok(table[key]):
-            problems.append(f"{prefix}{key} must be {what}, not {_short(table[key])}")
-            return None
-        return table[key]
-
-    version = check(meta, "format_version", is_int, "an integer")
-    if version is not None and not 1 <= version <= SIDECAR_VERSION:
-        problems.append(f"format_version {version}: this plugtrain reads versions 1 to {SIDECAR_VERSION}"
-                        + (" (written by a newer plugtrain?)" if version > SIDECAR_VERSION else ""))
-    fmt = check(meta, "export_format", lambda v: v in FORMATS, f"one of {', '.join(FORMATS)}")
-    if fmt is not None and suffix is not None and SUFFIX[fmt] != suffix:
-        problems.append(f"export_format is {fmt!r} but the model file is a {suffix or 'suffix-less'} file")
-    check(meta, "file", lambda v: isinstance(v, str), "a file name")
-    check(meta, "data_file", lambda v: v is None or isinstance(v, str), "a file name or null")
-    task = check(meta, "task", lambda v: v in TASKS, f"one of {', '.join(TASKS)}")
-    names = check(meta, "class_names", lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
-                  "a list of strings")
-    count = check(meta, "num_classes", lambda v: is_int(v) and v >= 0, "an integer >= 0")
-    if task == "classification" and names is not None and count is not None and len(names) != count:
-        problems.append(f"class_names has {len(names)} names but num_classes is {count}")
-    channels = None
-    inp = check(meta, "input", lambda v: isinstance(v, dict), "an object")
-    if inp is not None:
-        dims = [check(inp, k, lambda v: is_int(v) and v > 0, "an integer > 0", "input.")
-                for k in ("channels", "height", "width")]
-        channels = dims[0]
-        shape = check(inp, "shape", lambda v: isinstance(v, list) and len(v) == 4, "a list of 4 (NCHW)", "input.")
-        if shape is not None and None not in dims and shape[1:] != dims:
-            problems.append(f"input.shape {json.dumps(shape)} does not agree with input.channels / height / width "
-                            f"{dims[0]} / {dims[1]} / {dims[2]}")
-        check(inp, "layout", lambda v: v == "NCHW", '"NCHW"', "input.")
-        check(inp, "dtype", lambda v: v == "float32", '"float32"', "input.")
-        check(inp, "name", lambda v: v is None or isinstance(v, str), "a string or null", "input.")
-    out = check(meta, "output", lambda v: isinstance(v, dict), "an object")
-    if out is not None:
-        check(out, "name", lambda v: v is None or isinstance(v, str), "a string or null", "output.")
-        check(out, "shape", lambda v: isinstance(v, list) and len(v) == 2, "a list of 2 (batch, values)", "output.")
-    norm = check(meta, "normalization", lambda v: isinstance(v, dict), "an object")
-    if norm is not None:
-        check(norm, "included", lambda v: isinstance(v, bool), "true or false", "normalization.")
-        def per_channel(v: Any) -> bool:
-            return v is None or (isinstance(v, list) and all(is_number(x) for x in v)
-                                 and len(v) in (1, channels or len(v)))
-
-        for key in ("mean", "std"):
-            value = check(norm, key, per_channel, f"null or a list of 1 or {channels or 'channels'} numbers",
-                          "normalization.")
-            if key == "std" and value and any(x <= 0 for x in value):
-                problems.append("normalization.std values must be > 0")
-    check(meta, "weights", lambda v: v in WEIGHTS, f"one of {', '.join(WEIGHTS)}")
-    check(meta, "checkpoint", lambda v: v is None or isinstance(v, str), "a path or null")
-    check(meta, "epoch", lambda v: v is None or is_int(v), "an integer or null")
-    check(meta, "spec", lambda v: isinstance(v, dict), "an object (the run's resolved spec)")
-    if version is not None and version >= 2:
-        pre = check(meta, "preprocessing", lambda v: isinstance(v, dict), "an object")
-        if pre is not None:
-            check(pre, "steps", lambda v: isinstance(v, list) and all(isinstance(s, dict) and isinstance(
-                s.get("name"), str) for s in v), "a list of objects with a name", "preprocessing.")
-    for key in ("metrics", "parity", "versions", "components"):
-        if key in meta and not isinstance(meta[key], dict):
-            problems.append(f"{key} must be an object, not {_short(meta[key])}")
-    return problems
-
-
-def sidecar_spec(side: Path, data: dict[str, Any]) -> Any:
-    """The sidecar's resolved spec, loaded and checked as any spec (its problems located as ``SIDECAR spec``)."""
-    import re
-    import tempfile
-
-    from plugtrain.core.runtime import rundir
-    from plugtrain.core.spec import SpecError, load_spec
-    from plugtrain.core.spec.loader import dumps_dict
-
-    with tempfile.TemporaryDirectory(prefix="plugtrain-sidecar-") as tmp:
-        path = Path(tmp) / "spec.toml"
-        try:
-            path.write_text(dumps_dict(data), encoding="utf-8")
-            with rundir.without_start_inputs():
-                return load_spec(path)
-        except SpecError as exc:
-            where = re.compile(re.escape(str(path)) + r"(?::\d+:\d+)?:?\s*")
-            first = where.sub("", exc.problems[0]) if exc.problems else str(exc)
-            more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
-            raise PlugtrainError(f"{side}: its spec does not load: {first}{more}") from None
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise PlugtrainError(f"{side}: its spec does not load: {type(exc).__name__}: {first_line(exc)}") from None
-
-
-def _onnx_session(path: Path) -> Any:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if threads:
-        options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-class ExportedModel(Predictor):
-    """An exported ``.onnx`` (onnxruntime) or ``.pt2`` (``torch.export.load``) file and its sidecar, predicting like
-    the run it came from (the sidecar's spec gives the reader and the validation pipeline). ``.model`` is the
-    onnxruntime session or the loaded module; :meth:`transform` gives the raw ``float32`` input the graph takes
-    (normalisation is inside).
-
-    The sidecar is checked against its schema (:func:`read_sidecar`) and the model file against the sidecar (its
-    input and output shapes); a sidecar or model file that is missing, edited, truncated or of another format is
-    bad input naming the file and what is wrong."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        path = Path(path)
-        side = sidecar_path(path)
-        meta = read_sidecar(path)
-        spec = sidecar_spec(side, meta["spec"])
-        super().__init__(spec, class_names=meta["class_names"], task=meta["task"],
-                         in_chans=meta["input"]["channels"], source=str(path), checkpoint=meta["checkpoint"],
-                         weights=meta["weights"], epoch=meta["epoch"])
-        self.sidecar = meta
-        if meta.get("data_file") and not (path.parent / meta["data_file"]).is_file():
-            raise PlugtrainError(f"{path}: its weights file {path.parent / meta['data_file']} (the sidecar's "
-                                 "data_file) is missing")
-        if path.suffix == ".onnx":
-            require("onnx", ("onnxruntime",))
-        self.model, took, gives = _load_model(path)
-        want = (meta["input"]["channels"], meta["input"]["height"], meta["input"]["width"])
-        if took is not None and tuple(took) != want:
-            raise PlugtrainError(f"{side}: input is {'x'.join(map(str, want))} (channels x height x width) but "
-                                 f"{path.name} takes {'x'.join(map(str, took))}")
-        size = meta["output"]["shape"][-1]
-        if gives is not None and isinstance(size, int) and gives != size:
-            raise PlugtrainError(f"{side}: output.shape says {size} values per image but {path.name} gives {gives}")
-        if gives is not None and meta["task"] == "classification" and len(meta["class_names"]) != gives:
-            raise PlugtrainError(f"{side}: class_names has {len(meta['class_names'])} names but {path.name} gives "
-                                 f"{gives} logits")
-        self.input_chw = want
-        self._check_pipeline()
-
-    def _check_pipeline(self) -> None:
-        """The sidecar spec's validation pipeline must make the images the model takes: probed with one blank image
-        of the model's size (a pipeline that cannot take that probe is checked on the first real batch instead)."""
-        import numpy as np
-
-        c, h, w = self.input_chw
-        try:
-            made = tuple(self.raw_batch([np.zeros((h, w, c), np.uint8)]).shape[1:])
-        except Exception:  # noqa: BLE001 - e.g. a crop larger than the probe: forward_raw checks real images
-            return
-        if made != self.input_chw:
-            self._mismatch(made)
-
-    def _mismatch(self, made: tuple[int, ...]) -> None:
-        raise PlugtrainError(f"{sidecar_path(self.source)}: its spec's validation pipeline makes "
-                             f"{'x'.join(map(str, made))} images but {Path(self.source).name} takes "
-                             f"{'x'.join(map(str, self.input_chw))} (channels x height x width)")
-
-    def forward_raw(self, raw: Any) -> Any:
-        import torch
-
-        x = raw.float()
-        if tuple(x.shape[1:]) != self.input_chw:
-            self._mismatch(tuple(x.shape[1:]))
-        if isinstance(self.model, torch.nn.Module):
-            with torch.no_grad():
-                return self.model(x).float()
-        return torch.from_numpy(self.model.run(None, {INPUT_NAME: x.numpy()})[0]).float()
-
-    def transform(self, image: Any) -> Any:
-        return super().transform(image).float()
-
-    def describe(self) -> str:
-        return f"{self.source} (exported from {self.checkpoint}, epoch {self.epoch}), {self.weights} weights"

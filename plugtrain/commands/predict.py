@@ -4,39 +4,18 @@
 Top-k classes with probabilities (or the predicted values of a regression run) for image files, from a finished
 run's checkpoint or from a model ``plugtrain export`` wrote (ONNX or pt2, with its sidecar JSON). Images are
 preprocessed exactly as the run's validation samples: the dataset's own reader, the validation pipeline, the
-normalisation (:class:`plugtrain.commands._finished_run.Predictor`). Which weights predict is said on stderr (text)
-or in each result (``--json``: ``weights``, ``checkpoint``).
+normalisation (:class:`plugtrain.inference.Predictor`, opened by :func:`plugtrain.inference.open_model`). Which
+weights predict is said on stderr (text) or in each result (``--json``: ``weights``, ``checkpoint``).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from plugtrain.core import console
 from plugtrain.core.errors import PlugtrainError
-
-
-def open_predictor(source: str, checkpoint: str | None = None, weights: str | None = None,
-                   device: str | None = None):  # noqa: ANN201
-    """A run directory -> :class:`~._finished_run.LoadedRun` (on ``device``, default the spec's); an exported
-    ``.onnx`` / ``.pt2`` file -> :class:`~.export.ExportedModel` (on the CPU; ``checkpoint`` and ``weights`` are
-    fixed by the export). Any other file is bad input that says what the file is and what to give instead (a
-    safetensors export holds weights only; a checkpoint goes with its run directory and ``--checkpoint``)."""
-    from plugtrain.commands import export
-    from plugtrain.commands._finished_run import LoadedRun
-
-    path = Path(source)
-    if path.suffix in export.LOADABLE and not path.exists():
-        raise PlugtrainError(f"{source}: no such file (predict takes a run directory, or an exported "
-                             f"{' / '.join(export.LOADABLE)} model with its sidecar)")
-    if path.suffix in export.LOADABLE and path.is_file():
-        if checkpoint is not None or weights is not None:
-            raise PlugtrainError(f"{source}: an exported model has its weights built in; --checkpoint and --weights "
-                                 "apply to run directories")
-        return export.ExportedModel(source)
-    return LoadedRun(source, checkpoint, weights, device=device)
+from plugtrain.inference import open_model
 
 
 def run(run_dir: str, images: Sequence[str], *, checkpoint: str | None = None, weights: str | None = None,
@@ -44,7 +23,7 @@ def run(run_dir: str, images: Sequence[str], *, checkpoint: str | None = None, w
     """Predict ``images``; print a line (or JSON) per image; exit code 0."""
     if top_k < 1:
         raise PlugtrainError(f"--top-k must be >= 1, got {top_k}")
-    predictor = open_predictor(run_dir, checkpoint, weights)
+    predictor = open_model(run_dir, checkpoint, weights)
     results = predictor.predict([str(p) for p in images], top_k=top_k)
     if as_json:
         console.print_json([{**r, "weights": predictor.weights, "checkpoint": predictor.checkpoint}

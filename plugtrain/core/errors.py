@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Iterable
 
@@ -20,10 +21,54 @@ class PlugtrainError(Exception):
         return printable(super().__str__())
 
 
+#: The environment variable that asks for tracebacks (and chattier libraries) behind error messages.
+DEBUG_ENV = "PLUGTRAIN_DEBUG"
+
+
+def debug() -> bool:
+    """Whether ``PLUGTRAIN_DEBUG`` is set (to anything but empty or ``0``): print the traceback behind an error message.
+    The one switch every command, the CLI and the sweep read, at the moment they need it."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
 class TrainingFailed(PlugtrainError):
     """Training stopped for a reason found while running (a NaN loss, say): exit code 1."""
 
     exit_code = 1
+
+
+class DataFault(PlugtrainError):
+    """A sample of ``split`` that could not be read (``data.on_error = "raise"``): bad input, exit code 2, naming
+    ``file`` and why. ``then`` says what the run left and how to go on, when the fault stopped a training run."""
+
+    def __init__(self, file: str, reason: str, split: str, then: str = "") -> None:
+        self.file, self.reason, self.split, self.then = file, reason, split, then
+        text = f"{file}: {reason} ({split} split; set data.on_error = \"skip\" to skip such samples)"
+        super().__init__(f"{text}. {then}" if then else text)
+
+
+class NumericalFault(TrainingFailed):
+    """A non-finite loss, validation loss or model found at optimizer ``step``: exit code 1; ``checkpoint`` is the
+    last good ``last.pt`` kept (``None`` when none was written yet)."""
+
+    def __init__(self, message: str, step: int, checkpoint: object = None) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(message)
+
+
+class Stopped(Exception):  # noqa: N818 - what happened, as the CLI reports it
+    """A run stopped by signal ``signum`` at optimizer ``step``: ``checkpoint`` is the ``last.pt`` that ``--resume
+    auto`` continues from (``None`` when none was written). ``at_once``: a second Ctrl-C stopped it between
+    checkpoints (the steps after ``checkpoint`` are redone); otherwise ``checkpoint`` holds ``step`` exactly.
+    Exit code 128 + ``signum``."""
+
+    def __init__(self, signum: int, checkpoint: object, step: int, at_once: bool = False) -> None:
+        self.signum, self.checkpoint, self.step, self.at_once = int(signum), checkpoint, step, at_once
+        super().__init__(f"signal {signum} at step {step}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:

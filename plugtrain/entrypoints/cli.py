@@ -2,7 +2,9 @@
 codes (0 done; 2 bad input; 1 a run that failed; 128 + signal number for a run stopped by SIGTERM / SIGINT).
 No logic lives here.
 
-The command modules are imported inside :func:`_run`, so that ``--help`` and ``plugtrain list`` stay fast."""
+The command modules are imported inside :func:`_run`, so that ``--help`` and ``plugtrain list`` stay fast. Plugins'
+subcommands (hook ``plugtrain_commands``) come after the built-in ones, and only when the command line may name one:
+a built-in command never loads them."""
 
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ class _Command(_Parser):
             self._inside = False
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(plugins: bool = False) -> argparse.ArgumentParser:
+    """The command line's parser; with ``plugins``, the plugins' subcommands too."""
     p = _Parser(
         prog="plugtrain",
         description="Train PyTorch models from a TOML run spec; every component is a plugin.",
@@ -140,10 +143,28 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--val-fraction", type=float, default=0.2, help="a folder or csv without val: held-out share")
     s.add_argument("--seed", type=int, default=0, help="a folder or csv: the seed of the held-out split")
     s.add_argument("--overwrite", action="store_true", help="replace the shards already in DIR")
+
+    if plugins:
+        from plugtrain.core.registry import get_registry
+
+        for command in get_registry().commands(reserved=sub.choices):
+            command.add_to(sub)
     return p
 
 
+def _may_name_a_plugin_command(argv: list[str]) -> bool:
+    """False when the command line names a built-in command (or asks for the version): plugins stay unloaded."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is None:
+        return "--version" not in argv
+    built_in = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return first not in built_in
+
+
 def _run(args: argparse.Namespace) -> int:
+    plugin_command = getattr(args, "plugtrain_plugin_command", None)
+    if plugin_command is not None:
+        return plugin_command.invoke(args)
     if args.command == "list":
         from plugtrain.commands import components
 
@@ -214,13 +235,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from plugtrain.core.errors import PlugtrainError, printable
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from plugtrain.core.errors import PlugtrainError, debug, printable
 
     try:
+        args = _parser(plugins=_may_name_a_plugin_command(argv)).parse_args(argv)
         return _run(args)
     except PlugtrainError as exc:
-        if os.environ.get("PLUGTRAIN_DEBUG", "") not in ("", "0"):
+        if debug():
             traceback.print_exc()
         text = printable(str(exc))  # a PlugtrainError's text is printable already; a subclass may override __str__
         print(f"plugtrain: error: {text}" if not text.startswith("plugtrain:") else text, file=sys.stderr)

@@ -1,6 +1,7 @@
 """Hyperparameter sweeps on Optuna and k-fold cross-validation, outside the core.
 
 * :mod:`.space`: the sweep file (run spec, search space, objective, sampler, pruner) and its check;
+* :mod:`.strategies`: the samplers and pruners, declared once (names, options, descriptions, how each is built);
 * :mod:`.study`: one sweep worker on an Optuna RDB study (heartbeats, retries, study-wide trial count);
 * :mod:`.results`: the status table, ``best.toml``, plots, TensorBoard;
 * :mod:`.cv`: ``plugtrain train SPEC --folds K``;

@@ -20,14 +20,8 @@ from typing import Any
 import attrs
 
 from plugtrain.core import console
-from plugtrain.core.errors import PlugtrainError, first_line
+from plugtrain.core.errors import PlugtrainError, debug, first_line
 from plugtrain.sweep.runner import RunResult, _write_json
-
-
-def _debug() -> bool:
-    import os
-
-    return os.environ.get("PLUGTRAIN_DEBUG", "") not in ("", "0")
 
 
 def run(specs: Sequence[str], overrides: Sequence[str] = (), *, folds: int, resume: str | None = None,
@@ -56,12 +50,12 @@ def run(specs: Sequence[str], overrides: Sequence[str] = (), *, folds: int, resu
                 console.echo(f"interrupted by {name} at step {exc.step}; continue with --folds {folds} --resume auto")
                 return 128 + exc.signum
             except PlugtrainError as exc:
-                if _debug():
+                if debug():
                     traceback.print_exc()
                 console.error(f"{label}{exc}")
                 codes.append(exc.exit_code)
             except Exception as exc:  # noqa: BLE001 - as the train command: one line, traceback on demand
-                if _debug():
+                if debug():
                     traceback.print_exc()
                 console.error(f"{label}{type(exc).__name__}: {first_line(exc)} (set PLUGTRAIN_DEBUG=1 for the "
                               "traceback)")

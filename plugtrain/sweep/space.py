@@ -14,6 +14,7 @@ parameter in the sweep file)::
     mode = "max"
     sampler = "tpe"                      # tpe | random | grid, or { name = "tpe", startup_trials = 5 }
     pruner = "median"                    # median | successive_halving | none, or { name = "median", ... }
+                                         # (each with its options: plugtrain.sweep.strategies)
     folds = 0                            # K >= 2: each trial is a K-fold cross-validation, objective the mean
     heartbeat = 60                       # seconds; a trial silent for grace_period (default 2 x) is failed, retried
 
@@ -45,6 +46,7 @@ from typing import Any
 import attrs
 
 from plugtrain.core.errors import PlugtrainError, did_you_mean
+from plugtrain.sweep.strategies import KINDS, PRUNERS, SAMPLERS, Strategy
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,9 +55,6 @@ else:  # pragma: no cover
 
 DISTRIBUTIONS = ("uniform", "log_uniform", "int", "choice")
 _DIST_OPTIONS = {"uniform": ("step",), "log_uniform": (), "int": ("step", "log"), "choice": ()}
-SAMPLERS = {"tpe": ("startup_trials", "multivariate"), "random": (), "grid": ()}
-PRUNERS = {"median": ("startup_trials", "warmup_epochs", "interval"),
-           "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate"), "none": ()}
 SWEEP_KEYS = ("name", "trials", "objective", "mode", "sampler", "pruner", "folds", "seed", "heartbeat",
               "grace_period", "max_retries")
 TOP_KEYS = ("spec", "sweep", "set", "params", "enqueue")
@@ -191,8 +190,8 @@ class Sweep:
     trials: int | None = None
     objective: str | None = None
     mode: str | None = None
-    sampler: Component = attrs.Factory(lambda: Component("tpe"))
-    pruner: Component = attrs.Factory(lambda: Component("median"))
+    sampler: Component = attrs.Factory(lambda: Component(next(iter(SAMPLERS))))
+    pruner: Component = attrs.Factory(lambda: Component(next(iter(PRUNERS))))
     folds: int = 0
     seed: int | None = None
     heartbeat: int = 60
@@ -359,11 +358,11 @@ def read(path: str | os.PathLike[str]) -> Sweep:
         if missing:
             r.add(("enqueue", i), f"[[enqueue]] point {i + 1} gives no value to {', '.join(missing)}", value=False)
         sw.enqueue.append(values)
-    if sw.sampler.name == "grid":
+    if SAMPLERS[sw.sampler.name].finite_space:
         for q in sw.params:
             if q.grid() is None:
-                r.problems.append(f"{q.where}: [params] {q.name}: the grid sampler needs a finite set of values: use "
-                                  "choice, int, or uniform with a step")
+                r.problems.append(f"{q.where}: [params] {q.name}: the {sw.sampler.name} sampler needs a finite set of "
+                                  "values: use choice, int, or uniform with a step")
     if r.problems:
         raise SweepError(r.problems)
     return sw
@@ -437,12 +436,15 @@ def _read_settings(r: _Reader, s: Any, sw: Sweep) -> None:
     sw.grace_period = integer("grace_period", 1)
     retries = integer("max_retries", 0)
     sw.max_retries = sw.max_retries if retries is None else retries
-    sw.sampler = _component(r, s, "sampler", SAMPLERS, "tpe") or sw.sampler
-    sw.pruner = _component(r, s, "pruner", PRUNERS, "median") or sw.pruner
+    sw.sampler = _component(r, s, "sampler") or sw.sampler
+    sw.pruner = _component(r, s, "pruner") or sw.pruner
 
 
-def _component(r: _Reader, s: dict[str, Any], key: str, known: dict[str, tuple], default: str) -> Component | None:
-    v = s.get(key, default)
+def _component(r: _Reader, s: dict[str, Any], key: str) -> Component | None:
+    """``[sweep] sampler`` / ``pruner`` (a name, or a table with ``name`` and options), checked against its
+    declaration in :mod:`.strategies`: the name, each option's name, type and lower bound."""
+    known: dict[str, Strategy] = KINDS[key]
+    v = s.get(key, next(iter(known)))
     opts: dict[str, Any] = {}
     if isinstance(v, dict):
         opts = dict(v)
@@ -452,22 +454,15 @@ def _component(r: _Reader, s: dict[str, Any], key: str, known: dict[str, tuple],
         r.add(("sweep", key), f"[sweep] {key} must be one of {', '.join(known)} (or a table with name = ... and its "
                               f"options), not {toml_value(v) if v is not None else 'a table without name'}.{hint}")
         return None
+    strategy = known[v]
     for o, ov in opts.items():
-        if o not in known[v]:
-            accepted = ", ".join(known[v]) or "none"
-            r.add(("sweep", key, o), f"[sweep] {key}: unknown option {o!r} of {v}.{did_you_mean(o, known[v])} "
-                                     f"Accepted: {accepted}", value=False)
-        elif o == "multivariate":
-            if not isinstance(ov, bool):
-                r.add(("sweep", key, o), f"[sweep] {key}: {o} must be true or false")
-        elif o == "min_resource" and ov == "auto":
-            pass
-        elif isinstance(ov, bool) or not isinstance(ov, int) or ov < (1 if o in ("interval", "reduction_factor",
-                                                                                    "min_resource") else 0):
-            r.add(("sweep", key, o), f"[sweep] {key}: {o} must be a non-negative integer"
-                  + (" (>= 1)" if o in ("interval", "reduction_factor", "min_resource") else ""))
-    if v == "successive_halving" and opts.get("reduction_factor") == 1:
-        r.add(("sweep", key, "reduction_factor"), f"[sweep] {key}: reduction_factor must be >= 2")
+        option = strategy.option(o)
+        if option is None:
+            accepted = ", ".join(strategy.option_names) or "none"
+            r.add(("sweep", key, o), f"[sweep] {key}: unknown option {o!r} of {v}."
+                                     f"{did_you_mean(o, strategy.option_names)} Accepted: {accepted}", value=False)
+        elif (problem := option.problem(ov)) is not None:
+            r.add(("sweep", key, o), f"[sweep] {key}: {problem}")
     return Component(v, opts)
 
 

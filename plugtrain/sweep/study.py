@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from plugtrain.core import console
-from plugtrain.core.errors import PlugtrainError, first_line
+from plugtrain.core.errors import PlugtrainError, debug, first_line
 from plugtrain.sweep import results
 from plugtrain.sweep.space import Sweep, SweepError, relocate, toml_value
+from plugtrain.sweep.strategies import PRUNERS, SAMPLERS
 
 
 def import_optuna() -> Any:
@@ -48,7 +49,7 @@ def import_optuna() -> Any:
     except ImportError:
         raise PlugtrainError("plugtrain sweep needs Optuna: pip install 'plugtrain[sweep]' (optuna, matplotlib)") \
             from None
-    if not (os.environ.get("PLUGTRAIN_DEBUG", "") not in ("", "0")):
+    if not debug():
         optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -188,31 +189,14 @@ def make_storage(url: str, heartbeat: int | None, grace_period: int | None, max_
 
 
 def make_sampler(optuna: Any, sw: Sweep, seed: int | None) -> Any:
-    s = sw.sampler
-    if s.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if s.name == "grid":
-        return optuna.samplers.GridSampler({q.name: q.grid() for q in sw.params}, seed=seed)
-    kwargs: dict[str, Any] = {"seed": seed, "constant_liar": True}
-    if "startup_trials" in s.options:
-        kwargs["n_startup_trials"] = s.options["startup_trials"]
-    if "multivariate" in s.options:
-        kwargs["multivariate"] = s.options["multivariate"]
-    return optuna.samplers.TPESampler(**kwargs)
+    """The sweep's sampler, built by its declaration (:data:`plugtrain.sweep.strategies.SAMPLERS`)."""
+    return SAMPLERS[sw.sampler.name].build(optuna, sw.sampler.options, seed=seed,
+                                           grid={q.name: q.grid() for q in sw.params})
 
 
 def make_pruner(optuna: Any, sw: Sweep) -> Any:
-    p = sw.pruner
-    if p.name == "none":
-        return optuna.pruners.NopPruner()
-    if p.name == "successive_halving":
-        o = p.options
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=o.get("min_resource", "auto"),
-                                                      reduction_factor=o.get("reduction_factor", 4),
-                                                      min_early_stopping_rate=o.get("min_early_stopping_rate", 0))
-    o = p.options
-    return optuna.pruners.MedianPruner(n_startup_trials=o.get("startup_trials", 5),
-                                       n_warmup_steps=o.get("warmup_epochs", 0), interval_steps=o.get("interval", 1))
+    """The sweep's pruner, built by its declaration (:data:`plugtrain.sweep.strategies.PRUNERS`)."""
+    return PRUNERS[sw.pruner.name].build(optuna, sw.pruner.options)
 
 
 # -- the callback given to the trainer ---------------------------------------------------------------------------------
@@ -609,7 +593,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - a failed trial is recorded; the sweep goes on
             msg = str(exc) if isinstance(exc, PlugtrainError) else f"{type(exc).__name__}: {first_line(exc)}"
             self._failed(trial, msg, finish)
-            if os.environ.get("PLUGTRAIN_DEBUG", "") not in ("", "0"):
+            if debug():
                 import traceback
 
                 traceback.print_exc()
