@@ -11,8 +11,8 @@
     run.predict(["digit.png"])[0]["class"]
 
 The functions are the CLI's commands without the printing of results: ``train`` is ``plugtrain train`` of one spec
-(:mod:`plugtrain.commands.train`), ``check`` is ``plugtrain check``, ``load_run`` opens a run as ``plugtrain
-predict`` does (:class:`plugtrain.inference.LoadedRun`). Bad input raises the same
+(the engine, :func:`plugtrain.core.runtime.session.run`), ``check`` is ``plugtrain check``, ``load_run`` opens a run
+as ``plugtrain predict`` does (:class:`plugtrain.inference.LoadedRun`). Bad input raises the same
 :class:`~plugtrain.core.errors.PlugtrainError` (a :class:`~plugtrain.core.spec.SpecError` for a spec) with the same
 message the CLI prints; a training run that fails raises :class:`~plugtrain.core.errors.TrainingFailed`.
 
@@ -32,22 +32,17 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import attrs
-
-from plugtrain.core.errors import PlugtrainError
+from plugtrain.core.errors import PlugtrainError, Stopped
+from plugtrain.core.runtime.session import RunResult
 from plugtrain.inference import LoadedRun
 
 __all__ = ["LoadedRun", "Result", "check", "load_run", "train"]
 
-@attrs.frozen
-class Result:
-    """A finished training run: ``metrics`` of the final epoch (``val_swa/*`` included), ``best`` (``{metric, value,
-    epoch, global_step}`` of ``best.pt``, or ``None``), ``run_dir`` and ``history`` (every epoch's metrics)."""
-
-    metrics: dict[str, float]
-    best: dict[str, Any] | None
-    run_dir: Path
-    history: list[dict[str, float]]
+#: A finished training run (:class:`plugtrain.core.runtime.session.RunResult`, the one result of every entry point):
+#: ``metrics`` of the final epoch (``val_swa/*`` included), ``best`` (``{metric, value, epoch, global_step}`` of
+#: ``best.pt``, or ``None``), ``run_dir``, ``history`` (every epoch's metrics), and ``epochs``, ``stop_reason``,
+#: ``seconds``, ``exit_reason``.
+Result = RunResult
 
 
 def check(spec_or_path: str | os.PathLike[str] | Mapping[str, Any], set: Mapping[str, Any] | None = None) -> Any:
@@ -69,27 +64,17 @@ def train(spec_or_path: str | os.PathLike[str] | Mapping[str, Any], set: Mapping
     raises it at once); SIGTERM does the same and raises ``SystemExit(143)``. The process-wide state the run changes
     (RNGs, torch's determinism and backend flags, threads, default dtype, warning filters, logger levels, environment
     variables) is put back as it was when ``train`` returns or raises (:func:`_caller_state`)."""
-    from plugtrain.commands import train as train_command
-    from plugtrain.core.runtime import checkpoint as ckpt
-    from plugtrain.core.runtime import distributed, rundir
-    from plugtrain.core.runtime.trainer import Interrupted
-    from plugtrain.core.spec import from_dict, resolve_dict
+    from plugtrain.core.runtime import distributed, session
 
     overrides = _overrides(set)
     with _spec_file(spec_or_path) as path, _caller_state():
-        spec = from_dict(resolve_dict(path, overrides))  # a bad spec fails here, before anything is built
-        run_dir = rundir.run_dir_for(spec.run.output_dir, spec.run.name)
         try:
-            train_command.train_one(path, overrides, None if resume is None else os.fspath(resume), overwrite,
-                                     False)
-        except Interrupted as exc:  # last.pt is written: the signal's own exception, not a private one
+            return session.run(path, overrides, resume=None if resume is None else os.fspath(resume),
+                               overwrite=overwrite)
+        except Stopped as exc:  # last.pt is written: the signal's own exception, not a private one
             raise _signal_exception(exc) from None
         finally:
             distributed.teardown()
-        state = ckpt.load(run_dir / rundir.CHECKPOINTS / "last.pt")
-    history = [dict(r) for r in state.get("history") or []]
-    return Result(metrics=dict(history[-1]) if history else {}, best=state.get("best"), run_dir=run_dir,
-                  history=history)
 
 
 def load_run(run_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None,
@@ -109,7 +94,7 @@ def load_run(run_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str]
 
 
 # -- the caller's process state ----------------------------------------------------------------------------------------
-def _signal_exception(exc: Any) -> BaseException:
+def _signal_exception(exc: Stopped) -> BaseException:
     """What a stopping signal raises in the caller: ``KeyboardInterrupt`` for SIGINT (as Python's own default
     handler would), ``SystemExit(128 + signum)`` otherwise (SIGTERM: the CLI's exit code)."""
     import signal

@@ -6,20 +6,29 @@ is listed or shown.
 
 from __future__ import annotations
 
+from typing import Any
+
 from plugtrain.core import console
 from plugtrain.core.errors import PlugtrainError
 from plugtrain.core.hookspecs import KINDS
 from plugtrain.core.registry import check_kind, get_registry
 
 
-def list_components(kind: str | None = None, pattern: str | None = None, *, as_json: bool = False) -> int:
-    """``plugtrain list [KIND] [PATTERN] [--json]``: every registered component, grouped by kind.
+def list_components(kind: str | None = None, pattern: str | None = None, *, as_json: bool = False,
+                    pretrained: bool = False) -> int:
+    """``plugtrain list [KIND] [PATTERN] [--json] [--pretrained]``: every registered component, grouped by kind.
 
-    ``plugtrain list 'resnet*'`` (a glob where the kind goes) searches every kind.
+    ``plugtrain list 'resnet*'`` (a glob where the kind goes) searches every kind. ``--pretrained`` (backbones only)
+    keeps the backbones with pretrained weights, listed with their tags.
     """
     reg = get_registry()
     if kind and pattern is None and kind not in KINDS and any(ch in kind for ch in "*?["):
         kind, pattern = None, kind
+    if pretrained:
+        if kind is not None and check_kind(kind) != "backbones":
+            raise PlugtrainError(f"--pretrained lists backbones only, not {kind}: run `plugtrain list backbones "
+                                 "--pretrained`")
+        return _list_pretrained(reg, pattern, as_json)
     kinds = [check_kind(kind)] if kind else list(KINDS)
     comps = [c for k in kinds for c in reg.find(k, pattern)]
     if as_json:
@@ -31,6 +40,30 @@ def list_components(kind: str | None = None, pattern: str | None = None, *, as_j
         raise PlugtrainError(f"no {what} match {pattern!r}. Run `{command}` to see them all.")
     rows = [(c.kind, c.name, c.plugin, _dist_label(c.distribution, c.version), plain_text(c.one_line)) for c in comps]
     console.table(f"plugtrain components ({len(rows)})", ["kind", "name", "plugin", "distribution", "summary"], rows)
+    return 0
+
+
+def _list_pretrained(reg: Any, pattern: str | None, as_json: bool) -> int:
+    """The backbones whose plugin names pretrained weights for them (its module's ``PLUGTRAIN_PRETRAINED``:
+    ``tags(factory) -> [(tag, reference), ...]``, the default first), with those tags."""
+    found = []
+    for comp in reg.find("backbones", pattern):
+        info = reg.plugin(comp.plugin)
+        tags_of = getattr(getattr(info, "module", None), "PLUGTRAIN_PRETRAINED", None)
+        tags = list(tags_of(comp.factory) or ()) if callable(tags_of) else []
+        if tags:
+            found.append((comp, tags))
+    if as_json:
+        console.print_json([{**c.as_json(), "pretrained_tags": [t for t, _ in tags],
+                             "pretrained_weights": {t: ref for t, ref in tags}} for c, tags in found])
+        return 0
+    if not found:
+        what = f" match {pattern!r}" if pattern else " are registered"
+        raise PlugtrainError(f"no backbones with pretrained weights{what}. Run `plugtrain list backbones "
+                             "--pretrained` to see them all.")
+    rows = [(c.name, c.plugin, len(tags), ", ".join(t for t, _ in tags)) for c, tags in found]
+    console.table(f"plugtrain backbones with pretrained weights ({len(rows)}; the first tag is what "
+                  "`pretrained = true` loads)", ["name", "plugin", "tags", "pretrained tags"], rows)
     return 0
 
 

@@ -46,6 +46,9 @@ class DataFault(PlugtrainError):
         text = f"{file}: {reason} ({split} split; set data.on_error = \"skip\" to skip such samples)"
         super().__init__(f"{text}. {then}" if then else text)
 
+    def __reduce__(self) -> tuple:  # picklable (a multiprocessing queue, a worker's result) with its fields
+        return type(self), (self.file, self.reason, self.split, self.then)
+
 
 class NumericalFault(TrainingFailed):
     """A non-finite loss, validation loss or model found at optimizer ``step``: exit code 1; ``checkpoint`` is the
@@ -54,6 +57,9 @@ class NumericalFault(TrainingFailed):
     def __init__(self, message: str, step: int, checkpoint: object = None) -> None:
         self.step, self.checkpoint = step, checkpoint
         super().__init__(message)
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.args[0], self.step, self.checkpoint)
 
 
 class Stopped(Exception):  # noqa: N818 - what happened, as the CLI reports it
@@ -65,6 +71,9 @@ class Stopped(Exception):  # noqa: N818 - what happened, as the CLI reports it
     def __init__(self, signum: int, checkpoint: object, step: int, at_once: bool = False) -> None:
         self.signum, self.checkpoint, self.step, self.at_once = int(signum), checkpoint, step, at_once
         super().__init__(f"signal {signum} at step {step}")
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.signum, self.checkpoint, self.step, self.at_once)
 
     @property
     def exit_code(self) -> int:

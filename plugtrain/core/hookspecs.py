@@ -80,6 +80,8 @@ Besides its hooks, a plugin module may define:
   plugin's own check of one of its components' parameters (``params`` as the spec gives them, ``defaults`` the
   factory's defaults), run by ``plugtrain check`` once the signature checks pass. A problem with a key points at that
   key; ``None`` points at the component's table.
+* ``PLUGTRAIN_PRETRAINED``: ``tags(factory) -> [(tag, weights reference), ...]``, a backbone's pretrained weights
+  (the default first; ``[]`` for none), listed by ``plugtrain list backbones --pretrained``.
 """
 
 from __future__ import annotations
@@ -319,7 +321,9 @@ def plugtrain_commands():
 
 @runtime_checkable
 class Backbone(Protocol):
-    """What a ``backbones`` factory returns: a ``torch.nn.Module`` (the runtime also checks that it is one)."""
+    """What a ``backbones`` factory returns: a ``torch.nn.Module`` (the runtime also checks that it is one).
+    Optional attribute ``plugtrain_start_weights``: a JSON-able dict of the weights it was built from (with a one-line
+    ``"summary"``), recorded as env.json's ``start_weights`` and printed at a fresh run's start."""
 
     training: bool  #: True in training mode; the dummy forward restores it.
 

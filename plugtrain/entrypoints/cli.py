@@ -57,6 +57,7 @@ def _parser(plugins: bool = False) -> argparse.ArgumentParser:
     s.add_argument("kind", nargs="?", metavar="KIND", help=f"one of: {', '.join(KINDS)}")
     s.add_argument("pattern", nargs="?", metavar="PATTERN", help="case-insensitive glob on the name, e.g. 'resnet*'")
     s.add_argument("--json", action="store_true", help="print a JSON array")
+    s.add_argument("--pretrained", action="store_true", help="backbones with pretrained weights only, with their tags")
 
     s = sub.add_parser("show", help="show one component: summary, docstring, parameters")
     s.add_argument("kind", metavar="KIND")
@@ -168,7 +169,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "list":
         from plugtrain.commands import components
 
-        return components.list_components(args.kind, args.pattern, as_json=args.json)
+        return components.list_components(args.kind, args.pattern, as_json=args.json, pretrained=args.pretrained)
     if args.command == "show":
         from plugtrain.commands import components
 

@@ -32,8 +32,12 @@ and ``head``. Every returned model carries these attributes for the runtime:
   after which they are unfrozen (``None``: never);
 * ``plugtrain_requires_callbacks`` — callback names the runtime adds to the run unless its spec lists them
   (``["unfreeze"]`` when ``unfreeze_after_epochs`` is set);
-* ``plugtrain_pretrained_report`` — ``None``, or ``{"path", "loaded", "skipped", "adapted"}`` after loading a file
-  (plus ``"source"``, the hub reference, for hub weights).
+* ``plugtrain_pretrained_report`` — ``None``, or ``{"path", "loaded", "skipped", "adapted", "fresh"}`` after
+  loading a file (plus ``"source"``, the hub reference, for hub weights);
+* ``plugtrain_start_weights`` — ``None`` (fresh initialisation), or what the run started from
+  (:func:`start_weights`), which the runtime writes into ``env.json`` and the start banner: for hub weights the
+  repository, the revision the cache resolved it to (a commit hash) and the file; for a local file its path and
+  SHA-256; and whether the classifier was reset and the first convolution adapted.
 
 ``plugtrain check`` (this module's ``PLUGTRAIN_VALIDATE``) looks hub weights up in the cache without any network
 access: when they are not cached it warns (training will download them), or, with ``HF_HUB_OFFLINE=1`` set, reports
@@ -203,6 +207,9 @@ def timm_backbone(
         model.plugtrain_pretrained_report = {**report, "source": ref.label}
     elif ref is not None:
         model.plugtrain_pretrained_report = load_pretrained(model, os.path.expanduser(ref.path), model_name=model_name)
+    model.plugtrain_start_weights = None
+    if ref is not None:
+        model.plugtrain_start_weights = start_weights(ref, model.plugtrain_pretrained_report, num_classes, in_chans)
     model.plugtrain_frozen = list(freeze or [])
     model.plugtrain_freeze_bn = bool(freeze_bn)
     model.plugtrain_unfreeze_after = unfreeze_after_epochs
@@ -336,7 +343,8 @@ def load_pretrained(model: Any, path: str, model_name: str = "", source: str = "
     (``first_conv``) is adapted with ``timm.models.adapt_input_conv`` when only its input-channel count differs
     (``in_chans = 1`` from RGB weights). Anything else that differs is a :class:`PlugtrainError` listing the missing,
     unexpected and mismatched keys (naming ``source``, the hub reference, when the file came from the hub).
-    Returns ``{"path", "loaded", "skipped", "adapted"}``.
+    Returns ``{"path", "loaded", "skipped", "adapted", "fresh"}``: the count of loaded tensors, the file's head keys
+    left out, the adapted first-convolution keys, and the model's head keys that keep their fresh initialisation.
     """
     import torch
 
@@ -426,7 +434,63 @@ def load_pretrained(model: Any, path: str, model_name: str = "", source: str = "
             + ". (Only classifier/embedding-head keys may differ; is it the same architecture and in_chans?)"
         )
     target.load_state_dict(loaded, strict=False)
-    return {"path": str(path), "loaded": len(loaded), "skipped": skipped, "adapted": adapted}
+    prefix = "body." if target is not model else ""
+    done = {prefix + k for k in loaded}
+    fresh = [k for k in model.state_dict() if k not in done and not _matches(k, "pool")]  # GeM's p is no head
+    return {"path": str(path), "loaded": len(loaded), "skipped": skipped, "adapted": adapted, "fresh": fresh}
+
+
+def start_weights(ref: WeightsRef, report: dict[str, Any], num_classes: int, in_chans: int) -> dict[str, Any]:
+    """What a backbone started from, as ``env.json`` records it (``start_weights``) and the banner shows it
+    (``"summary"``): the hub repository, the revision the cache resolved (the snapshot's commit hash) and the file,
+    or a local file's path and SHA-256; and whether the classifier was reset (``num_classes`` unlike the weights'
+    head) and the first convolution adapted (``in_chans`` unlike the weights')."""
+    path = str(report["path"])
+    record: dict[str, Any] = {"source": ref.label}
+    if ref.hub:
+        revision, file = _snapshot_revision(path)
+        record.update(repo=ref.repo, requested_revision=ref.revision, revision=revision, file=file, path=path)
+        what = f"{_HUB_PREFIX}{ref.repo}@{revision or ref.revision or '?'} (file {file})"
+    else:
+        full = os.path.abspath(path)
+        digest = sha256_file(full)
+        record.update(path=full, sha256=digest)
+        what = f"{full} (sha256 {digest[:16]})"
+    reset = bool(report.get("skipped") or report.get("fresh"))
+    adapted = bool(report.get("adapted"))
+    record.update(classifier_reset=reset, num_classes=int(num_classes), first_conv_adapted=adapted,
+                  in_chans=int(in_chans), loaded_tensors=int(report.get("loaded", 0)))
+    parts = [what]
+    if reset:
+        parts.append(f"classifier reset ({num_classes} classes)" if num_classes > 0 else
+                     "classifier removed (features out)")
+    else:
+        parts.append("classifier loaded")
+    if adapted:
+        parts.append(f"first conv adapted to {in_chans} channel{'s' if in_chans != 1 else ''}")
+    record["summary"] = "; ".join(parts)
+    return record
+
+
+def _snapshot_revision(path: str) -> tuple[str | None, str]:
+    """``(commit, file)`` of a file in huggingface_hub's cache (``.../snapshots/<commit>/<file>``): the revision
+    that the reference resolved to; ``(None, name)`` for a path outside a snapshot."""
+    parts = Path(path).parts
+    for i in range(len(parts) - 3, -1, -1):
+        if parts[i] == "snapshots":
+            return parts[i + 1], "/".join(parts[i + 2:])
+    return None, Path(path).name
+
+
+def sha256_file(path: str) -> str:
+    """The SHA-256 hex digest of the file at ``path``, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 # -- weights from the Hugging Face Hub -------------------------------------------------------------------------------
@@ -702,6 +766,46 @@ def _local_file_problems(path: str) -> list[tuple[str | None, str, bool]]:
 
 
 PLUGTRAIN_VALIDATE = validate
+
+
+@functools.cache
+def _hub_tags() -> dict[str, tuple[tuple[str, str], ...]]:
+    """``{model name: ((tag, "hf-hub:REPO"), ...)}`` for every timm pretrained tag with weights on the hub, the
+    model's default (what ``pretrained = true`` loads) first, then the others in name order."""
+    import timm
+    import timm.models
+
+    tags: dict[str, list[tuple[str, str]]] = {}
+    for full in timm.list_pretrained():
+        name, _, tag = full.partition(".")
+        try:
+            repo = timm.models.get_pretrained_cfg(full).hf_hub_id
+        except (RuntimeError, ValueError, KeyError, AttributeError):
+            repo = None
+        if repo:
+            tags.setdefault(name, []).append((tag, _HUB_PREFIX + str(repo)))
+    from plugtrain.core.errors import PlugtrainError
+
+    out = {}
+    for name, found in tags.items():
+        try:
+            default = weights_ref(name, True).label  # type: ignore[union-attr]
+        except PlugtrainError:  # the default tag has no hub weights: keep name order
+            default = ""
+        found.sort(key=lambda item: item[1] != default)  # stable
+        out[name] = tuple(found)
+    return out
+
+
+def pretrained_tags(factory: Any) -> list[tuple[str, str]]:
+    """``[(tag, "hf-hub:REPO"), ...]``: the pretrained weights timm has on the hub for the backbone that ``factory``
+    builds, default first; ``[]`` when none (this module's ``PLUGTRAIN_PRETRAINED``, read by ``plugtrain list
+    backbones --pretrained``)."""
+    name = factory.args[0] if isinstance(factory, functools.partial) and factory.args else ""
+    return list(_hub_tags().get(name, ()))
+
+
+PLUGTRAIN_PRETRAINED = pretrained_tags
 
 
 def weights_note(model_name: str, pretrained: Any) -> str | None:

@@ -27,8 +27,8 @@ from plugtrain.sweep.runner import RunResult, _write_json
 def run(specs: Sequence[str], overrides: Sequence[str] = (), *, folds: int, resume: str | None = None,
         overwrite: bool = False, dry_run: bool = False) -> int:
     """``plugtrain train SPEC... --folds K``: cross-validate each spec; the highest exit code wins (as ``train``)."""
+    from plugtrain.core.errors import Stopped
     from plugtrain.core.runtime import distributed
-    from plugtrain.core.runtime.trainer import Interrupted
 
     if folds < 2:
         raise PlugtrainError(f"--folds {folds}: cross-validation needs at least 2 folds")
@@ -45,7 +45,7 @@ def run(specs: Sequence[str], overrides: Sequence[str] = (), *, folds: int, resu
                 result = cross_validate(path, list(overrides), folds, resume=resume, overwrite=overwrite)
                 print_table(result)
                 codes.append(0)
-            except Interrupted as exc:
+            except Stopped as exc:
                 name = signal.Signals(exc.signum).name
                 console.echo(f"interrupted by {name} at step {exc.step}; continue with --folds {folds} --resume auto")
                 return 128 + exc.signum
@@ -137,7 +137,7 @@ def aggregate(cv_dir: Path, results: list[RunResult], folds: int, seed: int, met
     """Mean and sample std over the folds of every ``val*`` metric at each fold's best epoch."""
     best_rows: list[tuple[int, dict[str, float]]] = []
     for r in results:
-        b = r.best(metric, mode)
+        b = r.best_row(metric, mode)
         if b is None:
             raise PlugtrainError(f"{r.run_dir}: no epoch reported a finite {metric}; cannot aggregate the folds")
         best_rows.append(b)

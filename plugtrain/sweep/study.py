@@ -425,9 +425,9 @@ class Worker:
                 study.optimize(self.objective, catch=(TrialError,), gc_after_trial=True,
                                callbacks=[self._after_trial, max_trials, self._budget])
         except BaseException as exc:
-            from plugtrain.core.runtime.trainer import Interrupted
+            from plugtrain.core.errors import Stopped
 
-            if not isinstance(exc, Interrupted):
+            if not isinstance(exc, Stopped):
                 raise
             code = 128 + exc.signum
             console.echo(f"sweep {self.sw.name}: worker stopped by signal {exc.signum}; its trial was failed and "
@@ -495,7 +495,7 @@ class Worker:
     def objective(self, trial: Any) -> float:
         import optuna
 
-        from plugtrain.core.runtime.trainer import Interrupted
+        from plugtrain.core.errors import Stopped
         from plugtrain.core.spec import SpecError, load_spec
 
         started = datetime.datetime.now(datetime.timezone.utc)
@@ -561,7 +561,7 @@ class Worker:
                 finally:
                     self._carry_rows(tdir)
                 reporters, done_epochs = [reporter], res.epochs
-                best = res.best(self.objective_name, self.mode)
+                best = res.best_row(self.objective_name, self.mode)
                 value, best_epoch = (float(best[1][self.objective_name]), best[0]) if best else (None, None)
             trial.set_user_attr("epochs", done_epochs)
             pruned = next((r for r in reporters if r.pruned_at is not None), None)
@@ -579,7 +579,7 @@ class Worker:
             return value
         except optuna.TrialPruned:
             raise
-        except Interrupted as exc:
+        except Stopped as exc:
             finish("FAIL", error=f"interrupted by signal {exc.signum}; queued again")
             trial.set_user_attr("error", f"interrupted by signal {exc.signum}")
             self._retry(trial, f"interrupted by signal {exc.signum} (last.pt written)")

@@ -21,12 +21,7 @@ PARTS = ("plugtrain.core", "plugtrain.plugins", "plugtrain.inference", "plugtrai
 
 #: Edges allowed although they close a cycle, each with the work that removes it. The test fails once an edge here is
 #: gone, so that the exception goes with it.
-KNOWN = {
-    # plugtrain.sweep.runner trains a trial or a fold with plugtrain.commands.train.train_one, the training engine
-    # that still lives in the train command (plugtrain.commands.sweep imports the sweep the other way). Issue 22's
-    # engine work ("One engine behind every entry point") moves the engine below both; then this edge goes.
-    ("plugtrain.sweep", "plugtrain.commands"),
-}
+KNOWN: set[tuple[str, str]] = set()
 
 
 def _module_name(path: Path) -> str:

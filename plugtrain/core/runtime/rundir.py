@@ -491,8 +491,10 @@ def git_revision(where: Path) -> dict[str, Any] | None:
     return {"commit": rev.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
-def environment(world_size: int, spec_source: str | None) -> dict[str, Any]:
-    """The env.json record: interpreter, torch and CUDA, every plugin distribution, git, world, host, time."""
+def environment(world_size: int, spec_source: str | None, backbone: Any = None) -> dict[str, Any]:
+    """The env.json record: interpreter, torch and CUDA, every plugin distribution, git, world, host, time, and the
+    weights the ``backbone`` started from (``start_weights``: its optional ``plugtrain_start_weights``, see
+    :class:`~plugtrain.core.hookspecs.Backbone`; null when it names none)."""
     import torch
 
     from plugtrain import __version__
@@ -525,15 +527,41 @@ def environment(world_size: int, spec_source: str | None) -> dict[str, Any]:
         "torchelastic_agent": elastic_agent(),
         "torchelastic_restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0),
         "spec_file": str(Path(spec_source).resolve()) if spec_source else None,
+        **({"start_weights": start_weights(backbone)} if backbone is not None else {}),
     }
+
+
+def start_weights(backbone: Any) -> dict[str, Any] | None:
+    """The backbone's record of the weights it was built from (``plugtrain_start_weights``), or None."""
+    record = getattr(backbone, "plugtrain_start_weights", None)
+    return dict(record) if isinstance(record, dict) else None
+
+
+def record_start_weights(run_dir: Path, backbone: Any) -> dict[str, Any] | None:
+    """On a fresh start (rank 0, env.json written, no resume in it), put the ``backbone``'s
+    :func:`start_weights` into env.json as ``start_weights`` unless :func:`environment` already did; returns the
+    record (None for a resume, or a backbone that names no weights) for the start line."""
+    path = Path(run_dir) / "env.json"
+    try:
+        env = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(env, dict) or "resumes" in env or "resumed_from" in env:
+        return None
+    if "start_weights" not in env:
+        env["start_weights"] = start_weights(backbone)
+        _write_text(path, json.dumps(env, indent=2, default=str) + "\n")
+    return env["start_weights"] if isinstance(env["start_weights"], dict) else None
 
 
 def write_env(run_dir: Path, env: dict[str, Any], resumed_from: Path | None = None,
               spec_file: str | None = None, changes: dict[str, Any] | None = None) -> None:
     """Write env.json; a resumed run keeps the first record and appends this start to ``resumes``, with the spec
-    file it trained with and the spec keys it changed (``{key: [old, new]}``)."""
+    file it trained with and the spec keys it changed (``{key: [old, new]}``). A resume starts from its checkpoint's
+    weights, so its record has no ``start_weights``: the first record's tells where the run began."""
     path = run_dir / "env.json"
     if resumed_from is not None:
+        env = {k: v for k, v in env.items() if k != "start_weights"}
         env = {**env, "spec": spec_file, "changed": changes or {}}
     if resumed_from is not None and path.is_file():
         try:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from plugtrain.core.errors import PlugtrainError
+from plugtrain.core.errors import DataFault
 from plugtrain.core.runtime.precision import autocast
 
 MicroBatch = tuple[torch.Tensor | None, torch.Tensor | None, bool]  # images, targets, placeholder
@@ -66,7 +66,7 @@ def batch_images(batch: dict[str, Any], split: str) -> torch.Tensor | None:
     """The batch's images (None when every sample was skipped); a sample error becomes one readable message."""
     if batch["error"] is not None:
         path, reason = batch["error"]
-        raise PlugtrainError(f"{path}: {reason} ({split} split; set data.on_error = \"skip\" to skip such samples)")
+        raise DataFault(str(path), str(reason), split)
     return batch["images"]
 
 

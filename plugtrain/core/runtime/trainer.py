@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from plugtrain.core.errors import TrainingFailed
+from plugtrain.core.errors import NumericalFault, Stopped
 from plugtrain.core.runtime import checkpoint as ckpt
 from plugtrain.core.runtime import fsdp
 from plugtrain.core.runtime.build import Built, build_ema, train_sampler
@@ -37,14 +37,6 @@ from plugtrain.core.runtime.step import ModelInput, Network, TrainStep, Warmup, 
 from plugtrain.core.runtime.swa import SWA
 from plugtrain.core.runtime.tracker import LossTracker
 from plugtrain.core.spec.model import to_dict
-
-
-class Interrupted(Exception):
-    """SIGTERM / SIGINT: ``last.pt`` was written at a step boundary; ``--resume auto`` continues exactly."""
-
-    def __init__(self, signum: int, checkpoint: Path | None, step: int) -> None:
-        self.signum, self.checkpoint, self.step = signum, checkpoint, step
-        super().__init__(f"signal {signum} at step {step}")
 
 
 class Trainer:
@@ -136,6 +128,11 @@ class Trainer:
         """From a signal handler: write last.pt at the next step boundary and stop."""
         self._signal = signum
 
+    @property
+    def signal_received(self) -> int | None:
+        """The stopping signal this process received (:meth:`handle_signal`), or ``None``."""
+        return self._signal
+
     def requires_grad_changed(self) -> None:
         """After a callback froze or unfroze parameters (between steps): rebuild the DDP wrapper; a trainable
         parameter that no optimizer holds gets a parameter group of its own."""
@@ -152,6 +149,7 @@ class Trainer:
             ckpt.set_rng_state(self._rng_to_restore, self.device)
         else:
             ckpt.seed_everything(mix_seed(self.spec.run.seed, self.dist.rank, 3))
+        self._note_start_weights()
         self._call("on_train_start", self)
         try:
             while self.epoch < self.epochs and self.stop_reason is None:
@@ -170,6 +168,16 @@ class Trainer:
         self._call("on_train_end", self, final)
         self.report.hparams(self.spec, final)
         return final
+
+    def _note_start_weights(self) -> None:
+        """A fresh run: record the weights the backbone started from in env.json and say them in one line."""
+        from plugtrain.core.runtime import rundir
+
+        if self.run_dir is None or not self.dist.is_main or self.global_step:
+            return
+        start = rundir.record_start_weights(self.run_dir, self.built.backbone)
+        if start and start.get("summary"):
+            self.report.message(f"start weights: {start['summary']}")
 
     def _finish_swa(self) -> dict[str, float]:
         """``val_swa/*`` of the SWA average, its batch-norm statistics recomputed: logged with the last epoch's
@@ -234,7 +242,7 @@ class Trainer:
         if mid_epoch and (save or self._stop_signal):
             path = self.save_checkpoint(checked=True)
             if self._stop_signal:
-                raise Interrupted(self._stop_signal, path, self.global_step)
+                raise Stopped(self._stop_signal, path, self.global_step)
 
     def _check_interval(self) -> tuple[float, int]:
         """Read the interval's losses; agree across ranks on a non-finite loss and on signals. Returns this rank's
@@ -247,15 +255,16 @@ class Trainer:
         if signal:
             self._stop_signal = signal
         if bad_step:
-            self._fail_non_finite(f"the loss became {value} at step {bad_step}")
+            self._fail_non_finite(f"the loss became {value} at step {bad_step}", bad_step)
         return loss_sum, count
 
-    def _fail_non_finite(self, what: str) -> None:
+    def _fail_non_finite(self, what: str, step: int | None = None) -> None:
         last = self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
+        last = last if last is not None and last.exists() else None
         kept = (f" The last good checkpoint is kept: {last} (resume from it with a lower lr, clipping or another "
-                "precision)." if last is not None and last.exists() else " No checkpoint had been written yet.")
-        raise TrainingFailed(f"{what} (epoch {self.epoch + 1}, batch {self.batch_in_epoch}); training "
-                             f"stopped.{kept}")
+                "precision)." if last is not None else " No checkpoint had been written yet.")
+        raise NumericalFault(f"{what} (epoch {self.epoch + 1}, batch {self.batch_in_epoch}); training "
+                             f"stopped.{kept}", self.global_step if step is None else step, last)
 
     def _end_epoch(self) -> dict[str, float]:
         self.tracker.reset_interval()
@@ -291,7 +300,7 @@ class Trainer:
             self._stop_signal = self._signal
         if self._stop_signal and self.epoch < self.epochs:
             last = self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
-            raise Interrupted(self._stop_signal, last, self.global_step)
+            raise Stopped(self._stop_signal, last, self.global_step)
         return metrics
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
