@@ -30,7 +30,10 @@ FORMAT_VERSION = 1
 
 #: A pickled global named in torch's refusal that is a real Python name (``pathlib.PosixPath``), not bytes that only
 #: happened to decode as a GLOBAL opcode.
-_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)+) was not an allowed global")
+#: torch words it "Unsupported global: GLOBAL X was not an allowed global" or, for a blocked module (``posix.system``),
+#: "Trying to load unsupported GLOBAL X whose module M is blocked".
+_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)+)"
+                     r" (?:was not an allowed global|whose module)")
 
 
 def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
