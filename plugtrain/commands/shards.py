@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from plugtrain.core import console
+from plugtrain.core.atomic import atomic_open, write_atomic
 from plugtrain.core.errors import PlugtrainError
 
 SPLITS = ("train", "val", "test")
@@ -98,19 +99,10 @@ def _target_bytes(target: Any, task: str) -> tuple[str, bytes]:
 def _write_shard(path: Path, samples: list[tuple[str, str, bytes, str, bytes]]) -> int:
     import webdataset as wds
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            with wds.TarWriter(f, encoder=False, mtime=0.0) as w:
-                for key, ext, data, label_ext, label in samples:
-                    w.write({"__key__": key, ext: data, label_ext: label})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with atomic_open(path, "wb") as f:
+        with wds.TarWriter(f, encoder=False, mtime=0.0) as w:
+            for key, ext, data, label_ext, label in samples:
+                w.write({"__key__": key, ext: data, label_ext: label})
     return path.stat().st_size
 
 
@@ -199,9 +191,7 @@ def run(source: str, *, out: str, shard_size: int = 1000, overrides: Sequence[st
         split = getattr(splits, name)
         if split is not None:
             meta["splits"][name] = _write_split(split, name, task, out_dir, shard_size, on_error)
-    tmp = out_dir / f".{META_NAME}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / META_NAME)
+    write_atomic(out_dir / META_NAME, json.dumps(meta, indent=2) + "\n")
     console.echo(f"wrote {out_dir / META_NAME} in {time.monotonic() - t0:.1f} s; train on the shards with:")
     console.echo("  [data]")
     console.echo('  dataset = "webdataset"')

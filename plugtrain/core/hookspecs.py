@@ -76,19 +76,26 @@ Besides its hooks, a plugin module may define:
 
 * ``PLUGTRAIN_RETIRED``: ``{kind: {"Name" | "Name.param" | "*.param": hint}}``, hints for names and parameters a
   library removed (:mod:`plugtrain.core.spec.retired`).
-* ``PLUGTRAIN_VALIDATE``: ``validate(factory, params, defaults) -> [(key or None, message, is_warning), ...]``, the
-  plugin's own check of one of its components' parameters (``params`` as the spec gives them, ``defaults`` the
-  factory's defaults), run by ``plugtrain check`` once the signature checks pass. A problem with a key points at that
-  key; ``None`` points at the component's table.
+* ``PLUGTRAIN_VALIDATE``: ``validate(factory, params, defaults[, context]) -> [(key or None, message, is_warning),
+  ...]``, the plugin's own check of one of its components' parameters (``params`` as the spec gives them,
+  ``defaults`` the factory's defaults), run by ``plugtrain check`` once the signature checks pass. A problem with a
+  key points at that key; ``None`` points at the component's table. A check with a parameter named ``context`` (or
+  ``**kwargs``) also gets a :class:`plugtrain.core.runtime.rundir.CheckContext`: ``context.queued_runs`` and
+  ``context.written_by_queue(path)`` (a file a spec queued before this one writes, ``plugtrain check A B``), and
+  ``context.start_inputs_needed`` (False where the files only the start of training reads, start weights, are not
+  needed: a finished run reopened, ``weights fetch``). A three-parameter check is called as before.
 * ``PLUGTRAIN_PRETRAINED``: ``tags(factory) -> [(tag, weights reference), ...]``, a backbone's pretrained weights
   (the default first; ``[]`` for none), listed by ``plugtrain list backbones --pretrained``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import pluggy
+
+if TYPE_CHECKING:
+    from plugtrain.core.runtime.view import RunView
 
 PROJECT = "plugtrain"
 ENTRY_POINT_GROUP = "plugtrain"
@@ -163,8 +170,8 @@ def plugtrain_backbones():
     Context: ``num_classes`` (int; 0 asks for a model without a classifier head).
 
     A ``pretrained`` parameter, by convention, names the weights the model starts from: a finished run's backbone is
-    rebuilt without it (its weights come from its checkpoint), and a plugin's check of those weights asks
-    :func:`plugtrain.core.runtime.rundir.start_inputs_needed` first.
+    rebuilt without it (its weights come from its checkpoint), and a plugin's check of those weights reads
+    ``context.start_inputs_needed`` first (see ``PLUGTRAIN_VALIDATE`` above).
     """
 
 
@@ -505,20 +512,23 @@ class Metric(Protocol):
 
 
 class Callback(Protocol):
-    """What a ``callbacks`` factory returns. Called on every rank, in the order the spec lists them; ``trainer`` gives
-    ``epoch`` (epochs completed), ``global_step``, ``metrics``, ``model``, ``spec``, ``primary_metric``, ``mode``,
-    ``request_stop(reason)`` and ``requires_grad_changed()``. Every method is optional."""
+    """What a ``callbacks`` factory returns. Called on every rank, in the order the spec lists them. Every hook gets
+    ``run``, a :class:`~plugtrain.core.runtime.view.RunView` (not the trainer): ``epoch`` (epochs completed),
+    ``epochs``, ``global_step``, ``primary_metric``, ``mode``, ``metrics``, ``history``, ``best``, ``lrs``, ``spec``,
+    ``run_dir``, ``rank``, ``world_size``, ``is_main``, ``train_samples``, ``val_samples``, ``model``, and
+    ``request_stop(reason)``, ``requires_grad_changed()``, ``message(text)``. Any other name is refused (exit 2).
+    Every method is optional."""
 
-    def on_train_start(self, trainer: Any) -> None:
+    def on_train_start(self, run: RunView) -> None:
         """Before the first step (also of a resumed run)."""
 
-    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+    def on_epoch_start(self, run: RunView, epoch: int) -> None:
         """Before epoch ``epoch`` (1-based); not for the rest of an epoch that a resume continues."""
 
-    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch_end(self, run: RunView, epoch: int, metrics: dict[str, float]) -> None:
         """After validation of epoch ``epoch``, before its checkpoints are written."""
 
-    def on_train_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+    def on_train_end(self, run: RunView, metrics: dict[str, float]) -> None:
         """After the last epoch (or an early stop), with the final metrics (``val_swa/*`` included)."""
 
     def state_dict(self) -> dict[str, Any]:

@@ -50,11 +50,14 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from annotated_types import Ge, Gt, Interval
 
 from plugtrain import Component, hookimpl
+
+if TYPE_CHECKING:
+    from plugtrain.core.runtime.rundir import CheckContext
 
 #: Prefixes (relative to the wrapper) of the wrapper's own head modules.
 _WRAPPER_HEADS = ("pool", "embedding", "head")
@@ -708,16 +711,19 @@ def architecture_problem(ref: WeightsRef, model_name: str) -> str | None:
     return None
 
 
-def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any]) -> list[tuple[str | None, str, bool]]:
+def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any],
+             context: CheckContext | None = None) -> list[tuple[str | None, str, bool]]:
     """``plugtrain check`` of a backbone's ``pretrained`` (this module's ``PLUGTRAIN_VALIDATE``): the reference must
     parse (a revision after ``@`` is not empty), and hub weights are looked up in the cache (no network): missing is
     a warning (training will download them), or an error when ``HF_HUB_OFFLINE`` is set (training could not); a
     cached ``config.json`` naming another architecture than the backbone is an error (:func:`architecture_problem`). A local file must exist (training would
     stop on it before its first step), or lie in the run directory of a spec queued before this one (``plugtrain
-    check STAGE1 STAGE2``); what it holds is checked when the backbone is built. Neither is looked up where
-    :func:`~plugtrain.core.runtime.rundir.start_inputs_needed` says no (a finished run reopened, ``weights fetch``)."""
+    check STAGE1 STAGE2``: ``context.written_by_queue``); what it holds is checked when the backbone is built.
+    Neither is looked up where ``context.start_inputs_needed`` is False (a finished run reopened, ``weights fetch``)."""
     from plugtrain.core.errors import PlugtrainError
-    from plugtrain.core.runtime.rundir import start_inputs_needed
+    from plugtrain.core.runtime.rundir import CheckContext
+
+    context = context if context is not None else CheckContext()
 
     pretrained = params.get("pretrained", defaults.get("pretrained"))
     model_name = factory.args[0] if isinstance(factory, functools.partial) and factory.args else ""
@@ -725,10 +731,10 @@ def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any]) -> 
         ref = weights_ref(model_name, pretrained)
     except PlugtrainError as exc:
         return [("pretrained", str(exc).removeprefix("backbone.pretrained: "), False)]
-    if ref is None or not start_inputs_needed():
+    if ref is None or not context.start_inputs_needed:
         return []
     if not ref.hub:
-        return _local_file_problems(ref.path)
+        return _local_file_problems(ref.path, context)
     try:
         cached = cached_weights_file(ref)
         wrong = architecture_problem(ref, model_name)
@@ -747,13 +753,12 @@ def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any]) -> 
                            "it; on a machine without network run `plugtrain weights fetch SPEC` first", True)]
 
 
-def _local_file_problems(path: str) -> list[tuple[str | None, str, bool]]:
-    """``pretrained`` naming a local file: it must be a file that is there (relative to the working directory)."""
-    from plugtrain.core.runtime.rundir import written_by_queue
-
+def _local_file_problems(path: str, context: CheckContext) -> list[tuple[str | None, str, bool]]:
+    """``pretrained`` naming a local file: it must be a file that is there (relative to the working directory), or
+    one a spec queued before this one writes."""
     full = os.path.abspath(os.path.expanduser(path))
     try:
-        if os.path.isfile(full) or (not os.path.exists(full) and written_by_queue(full)):
+        if os.path.isfile(full) or (not os.path.exists(full) and context.written_by_queue(full)):
             return []
         what = ("is a directory, not a weights file" if os.path.isdir(full) else
                 "does not exist (when an earlier run writes it, check the specs as the queue they are: `plugtrain "

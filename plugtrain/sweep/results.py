@@ -11,12 +11,12 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 from plugtrain.core import console
+from plugtrain.core.atomic import atomic_open, write_atomic
 from plugtrain.core.errors import PlugtrainError
 
 SWEEP_JSON = "sweep.json"
@@ -40,9 +40,7 @@ def read_meta(sweep_dir: Path) -> dict[str, Any]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 # -- counting --------------------------------------------------------------------------------------------------------
@@ -214,9 +212,7 @@ def write_best(study: Any, sweep_dir: Path, meta: dict[str, Any]) -> Path | None
     ordered_data = {k: data[k] for k in SECTIONS if k in data and data[k] != []}
     text = head + dumps_dict(ordered_data).removeprefix(HEADER)
     path = Path(sweep_dir) / "best.toml"
-    tmp = path.with_name(f".best.toml.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, text)
     return path
 
 
@@ -273,10 +269,9 @@ def write_plots(study: Any, sweep_dir: Path) -> dict[str, str]:
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.set_size_inches(8, 5)
             fig.tight_layout()
-            tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-            fig.savefig(tmp, dpi=100)
+            with atomic_open(path, "wb") as f:
+                fig.savefig(f, format="png", dpi=100)
             plt.close(fig)
-            os.replace(tmp, path)
             out[name] = str(path)
         except Exception as exc:  # noqa: BLE001 - a plot that cannot be drawn (e.g. no variance) is not fatal
             plt.close("all")

@@ -29,11 +29,11 @@ class _FoldRecord:
     def __init__(self, fold: tuple[int, int]) -> None:
         self.fold = fold
 
-    def on_train_start(self, trainer: Any) -> None:
-        if trainer.run_dir is not None and trainer.dist.is_main:
-            _write_json(Path(trainer.run_dir) / "fold.json",
-                        {"fold": self.fold[0], "folds": self.fold[1], "seed": trainer.spec.run.seed,
-                         "train_samples": len(trainer.built.train_data), "val_samples": len(trainer.built.val_data),
+    def on_train_start(self, run: Any) -> None:  # run: the callback's RunView
+        if run.run_dir is not None and run.is_main:
+            _write_json(Path(run.run_dir) / "fold.json",
+                        {"fold": self.fold[0], "folds": self.fold[1], "seed": run.spec.run.seed,
+                         "train_samples": run.train_samples, "val_samples": run.val_samples,
                          "val": "fold of the train split (validation transforms)"})
 
 
@@ -62,8 +62,6 @@ def _free_device_memory() -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    import os
+    from plugtrain.core.atomic import write_atomic
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

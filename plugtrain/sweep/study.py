@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from plugtrain.core import console
+from plugtrain.core.atomic import atomic_open
 from plugtrain.core.errors import PlugtrainError, debug, first_line
 from plugtrain.sweep import results
 from plugtrain.sweep.space import Sweep, SweepError, relocate, toml_value
@@ -635,12 +636,10 @@ class Worker:
         columns: list[str] = []
         for r in rows:
             columns += [c for c in r if c not in columns]
-        tmp = tdir / f".metrics.csv.tmp-{os.getpid()}"
-        with tmp.open("w", newline="") as f:
+        with atomic_open(tdir / "metrics.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, tdir / "metrics.csv")
 
     def _failed(self, trial: Any, msg: str, finish: Any) -> None:
         trial.set_user_attr("error", msg[:2000])

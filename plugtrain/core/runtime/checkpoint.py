@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from plugtrain.core.atomic import atomic_open, fsync_dir, temp_path
 from plugtrain.core.errors import PlugtrainError, first_line
 
 FORMAT = "plugtrain-checkpoint"
@@ -111,44 +112,21 @@ def check_plain(obj: Any, where: str = "checkpoint") -> None:
     )
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable (best effort: some filesystems refuse)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """``torch.save`` to a temporary file, fsync, ``os.replace`` onto ``path``, fsync the directory."""
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
     """``dst`` becomes a hard link to ``src`` (a byte copy where links are not possible), atomically."""
     import shutil
 
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp = temp_path(dst)
     if tmp.exists():
         tmp.unlink()
     try:

@@ -22,8 +22,9 @@ What is guaranteed (:func:`plan`, :class:`Opening`):
 * Every file a component writes stays inside the run directory: :func:`run_path` and the :data:`RunPath` annotation.
 
 A check of a queue of specs (``plugtrain check A B``) knows, per spec, the run directories of the specs before it
-(:func:`queued_before`, :func:`written_by_queue`), so that a later stage may name a file an earlier one writes; a
-finished run's spec is reopened without the files only the start of its training read (:func:`without_start_inputs`).
+(:func:`queued_before`), so that a later stage may name a file an earlier one writes; a finished run's spec is
+reopened without the files only the start of its training read (:func:`without_start_inputs`). Plugin checks get both
+as a :class:`CheckContext` argument (:func:`check_context`), not by reading these variables.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime
+import inspect
 import json
 import os
 import platform
@@ -45,8 +47,8 @@ from typing import Annotated, Any
 
 import attrs
 
+from plugtrain.core.atomic import fsync_dir, write_atomic
 from plugtrain.core.errors import PlugtrainError
-from plugtrain.core.runtime.checkpoint import fsync_dir
 
 CHECKPOINTS = "checkpoints"
 #: Files whose presence marks a directory as a plugtrain run directory (only those are ever deleted by --overwrite).
@@ -129,13 +131,9 @@ def queued_before(run_dirs: Sequence[Path]) -> Iterator[None]:
 
 
 def written_by_queue(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` lies inside the run directory of a spec queued before the one being checked: a plugin's
-    check of a file a spec reads (a ``pretrained`` checkpoint of an earlier stage) accepts it as not there yet."""
-    try:
-        full = Path(os.path.abspath(os.path.expanduser(os.fspath(path)))).resolve()
-    except (OSError, ValueError):
-        return False
-    return any(d == full or d in full.parents for d in _QUEUED.get())
+    """Whether ``path`` lies inside the run directory of a spec queued before the one being checked (kept for
+    plugins written before :class:`CheckContext`; a check reads ``context.written_by_queue``)."""
+    return check_context().written_by_queue(path)
 
 
 #: False inside :func:`without_start_inputs`.
@@ -156,8 +154,49 @@ def without_start_inputs() -> Iterator[None]:
 
 def start_inputs_needed() -> bool:
     """Whether a plugin's check must find the files only the start of training reads (see
-    :func:`without_start_inputs`)."""
+    :func:`without_start_inputs`; kept for plugins written before :class:`CheckContext`)."""
     return _START_INPUTS.get()
+
+
+@attrs.frozen
+class CheckContext:
+    """What a plugin's check (``PLUGTRAIN_VALIDATE`` with a ``context`` parameter) knows beyond the parameters: the
+    situation the spec is checked in, which the same parameters may be right in and wrong in another.
+
+    ``queued_runs``: the run directories of the specs queued before this one (``plugtrain check A B``); a file inside
+    one will exist when this spec's turn comes (:meth:`written_by_queue`). ``start_inputs_needed``: False where the
+    files only the start of training reads (start weights) are not needed: a finished run reopened by
+    evaluate/predict/export, or ``plugtrain weights fetch`` about to get them itself.
+    """
+
+    queued_runs: tuple[Path, ...] = ()
+    start_inputs_needed: bool = True
+
+    def written_by_queue(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` lies inside the run directory of a spec queued before this one: a check of a file the
+        spec reads (a ``pretrained`` checkpoint of an earlier stage) accepts it as not there yet."""
+        try:
+            full = Path(os.path.abspath(os.path.expanduser(os.fspath(path)))).resolve()
+        except (OSError, ValueError):
+            return False
+        return any(d == full or d in full.parents for d in self.queued_runs)
+
+
+def check_context() -> CheckContext:
+    """The :class:`CheckContext` of the check under way (set by :func:`queued_before` and
+    :func:`without_start_inputs`; a plain check outside them gets the defaults)."""
+    return CheckContext(queued_runs=_QUEUED.get(), start_inputs_needed=_START_INPUTS.get())
+
+
+def takes_context(check: Any) -> bool:
+    """Whether the plugin check ``check`` accepts a ``context`` keyword (a 4th parameter named ``context``, or
+    ``**kwargs``); a three-parameter ``validate(factory, params, defaults)`` is called as before."""
+    try:
+        params = inspect.signature(check).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any((p.name == "context" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+               or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def run_dir_for(output_dir: str, name: str) -> Path:
@@ -432,9 +471,7 @@ class Opening:
             if data is None:
                 path.unlink(missing_ok=True)
             else:
-                tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
+                write_atomic(path, data)
         if self.staged:
             target = self.run_dir if self.published else self.where
             shutil.rmtree(target, ignore_errors=True)
@@ -472,9 +509,7 @@ def write_spec(run_dir: Path, spec_dict: dict[str, Any], name: str = "spec.toml"
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def git_revision(where: Path) -> dict[str, Any] | None:

@@ -36,12 +36,12 @@ from plugtrain.core.runtime.report import Reporter
 from plugtrain.core.runtime.step import ModelInput, Network, TrainStep, Warmup, batch_images, train_mode
 from plugtrain.core.runtime.swa import SWA
 from plugtrain.core.runtime.tracker import LossTracker
+from plugtrain.core.runtime.view import RunView
 from plugtrain.core.spec.model import to_dict
 
 
 class Trainer:
-    """Runs a built spec. Callbacks see ``trainer.epoch`` (epochs completed), ``global_step``, ``primary_metric``,
-    ``mode``, ``metrics`` (the latest epoch's), ``model``, ``spec`` and can call :meth:`request_stop`."""
+    """Runs a built spec. Callbacks do not see it: each gets a :class:`~.view.RunView` of the run (``_call``)."""
 
     def __init__(self, built: Built, dist: DistEnv, run_dir: Path | None = None, loggers: list[Any] | None = None,
                  progress: Progress | None = None) -> None:
@@ -91,6 +91,7 @@ class Trainer:
         self._signal: int | None = None  # received by this process
         self._stop_signal: int | None = None  # agreed by every rank
         self._logged = False  # a step was logged in this process
+        self._views: dict[int, RunView] = {}  # each callback's view of the run, by id()
 
     # -- for callbacks and commands --------------------------------------------------------------------------------
     @property
@@ -150,12 +151,12 @@ class Trainer:
         else:
             ckpt.seed_everything(mix_seed(self.spec.run.seed, self.dist.rank, 3))
         self._note_start_weights()
-        self._call("on_train_start", self)
+        self._call("on_train_start")
         try:
             while self.epoch < self.epochs and self.stop_reason is None:
                 if self.batch_in_epoch == 0:
                     self.tracker.reset_epoch()
-                    self._call("on_epoch_start", self, self.epoch + 1)
+                    self._call("on_epoch_start", self.epoch + 1)
                 self._train_epoch()
                 self.metrics = self._end_epoch()
         finally:
@@ -165,7 +166,7 @@ class Trainer:
         final = dict(self.history[-1]) if self.history else {}
         if self.swa is not None and self.swa.active(self.epoch):
             final.update(self._finish_swa())
-        self._call("on_train_end", self, final)
+        self._call("on_train_end", final)
         self.report.hparams(self.spec, final)
         return final
 
@@ -286,7 +287,7 @@ class Trainer:
             self.swa.scheduler.step()
         elif self.built.scheduler_interval == "epoch":
             step_epoch_scheduler(self.scheduler, metrics.get(self.primary_metric))
-        self._call("on_epoch_end", self, e, metrics)
+        self._call("on_epoch_end", e, metrics)
         self.epoch, self.batch_in_epoch = e, 0
         self.history.append(metrics)
         if skipped:
@@ -339,10 +340,14 @@ class Trainer:
 
     # -- callbacks and loggers -------------------------------------------------------------------------------------
     def _call(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` of every callback that has it, with the callback's own :class:`~.view.RunView` first."""
         for cb in self.callbacks:
             fn = getattr(cb, hook, None)
             if callable(fn):
-                fn(*args)
+                view = self._views.get(id(cb))
+                if view is None:
+                    view = self._views[id(cb)] = RunView(self, type(cb).__name__)
+                fn(view, *args)
 
     def close(self) -> None:
         self.report.close()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from plugtrain.core.errors import PlugtrainError, did_you_mean
 from plugtrain.core.hookspecs import CONTEXT, SINGULAR
-from plugtrain.core.runtime.rundir import InsideRunDir, run_path_problem
+from plugtrain.core.runtime.rundir import InsideRunDir, check_context, run_path_problem, takes_context
 from plugtrain.core.spec import model
 from plugtrain.core.spec.fields import PARAM_RANGES, _where, describe_value, section_fields
 from plugtrain.core.spec.retired import retired_hint
@@ -214,16 +214,18 @@ class ComponentChecks:
 
     # -- the plugin's own checks --------------------------------------------------------------------------------
     def plugin_checks(self, comp: Any, given: dict[str, Any], path: tuple, label: str) -> None:
-        """Run the ``PLUGTRAIN_VALIDATE`` of the plugin module that provides ``comp``, when it has one."""
+        """Run the ``PLUGTRAIN_VALIDATE`` of the plugin module that provides ``comp``, when it has one; one that takes
+        a ``context`` gets the :class:`~plugtrain.core.runtime.rundir.CheckContext` of this check."""
         plugin = getattr(self.registry, "plugin", None)
         info = plugin(comp.plugin) if callable(plugin) else None
         check = getattr(getattr(info, "module", None), "PLUGTRAIN_VALIDATE", None)
         if not callable(check):
             return
         defaults = {p.name: p.default for p in comp.params if not p.required}
+        extra = {"context": check_context()} if takes_context(check) else {}
         try:
             found = [(key, str(message), bool(warning))
-                     for key, message, warning in check(comp.factory, dict(given), defaults) or ()]
+                     for key, message, warning in check(comp.factory, dict(given), defaults, **extra) or ()]
         except Exception:  # a plugin's check failing oddly must not break checking
             return
         for key, message, warning in found:

@@ -49,11 +49,17 @@ def plugtrain_datasets():
     ]
 
 
-def validate(factory, params, defaults):
+def validate(factory, params, defaults, context=None):
     """``plugtrain check`` of a dataset's parameters: the factory's own ``validate`` when it has one (webdataset's
-    shard names), so that what the build would refuse is found before a run starts."""
+    shard names), so that what the build would refuse is found before a run starts. A factory check with a
+    ``context`` parameter gets the :class:`~plugtrain.core.runtime.rundir.CheckContext` too."""
+    from plugtrain.core.runtime.rundir import CheckContext, takes_context
+
     check = getattr(factory, "validate", None)
-    return list(check(params, defaults)) if callable(check) else []
+    if not callable(check):
+        return []
+    extra = {"context": context if context is not None else CheckContext()} if takes_context(check) else {}
+    return list(check(params, defaults, **extra))
 
 
 PLUGTRAIN_VALIDATE = validate

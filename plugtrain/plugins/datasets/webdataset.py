@@ -61,6 +61,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from plugtrain.core.atomic import atomic_open
 from plugtrain.plugins.datasets.common import check_common, check_fraction, error, param
 from plugtrain.plugins.datasets.decode import IMAGE_EXTENSIONS, decode_bytes
 from plugtrain.plugins.datasets.splits import (
@@ -298,23 +299,17 @@ def fetch(url: str, folder: Path) -> str:
     with exclusive(Path(f"{dest}.lock")):
         if dest.exists():
             return str(dest)
-        for stale in folder.glob(f"{dest.name}.tmp-*"):
+        for stale in folder.glob(f"*{dest.name}.tmp-*"):
             with contextlib.suppress(OSError):
                 stale.unlink()
         from webdataset.gopen import gopen
 
         console.echo(f"data: fetching {url} into {dest}")
-        tmp = f"{dest}.tmp-{os.getpid()}"
         try:
-            with gopen(url, "rb") as src, open(tmp, "wb") as out:
+            with gopen(url, "rb") as src, atomic_open(dest, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
-                out.flush()
-                os.fsync(out.fileno())
         except (OSError, ValueError) as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise error(f"webdataset: cannot read shard {url}: {exc}") from None
-        os.replace(tmp, dest)
     return str(dest)
 
 
