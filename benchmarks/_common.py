@@ -175,10 +175,10 @@ def build_trainer(spec_path: Path, overrides: Sequence[str] = (), progress: bool
     (``load_spec`` -> ``build_run`` -> ``Trainer``), single process, no run directory (so no checkpoints and no
     loggers, which run once per epoch, not per step). ``progress``: the plain progress lines of a non-TTY run
     (printed at log intervals; the caller may send stdout elsewhere)."""
-    from plugtrain.commands.train import configure_torch
     from plugtrain.core.runtime import distributed
     from plugtrain.core.runtime.build import build_run
     from plugtrain.core.runtime.progress import Progress
+    from plugtrain.core.runtime.session import configure_torch
     from plugtrain.core.runtime.trainer import Trainer
     from plugtrain.core.spec import load_spec
 

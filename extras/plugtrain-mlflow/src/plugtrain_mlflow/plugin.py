@@ -275,6 +275,8 @@ class MlflowLogger:
         self._close(RuntimeError("the logger was never closed"))
 
     def _close(self, exc: BaseException | None) -> None:
+        from plugtrain.core.errors import Stopped
+
         if self.client is None or self._closed:
             return
         self._closed = True
@@ -290,7 +292,7 @@ class MlflowLogger:
             self._try("checkpoints/best.pt", lambda: self.client.log_artifact(self.run_id, str(best), "checkpoints"))
         if self._completed and exc is None:
             status = "FINISHED"
-        elif exc is None or isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "Interrupted":
+        elif exc is None or isinstance(exc, (KeyboardInterrupt, Stopped)):
             status = "KILLED"  # stopped before the end (SIGTERM/SIGINT): --resume auto continues this MLflow run
         else:
             status = "FAILED"

@@ -162,7 +162,9 @@ class WandbLogger:
         import atexit
 
         atexit.unregister(self._at_exit)
-        interrupted = isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "Interrupted"
+        from plugtrain.core.errors import Stopped
+
+        interrupted = isinstance(exc, (KeyboardInterrupt, Stopped))
         try:
             if interrupted:
                 self.run.mark_preempting()  # W&B shows it as preempted until --resume auto continues it
