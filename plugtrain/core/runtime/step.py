@@ -1,8 +1,10 @@
 """One optimizer step: forward and backward over the micro-batches of an accumulation group, then clip, step,
 update the loss scaler, zero the gradients, step a per-step scheduler and the EMA.
 
-:meth:`TrainStep.step` is the whole of it and reads top to bottom. Nothing in it reads a value back from the device:
-the micro-batch losses it returns stay on the device until the trainer looks at them at a log interval.
+:meth:`TrainStep.step` is the whole of it and reads top to bottom. It reads nothing back from the device itself:
+the micro-batch losses it returns stay on the device until the trainer looks at them at a log interval. The one
+exception is fp16's ``GradScaler``, whose ``step`` reads back whether the gradients were finite to decide whether to
+skip the optimizer step (bf16 and fp32 have no scaler).
 """
 
 from __future__ import annotations

@@ -6,13 +6,12 @@ from any data set; so do webdataset's ``TarWriter`` / ``ShardWriter``, ``tarp`` 
 
 Random access, not streaming
 ----------------------------
-Each shard is indexed once when the dataset is built (every tar header is read: about 3 us a member, without
-reading the images), so a split is a random-access sequence like every other plugtrain dataset, and what the
-runtime guarantees for those holds unchanged: :class:`~plugtrain.core.runtime.loader.GlobalBatchSampler` gives every
-rank the same number of batches whatever the shard sizes (no hang at the end of an epoch), the order is a function
-of ``(seed, epoch)`` over every sample (not just a shuffle buffer), mid-epoch resume is exact, and validation
-(:class:`~plugtrain.core.runtime.loader.ShardedBatchSampler`) counts each sample once. A sample is one ``pread``
-from an open shard; the OS page cache keeps hot shards in memory.
+Each shard is indexed once when the dataset is built (every tar header is read, not the images), so a split is a
+random-access sequence like every other plugtrain dataset, and what the runtime guarantees for those holds unchanged:
+:class:`~plugtrain.core.runtime.loader.GlobalBatchSampler` gives every rank the same number of batches whatever the
+shard sizes (no hang at the end of an epoch), the order is a function of ``(seed, epoch)`` over every sample (not just a
+shuffle buffer), mid-epoch resume is exact, and validation (:class:`~plugtrain.core.runtime.loader.ShardedBatchSampler`)
+counts each sample once. A sample is one ``pread`` from an open shard; the OS page cache keeps hot shards in memory.
 
 The price, against webdataset's pure streaming (``WebDataset(urls).shuffle(n)``): the shards must be local files
 (or be fetched into one, below), and reads are random rather than sequential, which is what local SSDs and page
