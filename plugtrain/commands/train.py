@@ -60,7 +60,7 @@ def run(specs: Sequence[str], overrides: Sequence[str] = (), *, resume: str | No
                 _print_dry_run(result)
             codes.append(result.exit_code)
     finally:
-        distributed.teardown()
+        distributed.teardown(synchronize=bool(codes) and not any(codes) and len(codes) == len(paths))
     if len(paths) > 1:
         failed = sum(1 for c in codes if c)
         if failed:

@@ -6,6 +6,7 @@ the end of the queue. Every collective used by the runtime lives here, so that t
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from typing import Any
@@ -191,12 +192,17 @@ def _pick_device(device: str, local_rank: int) -> Any:
     return dev
 
 
-def teardown() -> None:
-    """Destroy the process group (end of the queue)."""
+def teardown(synchronize: bool = False) -> None:
+    """Destroy the process group (end of the queue). ``synchronize`` (every rank finished its queue): meet at a
+    barrier first, so that no rank tears its connections down while a peer still uses them (with gloo a peer whose
+    connection is reset at exit can abort)."""
     global _ENV
     if _ENV is not None and _ENV.distributed:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if synchronize:
+                with contextlib.suppress(Exception):  # a peer that already left: nothing to wait for
+                    dist.barrier()
             dist.destroy_process_group()
     _ENV = None
