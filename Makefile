@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.plugtrain-installed
-# The experiment-tracker extras: plugin distributions of their own (extras/*/pyproject.toml), installed editable for
-# `make test` (not for `make demo`, which needs neither mlflow nor wandb); re-installed when a pyproject changes.
-EXTRAS := extras/plugtrain-mlflow extras/plugtrain-wandb
+# The extras: plugin distributions of their own (extras/*/pyproject.toml): the experiment trackers and the
+# segmentation task. Installed editable for `make test` (not for `make demo`, which needs none of mlflow, wandb or
+# segmentation-models-pytorch); re-installed when a pyproject changes.
+EXTRAS := extras/plugtrain-mlflow extras/plugtrain-wandb extras/plugtrain-segmentation
 EXTRAS_STAMP := $(VENV)/.plugtrain-extras-installed
 TESTS := tests $(addsuffix /tests,$(EXTRAS))
 

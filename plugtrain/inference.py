@@ -225,8 +225,10 @@ class Predictor:
     def __init__(self, spec: Any, *, class_names: Sequence[str], task: str, in_chans: int, source: str,
                  checkpoint: str | None, weights: str, epoch: int | None) -> None:
         from plugtrain.core.runtime import build
+        from plugtrain.core.task import get_task
 
         self.spec, self.task, self.in_chans = spec, task, int(in_chans)
+        self.task_object = get_task(task, getattr(spec, "task", None))
         self.class_names = list(class_names)
         self.source, self.checkpoint, self.weights, self.epoch = source, checkpoint, weights, epoch
         self._read = image_reader(spec, self.in_chans)
@@ -296,28 +298,27 @@ class Predictor:
         chunks = [samples[i:i + self.batch_size] for i in range(0, len(samples), self.batch_size)]
         return torch.cat([self.forward_raw(self.raw_batch(c)) for c in chunks])
 
-    def predict(self, images: Any, top_k: int = 5) -> list[dict[str, Any]]:
-        """One result per image, a list also for one path or array: ``{"image", "class", "index", "probability",
-        "top_k": [{class, index, probability}, ...]}`` for classification (softmax of the logits), ``{"image",
-        "prediction"}`` for regression. ``image`` is the path, or the position of an array."""
+    def predict(self, images: Any, top_k: int = 5, out_dir: str | os.PathLike[str] | None = None
+                ) -> list[dict[str, Any]]:
+        """One result per image, a list also for one path or array: ``{"image", ...}`` with what the run's task
+        makes of the image's output (:meth:`plugtrain.core.hookspecs.Task.predict`: the top-k classes and their
+        probabilities, the predicted values, ...). ``image`` is the path, or the position of an array. With
+        ``out_dir``, a task that writes files of its predictions (``Task.save_prediction``: a mask PNG) writes them
+        there."""
         if top_k < 1:
             raise PlugtrainError(f"--top-k must be >= 1, got {top_k}")
-        if self.task == "metric_learning":
-            raise PlugtrainError("predict gives class probabilities; a metric-learning run has none (use evaluate)")
+        task = self.task_object
         images = self.as_list(images)
         outputs = self.outputs(images)
         results = []
         for i, (item, out) in enumerate(zip(images, outputs, strict=True)):
             name = str(item) if isinstance(item, (str, os.PathLike)) else i
-            if self.task == "regression":
-                values = out.tolist()
-                results.append({"image": name, "prediction": values[0] if len(values) == 1 else values})
-                continue
-            probs = out.softmax(-1)
-            p, idx = probs.topk(min(top_k, probs.numel()))
-            top = [{"class": self.class_names[j] if j < len(self.class_names) else str(j), "index": int(j),
-                    "probability": float(q)} for q, j in zip(p.tolist(), idx.tolist(), strict=True)]
-            results.append({"image": name, **top[0], "top_k": top})
+            result = {"image": name, **task.predict(out, self.class_names, top_k)}
+            save = getattr(task, "save_prediction", None)
+            if out_dir is not None and callable(save):
+                Path(out_dir).mkdir(parents=True, exist_ok=True)
+                result = save(result, str(name), Path(out_dir))
+            results.append(result)
         return results
 
     def describe(self) -> str:
@@ -354,7 +355,7 @@ class LoadedRun(Predictor):
         self.device = local_env(spec, device).device
         torch.manual_seed(spec.run.seed)
         model = build.component("backbones", rebuilt_backbone(spec), "backbone",
-                                num_classes=0 if task == "metric_learning" else num_classes)
+                                num_classes=self.task_object.backbone_classes(num_classes))
         load_weights(model, state, chosen, path, spec)
         self.model = model.to(self.device).eval()
         self.model_input = ModelInput.for_spec(spec, in_chans, self.device)
@@ -429,7 +430,7 @@ def _short(value: Any) -> str:
 def sidecar_problems(meta: dict[str, Any], suffix: str | None = None) -> list[str]:
     """What in a sidecar does not fit its schema (the keys predict and a deployer read, their types and how they
     agree with each other and with the model file's ``suffix``); empty when it fits."""
-    from plugtrain.core.spec.model import TASKS
+    from plugtrain.core.runtime.checkpoint import _known_task
 
     problems: list[str] = []
 
@@ -457,11 +458,11 @@ def sidecar_problems(meta: dict[str, Any], suffix: str | None = None) -> list[st
         problems.append(f"export_format is {fmt!r} but the model file is a {suffix or 'suffix-less'} file")
     check(meta, "file", lambda v: isinstance(v, str), "a file name")
     check(meta, "data_file", lambda v: v is None or isinstance(v, str), "a file name or null")
-    task = check(meta, "task", lambda v: v in TASKS, f"one of {', '.join(TASKS)}")
+    check(meta, "task", _known_task, "a registered task (see `plugtrain list tasks`)")
     names = check(meta, "class_names", lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
                   "a list of strings")
     count = check(meta, "num_classes", lambda v: is_int(v) and v >= 0, "an integer >= 0")
-    if task == "classification" and names is not None and count is not None and len(names) != count:
+    if names is not None and count is not None and len(names) not in (0, count):
         problems.append(f"class_names has {len(names)} names but num_classes is {count}")
     channels = None
     inp = check(meta, "input", lambda v: isinstance(v, dict), "an object")
@@ -618,7 +619,9 @@ class ExportedModel(Predictor):
         size = meta["output"]["shape"][-1]
         if gives is not None and isinstance(size, int) and gives != size:
             raise PlugtrainError(f"{side}: output.shape says {size} values per image but {path.name} gives {gives}")
-        if gives is not None and meta["task"] == "classification" and len(meta["class_names"]) != gives:
+        n = len(meta["class_names"])
+        if (gives is not None and len(meta["output"]["shape"]) == 2 and n and self.task_object.backbone_classes(n) == n
+                and n != gives):
             raise PlugtrainError(f"{side}: class_names has {len(meta['class_names'])} names but {path.name} gives "
                                  f"{gives} logits")
         self.input_chw = want

@@ -17,6 +17,16 @@ import pytest
 from hypothesis import settings
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The suite never reads or writes the user's cache (the component catalog, dataset caches): one temporary cache
+# folder per session, set before pytest-xdist starts its workers so that they and every CLI child share it.
+if "PLUGTRAIN_TEST_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["PLUGTRAIN_TEST_CACHE"] = os.environ["PLUGTRAIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="plugtrain-cache-")
+    atexit.register(shutil.rmtree, os.environ["PLUGTRAIN_TEST_CACHE"], True)
 QUICKSTART = REPO / "specs" / "quickstart.toml"
 
 TINY_SPEC = """\

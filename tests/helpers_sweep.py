@@ -14,6 +14,17 @@ def write_sweep(path: Path, spec: Path, body: str) -> Path:
     return path
 
 
+def lr_sweep(tmp_path: Path, name: str, *, epochs: int, steps: int, **settings: Any) -> Path:
+    """``<tmp_path>/<name>.toml``: a sweep over ``optimizer.lr`` (log-uniform in [1e-3, 1e-2]) of a tiny spec
+    (``base.toml``, runs in ``<tmp_path>/runs``) with ``settings`` as its ``[sweep]`` table."""
+    import tomli_w
+    from conftest import tiny_spec
+
+    spec = tiny_spec(tmp_path, "base", tmp_path / "runs", epochs=epochs, steps=steps)
+    body = tomli_w.dumps({"sweep": settings}) + "\n[params]\noptimizer.lr = { log_uniform = [1e-3, 1e-2] }\n"
+    return write_sweep(tmp_path / f"{name}.toml", spec, body)
+
+
 def load_study(sweep_dir: Path) -> Any:
     """The study of a sweep directory, from its default SQLite storage."""
     import json

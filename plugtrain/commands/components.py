@@ -1,7 +1,8 @@
 """``plugtrain list``, ``show`` and ``plugins``: what the registry holds, as tables or JSON.
 
-Only the registry is imported (never torch): listing components must stay fast, and a hook runs only when its kind
-is listed or shown.
+``list`` and ``show`` read the component catalog (:mod:`plugtrain.core.catalog`): no plugin is imported while it is
+fresh. ``list --pretrained`` and ``plugins`` ask the live registry (the first runs plugin code, the second reports
+what loading every plugin does).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from plugtrain.core import console
+from plugtrain.core.catalog import get_catalog
 from plugtrain.core.errors import PlugtrainError
 from plugtrain.core.hookspecs import KINDS
 from plugtrain.core.registry import check_kind, get_registry
@@ -21,14 +23,14 @@ def list_components(kind: str | None = None, pattern: str | None = None, *, as_j
     ``plugtrain list 'resnet*'`` (a glob where the kind goes) searches every kind. ``--pretrained`` (backbones only)
     keeps the backbones with pretrained weights, listed with their tags.
     """
-    reg = get_registry()
+    reg = get_catalog()
     if kind and pattern is None and kind not in KINDS and any(ch in kind for ch in "*?["):
         kind, pattern = None, kind
     if pretrained:
         if kind is not None and check_kind(kind) != "backbones":
             raise PlugtrainError(f"--pretrained lists backbones only, not {kind}: run `plugtrain list backbones "
                                  "--pretrained`")
-        return _list_pretrained(reg, pattern, as_json)
+        return _list_pretrained(get_registry(), pattern, as_json)
     kinds = [check_kind(kind)] if kind else list(KINDS)
     comps = [c for k in kinds for c in reg.find(k, pattern)]
     if as_json:
@@ -73,7 +75,7 @@ def _dist_label(distribution: str, version: str) -> str:
 
 def show_component(kind: str, name: str, *, as_json: bool = False) -> int:
     """``plugtrain show KIND NAME [--json]``: summary, docstring and parameters of one component."""
-    comp = get_registry().get(kind, name)
+    comp = get_catalog().get(kind, name)
     params = [p.as_json() for p in comp.params]
     if as_json:
         console.print_json({"kind": comp.kind, "name": comp.name, "summary": comp.one_line, "doc": comp.doc,

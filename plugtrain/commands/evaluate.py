@@ -65,6 +65,9 @@ def run(run_dir: str, *, checkpoint: str | None = None, split: str = "val", weig
     record = {"run_dir": str(root), "checkpoint": str(path), "weights": chosen, "epoch": state.get("epoch"),
               "global_step": state.get("global_step"), "split": split, "samples": len(data), "skipped": skipped,
               "metrics": results}
+    report = getattr(spec.task_object, "report", None)  # what the run's task adds (per-class figures by name)
+    if callable(report):
+        record.update(report(dict(results), list(built.class_names)))
     out = root / f"eval-{split}.json"
     out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if as_json:

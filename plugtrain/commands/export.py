@@ -58,7 +58,6 @@ from plugtrain.inference import (
     sidecar_path,
 )
 
-OUTPUT_NAME = {"classification": "logits", "regression": "values", "metric_learning": "embeddings"}
 CHECK_SAMPLES = 32
 #: The metrics.csv prefix of each choice of weights.
 PREFIX = {"model": "val/", "ema": "val_ema/", "swa": "val_swa/"}
@@ -205,7 +204,7 @@ def _validation_images(val_data: Any) -> Any:
     from plugtrain.core.runtime.step import batch_images
 
     items = [val_data[(0, i)] for i in range(min(CHECK_SAMPLES, len(val_data)))]
-    return batch_images(Collate("raise")(items), "val").float()
+    return batch_images(Collate("raise", getattr(val_data, "task", None))(items), "val").float()
 
 
 def _export_onnx(wrapper: Any, images: Any, out: Path, spec: Any, built: Any) -> tuple[list[Any], str]:
@@ -214,7 +213,7 @@ def _export_onnx(wrapper: Any, images: Any, out: Path, spec: Any, built: Any) ->
     import onnxruntime
     import torch
 
-    name = OUTPUT_NAME.get(spec.run.task, "outputs")
+    name = spec.task_object.export_output(built.num_classes, built.embedding_dim)["name"]
     inline = sum(t.numel() * t.element_size() for t in wrapper.state_dict().values()) <= ONNX_INLINE_BYTES
     try:
         with warnings.catch_warnings():
@@ -252,7 +251,7 @@ def _export_safetensors(wrapper: Any, images: Any, out: Path, spec: Any, built: 
     from plugtrain import __version__
     from plugtrain.core.runtime import build
 
-    backbone_classes = 0 if spec.run.task == "metric_learning" else built.num_classes
+    backbone_classes = spec.task_object.backbone_classes(built.num_classes)
     safetensors.torch.save_model(wrapper.backbone, str(out), metadata={
         "format": "pt", "plugtrain": __version__, "backbone": spec.backbone.name, "task": spec.run.task})
     fresh = build.component("backbones", rebuilt_backbone(spec), "backbone", num_classes=backbone_classes)
@@ -277,30 +276,34 @@ def _sidecar(out: Path, fmt: str, root: Path, path: Path, state: dict[str, Any],
     c, h, w = (int(x) for x in images.shape[1:])
     graph = fmt != "safetensors"
     mean, std = normalization(spec, built.in_chans) if spec.augmentations.normalize else (None, None)
+    scale, dtype = build.pixel_scale(spec), build.data_dtype(built.splits.train)  # raw pixels: uint16, float32
+    scale_text = f"{scale:g}"
     normalization_record = {"included": graph and mean is not None, "mean": mean, "std": std,
-                            "scale": 255 if mean else None,
-                            "formula": "(x - 255 * mean) / (255 * std), per channel, x in 0..255" if mean else
-                            "none (x as float)"}
+                            "scale": scale if mean else None,
+                            "formula": f"(x - {scale_text} * mean) / ({scale_text} * std), per channel, x the "
+                                       f"{dtype} pixel values" if mean else "none (x as float)"}
     epoch = state.get("epoch")
     prefix = PREFIX[weights]
     row = next((r for r in reversed(state.get("history") or []) if r.get("epoch") == epoch), {})
     versions = {"plugtrain": __version__, **{d: _version(d) for d in ("torch", "timm", *NEEDS[fmt])}}
+    output = spec.task_object.export_output(built.num_classes, built.embedding_dim)  # what the run's task outputs
     return {
         "format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "file": out.name, "export_format": fmt,
         "data_file": onnx_data(out).name if fmt == "onnx" and onnx_data(out).is_file() else None,
         "task": spec.run.task, "class_names": list(built.class_names), "num_classes": built.num_classes,
         "input": {"name": INPUT_NAME if graph else None, "shape": ["batch", c, h, w], "channels": c, "height": h,
-                  "width": w, "layout": "NCHW", "dtype": "float32", "range": [0, 255]},
-        "output": {"name": OUTPUT_NAME.get(spec.run.task, "outputs") if graph else None,
-                   "shape": ["batch", int(built.embedding_dim)],
-                   "meaning": {"classification": "logits (apply softmax for probabilities)",
-                               "regression": "predicted values", "metric_learning": "embeddings"}.get(spec.run.task)},
+                  "width": w, "layout": "NCHW", "dtype": "float32", "pixel_dtype": dtype,
+                  "range": [0, 255] if dtype == "uint8" else [0, 65535] if dtype == "uint16" else None},
+        "output": {**output, "name": output["name"] if graph else None},
         "normalization": normalization_record,
         "preprocessing": {
-            "order": "read the file as the reader does, apply the steps in order to the HxWxC uint8 image, "
+            "order": f"read the file as the reader does, apply the steps in order to the HxWxC {dtype} image, "
                      "transpose to CHW and stack as float32 NCHW" + (", normalise" if mean and not graph else "")
                      + (" (the graph normalises inside)" if mean and graph else ""),
-            "reader": _reader(spec, c),
+            "reader": {**_reader(spec, c), "layout": f"HxWxC {dtype}",
+                       "pixels": spec.data.dataset.params.get("pixels", "uint8"),
+                       "channel_indices": (spec.data.dataset.params.get("channels")
+                                           if isinstance(spec.data.dataset.params.get("channels"), list) else None)},
             "steps": _pipeline_steps(build.build_transform(spec, "val", built.in_chans)),
             "normalization": normalization_record,
         },

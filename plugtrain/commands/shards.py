@@ -35,10 +35,12 @@ from plugtrain.core.errors import PlugtrainError
 SPLITS = ("train", "val", "test")
 
 
-def _source(source: str, overrides: Sequence[str], val_fraction: float, seed: int) -> tuple[Any, str, str]:
-    """``(DatasetSplits, decoder, on_error)`` of ``source``."""
+def _source(source: str, overrides: Sequence[str], val_fraction: float, seed: int) -> tuple[Any, str, str, Any]:
+    """``(DatasetSplits, decoder, on_error, task)`` of ``source``: the task that writes the targets is a spec's own,
+    else the first registered task that trains on the dataset's targets."""
     from plugtrain.core.registry import get_registry
     from plugtrain.core.runtime import build
+    from plugtrain.core.task import task_for_dataset
 
     path = Path(source)
     if not path.exists():
@@ -49,14 +51,14 @@ def _source(source: str, overrides: Sequence[str], val_fraction: float, seed: in
         name, params = ("imagefolder", {"root": source}) if path.is_dir() else ("csv", {"csv": source})
         params["val_fraction"] = val_fraction
         splits = get_registry().get("datasets", name).build(params, seed=seed, on_error="raise", image_size=None)
-        return splits, "pil", "raise"
+        return splits, "pil", "raise", task_for_dataset(splits.task)
     from plugtrain.core.spec import load_spec
 
     spec = load_spec(source, list(overrides))
     if spec.data.dataset.params.get("cache", "none") != "none":
         spec.data.dataset.params["cache"] = "none"  # the files are copied, not decoded: no cache to fill
     splits = build.build_dataset(spec)
-    return splits, str(spec.data.dataset.params.get("decoder") or "pil"), spec.data.on_error
+    return splits, str(spec.data.dataset.params.get("decoder") or "pil"), spec.data.on_error, spec.task_object
 
 
 def _encode_png(image: Any) -> bytes:
@@ -71,7 +73,7 @@ def _encode_png(image: Any) -> bytes:
     return buf.getvalue()
 
 
-def _sample(split: Any, i: int, task: str, targets: list[Any] | None) -> tuple[str, bytes, Any]:
+def _sample(split: Any, i: int, targets: list[Any] | None) -> tuple[str, bytes, Any]:
     """``(extension, image bytes, target)`` of sample ``i``: the file's bytes where the split has files."""
     from plugtrain.plugins.datasets.splits import ImageFileSplit
     from plugtrain.plugins.datasets.webdataset import ShardSplit
@@ -85,15 +87,6 @@ def _sample(split: Any, i: int, task: str, targets: list[Any] | None) -> tuple[s
         return split.ext_names[int(split._ext[i])], split._read(i), targets[i] if targets is not None else None
     image, target = split[i]
     return "png", _encode_png(image), target
-
-
-def _target_bytes(target: Any, task: str) -> tuple[str, bytes]:
-    import numpy as np
-
-    if task == "regression":
-        values = np.asarray(target, dtype=np.float64).reshape(-1).tolist()
-        return "target", json.dumps(values).encode()
-    return "cls", str(int(target)).encode()
 
 
 def _write_shard(path: Path, samples: list[tuple[str, str, bytes, str, bytes]]) -> int:
@@ -124,7 +117,7 @@ def _clear(out: Path, overwrite: bool) -> None:
             p.unlink()
 
 
-def _write_split(split: Any, name: str, task: str, out_dir: Path, shard_size: int, on_error: str) -> dict[str, Any]:
+def _write_split(split: Any, name: str, task: Any, out_dir: Path, shard_size: int, on_error: str) -> dict[str, Any]:
     """The shards of one split, in its order; returns its entry of ``plugtrain-shards.json``."""
     targets = getattr(split, "targets", None)
     targets = list(targets) if targets is not None else None
@@ -137,7 +130,7 @@ def _write_split(split: Any, name: str, task: str, out_dir: Path, shard_size: in
     last = time.monotonic()
     for i in range(n):
         try:
-            ext, data, target = _sample(split, i, task, targets)
+            ext, data, target = _sample(split, i, targets)
         except OSError as exc:
             where = split.path(i) if hasattr(split, "path") else f"{name} sample #{i}"
             if on_error != "skip":
@@ -145,7 +138,7 @@ def _write_split(split: Any, name: str, task: str, out_dir: Path, shard_size: in
                                      "\"skip\" leaves such files out)") from None
             skipped.append(where)
             continue
-        label_ext, label = _target_bytes(target, task)
+        label_ext, label = task.shard_target(target)  # the task writes its target
         pending.append((f"{i:08d}", ext, data, label_ext, label))
         if len(pending) >= shard_size or i == n - 1:
             fname = f"{name}-{len(files):0{width}d}.tar"
@@ -176,15 +169,14 @@ def run(source: str, *, out: str, shard_size: int = 1000, overrides: Sequence[st
 
     if shard_size < 1:
         raise PlugtrainError(f"shards: --shard-size must be at least 1, not {shard_size}")
-    splits, decoder, on_error = _source(source, overrides, val_fraction, seed)
+    splits, decoder, on_error, task = _source(source, overrides, val_fraction, seed)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise PlugtrainError(f"shards: --out '{out}' is a file, not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear(out_dir, overwrite)
-    task = splits.task
     channels = int(getattr(splits.train, "channels", None) or splits.in_chans)
-    meta: dict[str, Any] = {"format": META_FORMAT, "version": 1, "task": task, "class_names": list(splits.class_names),
+    meta: dict[str, Any] = {"format": META_FORMAT, "version": 1, "task": splits.task, "class_names": list(splits.class_names),
                             "channels": channels, "decoder": decoder, "source": str(source), "splits": {}}
     t0 = time.monotonic()
     for name in SPLITS:

@@ -19,53 +19,30 @@ whose path is printed.
 
 from __future__ import annotations
 
+import functools
 import signal
-import traceback
 from collections.abc import Sequence
 
 from plugtrain.core import console
-from plugtrain.core.errors import PlugtrainError, Stopped, debug, first_line
-from plugtrain.core.runtime import distributed, session
+from plugtrain.core.errors import PlugtrainError, Stopped
+from plugtrain.core.runtime import jobs, session
 
 
 def run(specs: Sequence[str], overrides: Sequence[str] = (), *, resume: str | None = None, overwrite: bool = False,
         dry_run: bool = False) -> int:
-    """Train each spec in order; report a failing spec in one message and go on; the highest exit code wins."""
+    """Train each spec in order (:func:`~plugtrain.core.runtime.jobs.run_queue`): a failing spec is reported in one
+    message and the queue goes on; the highest exit code wins."""
     paths, overrides = list(specs), list(overrides)
     if resume and len(paths) > 1 and resume != "auto":
         raise PlugtrainError("--resume PATH names one checkpoint: give one spec (or use --resume auto)")
-    codes: list[int] = []
-    try:
-        for path in paths:
-            label = f"{path}: " if len(paths) > 1 else ""
-            try:
-                result = session.run(path, overrides, resume=resume, overwrite=overwrite, dry_run=dry_run)
-            except Stopped as exc:
-                console.echo(_interrupted(exc))
-                return exc.exit_code
-            except PlugtrainError as exc:
-                if debug():
-                    traceback.print_exc()
-                console.error(label + str(exc).removeprefix("plugtrain: error: "))
-                codes.append(exc.exit_code)
-                continue
-            except Exception as exc:  # noqa: BLE001 - a bug or a library error: one line, traceback on demand
-                if debug():
-                    traceback.print_exc()
-                console.error(f"{label}{type(exc).__name__}: {first_line(exc)} "
-                              "(set PLUGTRAIN_DEBUG=1 for the traceback)")
-                codes.append(1)
-                continue
-            if result.dry_run is not None:
-                _print_dry_run(result)
-            codes.append(result.exit_code)
-    finally:
-        distributed.teardown(synchronize=bool(codes) and not any(codes) and len(codes) == len(paths))
-    if len(paths) > 1:
-        failed = sum(1 for c in codes if c)
-        if failed:
-            console.echo(f"{failed} of {len(paths)} specs failed")
-    return max(codes, default=0)
+
+    def one(path: str) -> int:
+        result = jobs.run_job(jobs.Job(path, overrides), resume=resume, overwrite=overwrite, dry_run=dry_run)
+        if result.dry_run is not None:
+            _print_dry_run(result)
+        return result.exit_code
+
+    return jobs.run_queue([(path, functools.partial(one, path)) for path in paths], _interrupted)
 
 
 def _interrupted(exc: Stopped) -> str:

@@ -11,6 +11,9 @@ would refuse them. With
 ``HF_HUB_OFFLINE=1`` nothing is downloaded: the command then says which weights are cached and fails (exit 2) when
 one is not, which makes it a check of the cache, too. The specs are validated first (every problem reported, exit 2,
 nothing fetched).
+
+What a backbone needs is its plugin's to say (``PLUGTRAIN_FETCH``, :mod:`plugtrain.hub`): this command names no
+plugin, and a backbone whose plugin declares nothing is reported and left alone.
 """
 
 from __future__ import annotations
@@ -23,21 +26,13 @@ from plugtrain.core import console
 from plugtrain.core.errors import PlugtrainError
 
 
-def _is_timm(comp: Any) -> bool:
-    """Whether ``comp`` is one of the built-in timm backbones (whose ``pretrained`` this command understands)."""
-    import functools
-
-    from plugtrain.plugins.backbones import timm_backbone
-
-    return isinstance(comp.factory, functools.partial) and comp.factory.func is timm_backbone
-
-
-def _refs(specs: Sequence[str], overrides: Sequence[str]) -> list[tuple[str, Any, str]]:
-    """``(spec, WeightsRef, backbone name)`` for every spec that names weights, validated (cache look-ups off)."""
+def _needs(specs: Sequence[str], overrides: Sequence[str]) -> list[tuple[str, str, Any]]:
+    """``(spec, backbone name, HubFiles | LocalFile)`` for everything the specs' backbones declare they need
+    fetched (their plugin module's ``PLUGTRAIN_FETCH``, :mod:`plugtrain.hub`), the specs validated first (cache
+    look-ups off)."""
     from plugtrain.core.registry import get_registry
     from plugtrain.core.runtime.rundir import without_start_inputs
     from plugtrain.core.spec import SpecError, load_spec
-    from plugtrain.plugins.backbones import weights_ref
 
     found, problems = [], []
     with without_start_inputs():  # this command looks the weights up itself
@@ -47,60 +42,56 @@ def _refs(specs: Sequence[str], overrides: Sequence[str]) -> list[tuple[str, Any
             except SpecError as exc:
                 problems.extend(exc.problems)
                 continue
-            comp = get_registry().get("backbones", spec.backbone.name)
+            reg = get_registry()
+            comp = reg.get("backbones", spec.backbone.name)
             name = comp.name
-            if not _is_timm(comp):
-                console.echo(f"{path}: backbone {name!r} comes from plugin {comp.plugin!r}, not timm: its weights "
-                             "are not plugtrain's to fetch")
+            needs_of = getattr(getattr(reg.plugin(comp.plugin), "module", None), "PLUGTRAIN_FETCH", None)
+            if not callable(needs_of):
+                console.echo(f"{path}: backbone {name!r} comes from plugin {comp.plugin!r}, which declares nothing to "
+                             "fetch (PLUGTRAIN_FETCH)")
                 continue
-            ref = weights_ref(name, spec.backbone.params.get("pretrained"))
-            if ref is None:
+            needs = list(needs_of(comp.factory, dict(spec.backbone.params)) or ())
+            if not needs:
                 console.echo(f"{path}: no pretrained weights (backbone {name!r} starts from scratch)")
-                continue
-            found.append((path, ref, name))
+            found.extend((path, name, need) for need in needs)
     if problems:
         raise SpecError(problems)
     return found
 
 
 def fetch(specs: Sequence[str], overrides: Sequence[str] = ()) -> int:
-    """Download (or, offline, look up) every hub weight the specs name; exit 2 when one cannot be had."""
-    from plugtrain.plugins.backbones import (
-        architecture_problem,
-        cached_weights_file,
-        download_weights,
-        hub_cache_dir,
-        hub_offline,
-    )
+    """Download (or, offline, look up) every hub file the specs' backbones need; exit 2 when one cannot be had."""
+    from plugtrain.hub import HubFiles, cached_file, download, hub_cache_dir, hub_offline
 
     offline = hub_offline()
     failed: list[str] = []
-    unfit: list[str] = []  # weights that are there but another architecture than the spec's backbone
+    unfit: list[str] = []  # files that are there but would be refused (another architecture than the backbone)
     done: dict[Any, str] = {}
-    refs = _refs(specs, overrides)
-    for path, ref, name in refs:
-        head = f"{path}: backbone {name!r} pretrained = {ref.label}"
-        if not ref.hub:
-            where = ref.path
+    needs = _needs(specs, overrides)
+    for path, name, need in needs:
+        if not isinstance(need, HubFiles):
+            where = need.path
             state = "a local file" if os.path.isfile(os.path.expanduser(where)) else "a local file that does not exist"
-            console.echo(f"{head}: {state} (relative to the working directory), nothing to fetch")
+            console.echo(f"{path}: backbone {name!r} {need.param} = {where}: {state} (relative to the working "
+                         "directory), nothing to fetch")
             continue
-        if ref not in done:
-            cached = cached_weights_file(ref)
+        head = f"{path}: backbone {name!r} {need.param} = {need.shown}"
+        if need not in done:
+            cached = cached_file(need)
             if cached is not None:
-                done[ref] = f"cached ({cached})"
+                done[need] = f"cached ({cached})"
             elif offline:
-                failed.append(ref.label)
-                done[ref] = "NOT cached, and HF_HUB_OFFLINE is set: nothing can be fetched here"
+                failed.append(need.shown)
+                done[need] = "NOT cached, and HF_HUB_OFFLINE is set: nothing can be fetched here"
             else:
                 try:
-                    done[ref] = f"fetched ({download_weights(ref)})"
+                    done[need] = f"fetched ({download(need)})"
                 except PlugtrainError as exc:
-                    failed.append(ref.label)
-                    done[ref] = f"cannot be fetched: {str(exc).removeprefix('backbone.pretrained: ')}"
-        state = done[ref]
-        wrong = architecture_problem(ref, name) if state.startswith(("cached", "fetched")) else None
-        if wrong:  # the weights are there, and training would refuse them: say so now
+                    failed.append(need.shown)
+                    done[need] = f"cannot be fetched: {str(exc).removeprefix(need.prefix)}"
+        state = done[need]
+        wrong = need.check() if need.check is not None and state.startswith(("cached", "fetched")) else None
+        if wrong:  # the files are there, and training would refuse them: say so now
             unfit.append(f"{path} ({wrong.split(': set ')[0]})")
             state += f", but {wrong}"
         console.echo(f"{head}: {state}")
@@ -113,7 +104,7 @@ def fetch(specs: Sequence[str], overrides: Sequence[str] = ()) -> int:
         many = len(unfit) != 1
         raise PlugtrainError(f"{len(unfit)} spec{'s name' if many else ' names'} weights of another architecture "
                              f"than {'their' if many else 'its'} backbone: {'; '.join(unfit)}; see above")
-    if any(ref.hub for _, ref, _ in refs):
+    if any(isinstance(need, HubFiles) for _, _, need in needs):
         console.echo(f"cache: {hub_cache_dir()} (training with HF_HUB_OFFLINE=1 reads the weights from here)")
     return 0
 

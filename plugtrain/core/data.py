@@ -14,8 +14,10 @@ class DatasetSplits:
 
     Each split is a sequence (``__len__`` and ``__getitem__``) of ``(image, target)`` samples, with ``image`` an
     ``HxWxC`` uint8 numpy array (decoded lazily: decoding belongs in ``__getitem__`` so it runs in DataLoader
-    workers) and ``target`` an int class index (classification, metric learning) or a float / float vector
-    (regression). ``targets`` (optional) lists every sample's target without decoding images — samplers use it.
+    workers) and ``target`` what the dataset's ``task`` word says: ``None`` (unset) is an int class index; others
+    name their own (a float or float vector, a list of labels, a mask), and a run's task
+    (:class:`plugtrain.core.hookspecs.Task`) lists the words it trains on in ``dataset_tasks``. ``targets``
+    (optional) lists every sample's target without decoding images — samplers use it.
     """
 
     train: Sequence[Any]
@@ -23,7 +25,7 @@ class DatasetSplits:
     test: Sequence[Any] | None = None
     class_names: list[str] = attrs.Factory(list)
     in_chans: int = 3
-    task: str = "classification"
+    task: str | None = None
 
     @property
     def num_classes(self) -> int:

@@ -1,7 +1,7 @@
 """The hook specifications of plugtrain: one hook per component kind.
 
 Every component plugtrain can use — a backbone, a loss, an optimizer, a scheduler, an augmentation, a logger, a
-dataset, a metric, a callback — comes from a plugin that implements one of the hooks below. Built-in components are
+dataset, a metric, a callback, a task — comes from a plugin that implements one of the hooks below. Built-in components are
 plugins like any other: they live in :mod:`plugtrain.plugins` and are found through the ``plugtrain`` entry-point
 group, exactly as a third-party package's are. One more hook, :func:`plugtrain_commands`, lets a plugin add
 subcommands to the ``plugtrain`` command line.
@@ -17,7 +17,7 @@ and implements any subset of the hooks with the :data:`hookimpl` marker::
 
     @hookimpl
     def plugtrain_losses():
-        return [Component("Focal", focal_loss, summary="Focal loss for imbalanced classification.")]
+        return [Component("Focal", focal_loss, summary="Focal loss for imbalanced classes.")]
 
 When hooks are called
 ---------------------
@@ -56,12 +56,18 @@ callbacks      ``ema``               ``factory(model=, decay=)`` -> an object wi
                                      ``.module``, ``update(model, step=)``,             evaluating a checkpoint that
                                      ``state_dict()``, ``load_state_dict()``            holds an EMA
 loggers        ``metrics_csv``       the logger that writes ``metrics.csv``             added to every run that lacks it
+optimizers     ``layer_decay``       ``factory(model=, layer_decay=, weight_decay=,     ``optimizer.layer_decay``
+                                     no_decay_norm_bias=)`` -> parameter groups, each
+                                     with an ``lr_scale``
 loggers        ``default``           (many) the loggers of a spec without               loading a spec
                                      ``[[loggers]]``, in registration order
-metrics        ``default:<task>``    (many) the metrics of a spec without               building a run of ``<task>``
-                                     ``[[metrics]]``, in registration order
+metrics        ``default:<task>``    (many) more metrics of a spec without              building a run of ``<task>``
+                                     ``[[metrics]]``, after the task's own
+                                     ``default_metrics``, in registration order
 metrics        ``always:<task>``     (many) metrics added first to a ``<task>`` run     building a run of ``<task>``
-                                     whose ``[[metrics]]`` lack them
+                                     whose ``[[metrics]]`` lack them (after the
+                                     task's ``required_metrics``)
+tasks          ``default``           the task of a spec without ``run.task``            loading a spec
 =============  ====================  =================================================  ===============================
 
 A role core needs exactly one of must have exactly one claimant: none, or two (built-in or not), is an error naming
@@ -86,6 +92,9 @@ Besides its hooks, a plugin module may define:
   needed: a finished run reopened, ``weights fetch``). A three-parameter check is called as before.
 * ``PLUGTRAIN_PRETRAINED``: ``tags(factory) -> [(tag, weights reference), ...]``, a backbone's pretrained weights
   (the default first; ``[]`` for none), listed by ``plugtrain list backbones --pretrained``.
+* ``PLUGTRAIN_FETCH``: ``needs(factory, params) -> [plugtrain.hub.HubFiles | plugtrain.hub.LocalFile, ...]``, what a
+  backbone needs downloaded before training (hub repository files); ``plugtrain weights fetch`` fills the Hugging
+  Face cache with it, naming no plugin.
 """
 
 from __future__ import annotations
@@ -114,6 +123,7 @@ KINDS: tuple[str, ...] = (
     "datasets",
     "metrics",
     "callbacks",
+    "tasks",
 )
 
 #: Arguments the runtime supplies to a factory of each kind (never set by a spec).
@@ -125,27 +135,28 @@ CONTEXT: dict[str, frozenset[str]] = {
     "augmentations": frozenset(),
     "loggers": frozenset({"run_dir", "spec", "rank"}),
     "datasets": frozenset({"seed", "on_error", "image_size"}),
-    "metrics": frozenset({"num_classes", "task"}),
+    "metrics": frozenset({"num_classes", "task", "task_params"}),
     "callbacks": frozenset(),
+    "tasks": frozenset(),
 }
 
 
-#: The roles core looks up, by ``(kind, role)``: what the role is for (see "Roles" above). ``<task>`` stands for each of
-#: ``classification``, ``regression`` and ``metric_learning``.
+#: The roles core looks up, by ``(kind, role)``: what the role is for (see "Roles" above). ``<task>`` stands for the
+#: name of each registered task (``plugtrain list tasks``); a role not listed here is still found by its claimants.
 ROLES: dict[tuple[str, str], str] = {
     ("augmentations", "resize"): "the transform that resizes every image to data.image_size",
     ("augmentations", "compose"): "the composition that makes a pipeline of the transforms",
     ("augmentations", "batch_mix"): "the implementation of [mixup]",
     ("callbacks", "ema"): "the model EMA of trainer.ema",
     ("loggers", "metrics_csv"): "the logger that writes metrics.csv",
+    ("optimizers", "layer_decay"): "the parameter groups of optimizer.layer_decay",
     ("loggers", "default"): "the loggers of a spec without [[loggers]]",
-    **{("metrics", f"{r}:{t}"): f"{what} of {t} runs" for t in ("classification", "regression", "metric_learning")
-       for r, what in (("default", "the metrics of a spec without [[metrics]]"),
-                       ("always", "the metrics added to every [[metrics]] list"))},
+    ("tasks", "default"): "the task of a spec without run.task",
 }
 
 #: Roles whose component is a part of the runtime, not something a spec names (left out of listings and lookups).
-RUNTIME_ROLES: frozenset[tuple[str, str]] = frozenset({("augmentations", "batch_mix"), ("callbacks", "ema")})
+RUNTIME_ROLES: frozenset[tuple[str, str]] = frozenset({("augmentations", "batch_mix"), ("callbacks", "ema"),
+                                                       ("optimizers", "layer_decay")})
 
 
 #: The singular of each kind, for messages ("unknown loss 'x'").
@@ -277,7 +288,8 @@ def plugtrain_metrics():
     Returns: an iterable of :class:`plugtrain.Component`. Each factory returns a :class:`Metric` (a
     ``torchmetrics.Metric`` is one: updated with ``(preds, targets)``, reduced across ranks by torchmetrics).
 
-    Context: ``num_classes`` (int), ``task`` (``"classification"``, ``"regression"`` or ``"metric_learning"``).
+    Context: ``num_classes`` (int), ``task`` (the name of the run's task, ``run.task``), ``task_params`` (a dict: the
+    task's parameters, its factory's defaults updated by the spec's ``[task]`` table).
     """
 
 
@@ -289,6 +301,19 @@ def plugtrain_callbacks():
 
     Returns: an iterable of :class:`plugtrain.Component`. Each factory returns a :class:`Callback`: an object with
     any of its methods (missing ones are skipped).
+    """
+
+
+@hookspec
+def plugtrain_tasks():
+    """Return the tasks (the shape of the problem: what is predicted from an image) this plugin provides.
+
+    Called: lazily, once, the first time tasks are listed, shown, checked or built.
+
+    Returns: an iterable of :class:`plugtrain.Component`. Each factory returns a :class:`Task`: everything about a
+    run that depends on what is predicted (targets, head, outputs, defaults, prediction, export). ``run.task`` names
+    the component; the spec's ``[task]`` table (optional) gives the factory's parameters, every one of which has a
+    default. A factory is cheap (no heavy imports): ``plugtrain check`` builds it to learn what the model outputs.
     """
 
 
@@ -451,9 +476,9 @@ class Dataset(Protocol):
     train: DatasetSplit  #: The training samples (not empty).
     val: DatasetSplit  #: The validation samples (not empty).
     test: DatasetSplit | None  #: The test samples, or ``None``.
-    class_names: list[str]  #: The class names, in label order (empty for regression without names).
+    class_names: list[str]  #: The class names, in label order (or the names of real-valued targets; may be empty).
     in_chans: int  #: The channels of every image.
-    task: str  #: ``"classification"`` or ``"regression"`` (metric learning uses class targets).
+    task: str | None  #: What the targets are (``None``: class indices); a run's task lists those it trains on.
 
 
 class Logger(Protocol):
@@ -489,7 +514,7 @@ class Metric(Protocol):
 
     def update(self, preds: Any, targets: Any) -> None:
         """Each validation batch: the model's outputs (logits, embeddings, or values of shape ``(N,)`` for a
-        one-output regression) and the targets."""
+        one-output model) and the targets."""
 
     def compute(self) -> Any:
         """After the last batch: a number, a tensor (one value per element) or a dict of them, logged as
@@ -538,6 +563,94 @@ class Callback(Protocol):
         """Restored on resume."""
 
 
+class Task(Protocol):
+    """What a ``tasks`` factory returns: what a run predicts, and everything in the runtime that depends on it.
+
+    Required: every attribute and method below except those marked optional. Core calls them and never branches on a
+    task's name; ``plugtrain.plugins.tasks`` holds the built-in ones (a complete small example: CONTRIBUTING.md,
+    "Writing a task"). Tensors are ``torch`` tensors; a method that finds bad input raises
+    :class:`plugtrain.core.errors.PlugtrainError` (or ``ValueError``, which core words as bad input)."""
+
+    #: What the model outputs, and so what a loss or metric of this task consumes (``Fits.consumes``): ``"logits"``,
+    #: ``"values"``, ``"embeddings"``, or a word of the plugin's own (``"mask_logits"``).
+    outputs: str
+    #: The ``DatasetSplits.task`` values (a dataset's word for its targets) this task trains on.
+    dataset_tasks: tuple[str, ...]
+    #: ``(metric key, "max" | "min")``: the primary metric and mode of a spec that sets no ``run.primary_metric``.
+    primary: tuple[str, str]
+    #: The loss of a spec without ``[loss]`` (a loss component name).
+    default_loss: str
+    #: The metrics of a spec without ``[[metrics]]`` (metric component names, in order).
+    default_metrics: tuple[str, ...]
+    #: Metrics put first in every run of this task whose ``[[metrics]]`` lacks them (the primary's, say).
+    required_metrics: tuple[str, ...]
+    #: Whether ``[mixup]`` (the ``batch_mix`` role: whole batches of images and targets mixed) applies.
+    batch_mix: bool
+
+    def num_classes(self, class_names: list[str]) -> int:
+        """The ``num_classes`` of losses and metrics for a dataset with ``class_names``; raises ``ValueError`` with
+        the rest of a sentence that starts with the dataset's name for data it cannot train on (``"has 1 class(es);
+        ... needs >= 2"``)."""
+
+    def backbone_classes(self, num_classes: int) -> int:
+        """The ``num_classes`` the backbone is built with: ``num_classes`` for a classifier head, 0 for features."""
+
+    def check_output(self, shape: tuple[int, ...], num_classes: int) -> str | None:
+        """The shape of the backbone's output for a dummy batch ``(2, C, H, W)``; a problem (the end of a sentence
+        that starts "[backbone] outputs ...") or ``None``. ``shape[1]`` is recorded as the run's embedding_dim."""
+
+    def augment(self, transform: Any, image: Any, target: Any) -> tuple[Any, Any]:
+        """One sample through one albumentations-compatible ``transform`` (``HxWxC`` uint8 image, the dataset's
+        target): ``(image, target)``. Image-only tasks return ``transform(image=image)["image"], target``; a mask
+        task passes the mask as ``transform(image=image, mask=target)``. Called once per sample and view, in the
+        loader's workers, with the pipeline's generators already seeded."""
+
+    def collate(self, targets: list[Any]) -> Any:
+        """The targets of a batch (as :meth:`augment` returned them) to one tensor, dtype included (a class index:
+        ``int64``; a value: ``float32``)."""
+
+    def placeholder_target(self, input_shape: tuple[int, ...]) -> Any:
+        """The target of a black image of CHW ``input_shape``: the placeholder batch of a rank that has read no
+        batch yet is ``collate([t, t])`` (its loss is weighted 0)."""
+
+    def describe_outputs(self, num_classes: int, embedding_dim: int) -> str:
+        """What the model predicts, for the run's banner: ``"10 classes"``."""
+
+    def predict(self, output: Any, class_names: list[str], top_k: int) -> dict[str, Any]:
+        """One image's prediction from its output (``output`` is that image's row of the model's outputs, float32 on
+        the CPU): a JSON-able dict (``{"class", "index", "probability", "top_k"}`` for one class), the ``image``
+        key added by the caller. Raise :class:`~plugtrain.core.errors.PlugtrainError` for a task that cannot
+        predict."""
+
+    def predict_text(self, result: dict[str, Any]) -> str:
+        """One result of :meth:`predict` as ``plugtrain predict`` prints it after the image name and a tab."""
+
+    def export_output(self, num_classes: int, embedding_dim: int) -> dict[str, Any]:
+        """What an exported model outputs, for its sidecar: ``{"name": "logits", "shape": ["batch", K], "meaning":
+        "logits (apply softmax for probabilities)"}`` (``name`` is also the graph's output name)."""
+
+    def shard_target(self, target: Any) -> tuple[str, bytes]:
+        """One target as ``plugtrain shards`` writes it into a webdataset sample: ``(extension, bytes)``
+        (``("cls", b"3")``)."""
+
+    def fold_targets(self, targets: Any) -> Any:
+        """Optional: the targets k-fold cross-validation stratifies on (a 1-D array: integers are dealt per class,
+        floats by value), or ``None`` for random folds. Absent: the targets themselves."""
+
+    def relabel(self, target: Any, label_map: dict[int, int]) -> Any:
+        """Optional: a target with its class indices mapped by ``label_map`` (``data.class_subset``). Absent: the
+        target is a class index, mapped as ``label_map[int(target)]``."""
+
+    def save_prediction(self, result: dict[str, Any], image: str, out_dir: Any) -> dict[str, Any]:
+        """Optional: write what a :meth:`predict` result holds beyond a line of text (a mask PNG) as files under the
+        ``pathlib.Path`` ``out_dir`` (``plugtrain predict --out DIR``; ``image`` is the image's path or position),
+        and return the result to print (the file's path in place of the array)."""
+
+    def report(self, metrics: dict[str, float], class_names: list[str]) -> dict[str, Any]:
+        """Optional: more for ``plugtrain evaluate``'s JSON (``"per_class"``: the figures of each class by name),
+        from the evaluation's metrics."""
+
+
 #: The contract of every kind: ``(protocol, required members)``; the protocol's other members are optional.
 CONTRACTS: dict[str, tuple[type, tuple[str, ...]]] = {
     "backbones": (Backbone, ("training", "__call__", "parameters", "named_parameters", "train", "eval", "to",
@@ -550,6 +663,10 @@ CONTRACTS: dict[str, tuple[type, tuple[str, ...]]] = {
     "loggers": (Logger, ("log_metrics", "close")),
     "metrics": (Metric, ("update", "compute", "reset", "to", "clone")),
     "callbacks": (Callback, ()),
+    "tasks": (Task, ("outputs", "dataset_tasks", "primary", "default_loss", "default_metrics", "required_metrics",
+                     "batch_mix", "num_classes", "backbone_classes", "check_output", "augment", "collate",
+                     "placeholder_target", "describe_outputs", "predict", "predict_text", "export_output",
+                     "shard_target")),
 }
 
 #: The contract of each split of a dataset (``train``, ``val`` and, when not ``None``, ``test``).

@@ -8,7 +8,6 @@ A plugin that fails to import, or whose hook raises, never takes the registry do
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import importlib
 import importlib.metadata
@@ -29,51 +28,38 @@ from plugtrain.core.hookspecs import (
     CONTEXT,
     ENTRY_POINT_GROUP,
     KINDS,
-    ROLES,
     RUNTIME_ROLES,
     SINGULAR,
     hook_name,
 )
-
-_EMPTY = inspect.Parameter.empty
-
-
-@attrs.frozen
-class Param:
-    """One user-settable parameter of a component, read from its factory's signature."""
-
-    name: str
-    default: Any = None
-    annotation: Any = None  # the annotation object (None when absent)
-    required: bool = False
-
-    @property
-    def annotation_str(self) -> str:
-        return _annotation_str(self.annotation)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "default": _jsonable(self.default),
-            "annotation": self.annotation_str,
-            "required": self.required,
-        }
+from plugtrain.core.lookup import Lookup, check_kind  # noqa: F401 - check_kind: re-exported
+from plugtrain.core.signature import (  # noqa: F401 - re-exported: the registry's names before the split
+    Param,
+    _annotation_str,
+    _jsonable,
+    _signature_names,
+    signature_params,
+)
 
 
 def _as_roles(value: Any) -> frozenset[str]:
     return frozenset((value,) if isinstance(value, str) else value or ())
 
 
-#: What each task's model outputs, which is what a loss or a metric of that task consumes.
-TASK_OUTPUTS = {"classification": "logits", "regression": "values", "metric_learning": "embeddings"}
+def _task_outputs(task: str) -> str | None:
+    """What the model of a ``task`` run outputs (its task component's ``outputs``), which is what a loss or a metric
+    of that task consumes; ``None`` for an unknown task."""
+    from plugtrain.core.task import outputs_of
+
+    return outputs_of(task)
 
 
 @attrs.frozen
 class Fits:
     """What a component declares it fits (``Component(..., fits={...})``); anything left out is not checked.
 
-    ``tasks``: the ``run.task`` values it works for. ``consumes``: what it takes from the model, ``"logits"``
-    (classification), ``"values"`` (regression) or ``"embeddings"`` (metric learning). ``views``: a loss that
+    ``tasks``: the ``run.task`` values (task components) it works for. ``consumes``: what it takes from the model,
+    matched against each task's ``outputs`` (``"logits"``, ``"values"``, ``"embeddings"``, ...). ``views``: a loss that
     learns from several views of each sample (``data.num_views > 1``) says ``True``, one that ignores them ``False``.
     ``parameters``: a loss that owns trainable parameters (class centres) says ``True``, one without ``False`` (a
     ``[loss.optimizer]`` has nothing to train then). ``passes``: an optimizer that needs more than one
@@ -92,13 +78,16 @@ class Fits:
         """False only when a declaration rules ``task`` out (unknown declarations are permissive)."""
         if self.tasks and task not in self.tasks:
             return False
-        produced = TASK_OUTPUTS.get(task)
-        return not (self.consumes and produced and self.consumes != produced)
+        if not self.consumes:
+            return True
+        produced = _task_outputs(task)
+        return not (produced and self.consumes != produced)
 
     def task_text(self) -> str:
         if self.tasks:
             return " or ".join(self.tasks)
-        return " or ".join(t for t, out in TASK_OUTPUTS.items() if out == self.consumes) or "other"
+        names = get_registry().names("tasks") if self.consumes else []
+        return " or ".join(t for t in names if _task_outputs(t) == self.consumes) or "other"
 
 
 def _as_fits(value: Any) -> Fits:
@@ -134,7 +123,7 @@ class Component:
     plugin: str = ""
     distribution: str = ""
     version: str = ""
-    #: What the component fits (:class:`Fits`): ``fits={"tasks": ("classification",), "consumes": "logits"}``.
+    #: What the component fits (:class:`Fits`): ``fits={"tasks": ("my_task",), "consumes": "logits"}``.
     fits: Fits = attrs.field(default=Fits(), converter=_as_fits, kw_only=True)
 
     @property
@@ -240,115 +229,6 @@ def _check_command(item: Any) -> None:
         raise TypeError(f"command {item.name!r}: its arguments {item.arguments!r} is not callable")
 
 
-def _signature_names(factory: Callable[..., Any]) -> set[str] | None:
-    """Names the factory accepts as keywords, or None when it takes ``**kwargs``."""
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return None
-    names = set()
-    for p in sig.parameters.values():
-        if p.kind is p.VAR_KEYWORD:
-            return None
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-            names.add(p.name)
-    return names
-
-
-def signature_params(factory: Callable[..., Any], context: Iterable[str] = ()) -> tuple[list[Param], bool]:
-    """The user parameters of ``factory`` and whether it takes ``**kwargs``."""
-    context = set(context)
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return [], True
-    try:
-        hints = _type_hints(factory)
-    except Exception:  # unresolvable string annotations: fall back to the raw ones
-        hints = {}
-    params, var_kw = [], False
-    for p in sig.parameters.values():
-        if p.kind is p.VAR_KEYWORD:
-            var_kw = True
-            continue
-        if p.kind is p.VAR_POSITIONAL or p.name in context or p.name.startswith("_") or p.name == "self":
-            continue
-        if p.kind is p.POSITIONAL_ONLY:
-            continue
-        annotation = hints.get(p.name, None if p.annotation is _EMPTY else p.annotation)
-        required = p.default is _EMPTY
-        params.append(Param(p.name, None if required else p.default, annotation, required))
-    return params, var_kw
-
-
-def _type_hints(factory: Callable[..., Any]) -> dict[str, Any]:
-    import typing
-
-    target = factory
-    if isinstance(factory, functools.partial):
-        target = factory.func
-    if inspect.isclass(target):
-        target = target.__init__
-    return typing.get_type_hints(target, include_extras=True)  # keep Annotated[...] constraints
-
-
-def _annotation_str(annotation: Any) -> str:
-    """The annotation as ``plugtrain show`` prints it; ``Annotated`` constraints after their type (``float >= 0``,
-    ``float in [0, 1)``, ``int | None`` with ``int > 0`` as ``int > 0 | None``)."""
-    if annotation is None or annotation is _EMPTY:
-        return ""
-    if isinstance(annotation, str):
-        return annotation
-    if _has_annotated(annotation):
-        return _annotated_str(annotation)
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return inspect.formatannotation(annotation).replace("typing.", "")
-
-
-def _has_annotated(annotation: Any, depth: int = 0) -> bool:
-    import typing
-
-    if depth > 10:
-        return False
-    if typing.get_origin(annotation) is typing.Annotated:
-        return True
-    return any(_has_annotated(a, depth + 1) for a in typing.get_args(annotation) if not isinstance(a, (str, int)))
-
-
-def _annotated_str(annotation: Any) -> str:
-    import types
-    import typing
-
-    from plugtrain.core.spec.typecheck import _metadata_checks
-
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Annotated:
-        base = _annotation_str(args[0])
-        checks = _metadata_checks(annotation.__metadata__)
-        text = checks.text() if checks is not None else ""
-        if not text:
-            return base
-        return f"{base}, {text}" if text.startswith("inf/nan") else f"{base} {text}"
-    if origin is typing.Union or isinstance(annotation, types.UnionType):
-        return " | ".join("None" if a is type(None) else _annotation_str(a) for a in args)
-    if origin is not None and args:
-        name = getattr(origin, "__name__", None) or _annotation_str(origin)
-        inner = ", ".join("..." if a is Ellipsis else _annotation_str(a) for a in args)
-        return f"{name}[{inner}]"
-    return _annotation_str(annotation)
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return repr(value)
-
-
 @attrs.define
 class PluginInfo:
     """One entry point in the ``plugtrain`` group, and what became of loading it."""
@@ -394,7 +274,7 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-class Registry:
+class Registry(Lookup):
     """The plugins found through entry points and the components they provide, kind by kind, on demand."""
 
     def __init__(
@@ -409,7 +289,9 @@ class Registry:
         if disabled is None:
             disabled = [n.strip() for n in os.environ.get("PLUGTRAIN_DISABLE_PLUGINS", "").split(",") if n.strip()]
         self.strict = _env_flag("PLUGTRAIN_STRICT_PLUGINS") if strict is None else strict
-        self._warn = warn or (lambda msg: print(f"plugtrain: warning: {msg}", file=sys.stderr))
+        self.warnings: list[str] = []  # every warning given: a registry that warned is not cached (catalog)
+        say = warn or (lambda msg: print(f"plugtrain: warning: {msg}", file=sys.stderr))
+        self._warn = lambda msg: (self.warnings.append(msg), say(msg))[-1]
         self._disabled = set(disabled)
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
@@ -516,15 +398,6 @@ class Registry:
             )
 
     # -- components ------------------------------------------------------------------------------------------------
-    def plugin(self, name: str) -> PluginInfo | None:
-        return next((p for p in self.plugins if p.name == name), None)
-
-    def components(self, kind: str) -> list[Component]:
-        """Every component of ``kind`` a spec can name, from every plugin, calling each plugin's hook the first time.
-
-        Runtime-only components (:attr:`Component.runtime_only`) are left out: only :meth:`with_role` finds them."""
-        return [c for c in self._loaded(check_kind(kind)) if not c.runtime_only]
-
     def _loaded(self, kind: str) -> list[Component]:
         """Every component of ``kind``, runtime-only ones included, in registration order."""
         if kind not in self._components:
@@ -596,116 +469,6 @@ class Registry:
                 out.append(attrs.evolve(item, plugin=impl.plugin_name))
         return out
 
-    def all_components(self) -> list[Component]:
-        """Every component of every kind (calls every hook: errors in any of them are then known)."""
-        return [c for kind in KINDS for c in self.components(kind)]
-
-    def names(self, kind: str) -> list[str]:
-        return sorted({c.name for c in self.components(kind)}, key=str.lower)
-
-    def find(self, kind: str, pattern: str | None = None) -> list[Component]:
-        """Components of ``kind`` whose name matches the case-insensitive glob ``pattern``."""
-        comps = self.components(kind)
-        if pattern:
-            pat = pattern.lower()
-            comps = [c for c in comps if fnmatch.fnmatchcase(c.name.lower(), pat)]
-        return sorted(comps, key=lambda c: (c.name.lower(), c.plugin))
-
-    def get(self, kind: str, name: str) -> Component:
-        """The component ``name`` of ``kind``; ``PLUGIN:name`` picks one plugin's when two provide the name."""
-        kind = check_kind(kind)
-        comps = self.components(kind)
-        kind_label = SINGULAR[kind]
-        plugin = None
-        matches = [c for c in comps if c.name == name]
-        if not matches and ":" in name:
-            plugin, _, name = name.partition(":")
-            if not any(p.name == plugin for p in self.plugins):
-                raise PlugtrainError(
-                    f"unknown plugin {plugin!r} in {plugin}:{name}."
-                    + did_you_mean(plugin, [p.name for p in self.plugins])
-                    + " Run `plugtrain plugins` to see them."
-                )
-            matches = [c for c in comps if c.name == name and c.plugin == plugin]
-        if not matches:
-            part = next((c for c in self._loaded(kind) if c.runtime_only and c.name == name), None)
-            if part is not None:
-                roles = ", ".join(ROLES.get((kind, r), r) for r in sorted(part.roles) if (kind, r) in RUNTIME_ROLES)
-                raise PlugtrainError(
-                    f"{kind_label} {name!r} (plugin {part.plugin!r}) is {roles}: a part of the runtime, which a "
-                    f"spec does not name. Run `plugtrain list {kind}` to see what a spec can name."
-                )
-            others = [c for c in comps if c.name == name]
-            if plugin is not None and others:
-                raise PlugtrainError(
-                    f"plugin {plugin!r} provides no {kind_label} {name!r}; write "
-                    + " or ".join(f"'{c.qualified_name}'" for c in others)
-                    + "."
-                )
-            where = f" in plugin {plugin!r}" if plugin is not None else ""
-            candidates = sorted({c.name for c in comps if plugin is None or c.plugin == plugin}, key=str.lower)
-            broken = [p for p in self.plugins if p.error and not p.disabled and (plugin is None or p.name == plugin)
-                      and (p.module is None or not p.hooks or hook_name(kind) in p.error)]
-            if broken:  # the name may well be theirs: say so first, with what went wrong
-                said = "; ".join(
-                    f"plugin {p.name!r} ({p.dist_label}) "
-                    + (f"failed to load: {p.error}" if p.module is None else f"is broken: {p.error}")
-                    for p in broken)
-                raise PlugtrainError(
-                    f"unknown {kind_label} {name!r}{where}: {said}, so its components are missing; fix or "
-                    f"uninstall it (see `plugtrain plugins`).{did_you_mean(name, candidates)}"
-                )
-            raise PlugtrainError(
-                f"unknown {kind_label} {name!r}{where}."
-                + did_you_mean(name, candidates)
-                + f" Run `plugtrain list {kind}` to see them all."
-            )
-        if len(matches) > 1:
-            providers = " and ".join(f"plugin {c.plugin!r} ({c.distribution}=={c.version})" for c in matches)
-            choices = " or ".join(f"'{c.qualified_name}'" for c in matches)
-            raise PlugtrainError(
-                f"the {kind_label} name {name!r} is registered by more than one plugin: {providers}. "
-                f"Write {choices} to choose one."
-            )
-        return matches[0]
-
-    # -- roles -----------------------------------------------------------------------------------------------------
-    def role_components(self, kind: str, role: str) -> list[Component]:
-        """Every component of ``kind`` that claims ``role`` (runtime-only ones included), in registration order:
-        built-in plugins first, then the others by entry-point name. For the roles that gather several components
-        (the default loggers and metrics); :meth:`with_role` is for the roles that need exactly one."""
-        return [c for c in self._loaded(check_kind(kind)) if role in c.roles]
-
-    def with_role(self, kind: str, role: str, *, required: bool = True) -> Component | None:
-        """The one component of ``kind`` that claims ``role`` (see :data:`plugtrain.core.hookspecs.ROLES`).
-
-        None claiming it: a PlugtrainError (``None`` when not ``required``). Two or more claiming it, whether built-in
-        or not: a PlugtrainError naming each, since plugtrain cannot know which one the user means; disabling all but
-        one plugin (``PLUGTRAIN_DISABLE_PLUGINS``) is the way out."""
-        kind = check_kind(kind)
-        found = self.role_components(kind, role)
-        what = ROLES.get((kind, role), "")
-        if not found:
-            if not required:
-                return None
-            raise PlugtrainError(
-                f"no {SINGULAR[kind]} has the role {role!r}{f' ({what})' if what else ''}: the plugin that provides "
-                f"it is not loaded. Run `plugtrain plugins` to see which plugins are disabled or failed."
-            )
-        if len(found) > 1:
-            providers = " and ".join(f"{c.name!r} of plugin {c.plugin!r} ({c.distribution}=={c.version})"
-                                     for c in found)
-            raise PlugtrainError(
-                f"more than one {SINGULAR[kind]} claims the role {role!r}{f' ({what})' if what else ''}: {providers}. "
-                "Disable all but one of those plugins with PLUGTRAIN_DISABLE_PLUGINS."
-            )
-        return found[0]
-
-    def spec_name(self, comp: Component) -> str:
-        """The name a spec gives ``comp``: its own, or ``PLUGIN:name`` when another plugin has one of that name."""
-        same = [c for c in self.components(comp.kind) if c.name == comp.name]
-        return comp.qualified_name if len(same) > 1 else comp.name
-
 
 def _check_component(item: Any, kind: str) -> None:
     """Raise TypeError unless ``item`` is a usable Component."""
@@ -727,15 +490,6 @@ def _implements(pm: pluggy.PluginManager, plugin_name: str, hook: str) -> bool:
     return any(impl.plugin_name == plugin_name for impl in caller.get_hookimpls())
 
 
-def check_kind(kind: str) -> str:
-    """``kind`` itself, or a PlugtrainError with a did-you-mean. A singular (``loss``) is accepted."""
-    if kind in KINDS:
-        return kind
-    for k in KINDS:
-        if kind == SINGULAR[k]:
-            return k
-    raise PlugtrainError(f"unknown component kind {kind!r}." + did_you_mean(kind, KINDS) + f" Kinds: {', '.join(KINDS)}.")
-
 
 _registry: Registry | None = None
 
@@ -753,3 +507,6 @@ def reset_registry() -> None:
     global _registry
     _registry = None
     importlib.invalidate_caches()
+    from plugtrain.core.catalog import reset_catalog
+
+    reset_catalog()

@@ -92,19 +92,39 @@ def _parser(plugins: bool = False) -> argparse.ArgumentParser:
                    help="k-fold cross-validation: K runs on stratified, seeded folds of the train split "
                         "(<output_dir>/<name>/fold-<k>/), then the mean and std of every validation metric (cv.json)")
 
-    s = sub.add_parser("sweep", help="a hyperparameter sweep on Optuna (one worker per process); or: sweep status DIR",
-                       usage="plugtrain sweep SWEEP_FILE [--trials N] [--storage URL] [--set KEY.PATH=VALUE] [--check]"
-                             "\n       plugtrain sweep status SWEEP_DIR [--storage URL] [--json]")
-    s.add_argument("target", nargs="+", metavar="SWEEP_FILE | status SWEEP_DIR",
-                   help="a sweep file (it names the run spec and holds the search space), or `status SWEEP_DIR`")
-    s.add_argument("--trials", type=int, metavar="N", help="the study's total number of trials, over all workers")
-    s.add_argument("--storage", metavar="URL",
-                   help="the Optuna storage (database URL; default sqlite:///<sweep_dir>/study.db)")
+    s = sub.add_parser("lr-find", help="learning-rate range test on a spec's run (or, with --batch-size, a batch-size "
+                                       "probe); writes a plot and JSON, never a run directory")
+    s.add_argument("spec", metavar="SPEC", help="TOML run spec file")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a value of the run spec for every trial (TOML value syntax); repeatable")
-    s.add_argument("--check", action="store_true",
-                   help="check the sweep file, the spec and every value of the search space, then exit")
-    s.add_argument("--json", action="store_true", help="status: print the trials as JSON")
+                   help="override a spec value (TOML value syntax); repeatable")
+    s.add_argument("--out", metavar="DIR", help="report folder (default <output_dir>/lr-find-<name>, or "
+                                                "batch-size-<name>)")
+    s.add_argument("--overwrite", action="store_true", help="replace an earlier report in the folder")
+    s.add_argument("--min-lr", type=float, default=1e-7, help="first lr (default 1e-7)")
+    s.add_argument("--max-lr", type=float, default=10.0, help="last lr (default 10)")
+    s.add_argument("--steps", type=int, default=100, help="optimizer steps from --min-lr to --max-lr (default 100)")
+    s.add_argument("--batch-size", action="store_true",
+                   help="probe batch sizes 2, 4, 8, ... (CUDA: until out of memory; CPU: peak RSS per size)")
+    s.add_argument("--max-batch-size", type=int, metavar="N", help="--batch-size: the largest to try")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    s = sub.add_parser("submit", help="train a spec as a SLURM job that survives time limits and preemption")
+    s.add_argument("spec", metavar="SPEC")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    s.add_argument("--launch", metavar="FILE", help="a launch file whose [slurm] table holds the job's options")
+    s.add_argument("--time", metavar="HH:MM:SS", help="the job's time limit")
+    s.add_argument("--nodes", type=int)
+    s.add_argument("--gpus-per-node", type=int, help="one task per GPU")
+    s.add_argument("--tasks-per-node", type=int, help="default: one per GPU (one on a CPU-only job)")
+    s.add_argument("--cpus-per-task", type=int)
+    s.add_argument("--mem")
+    s.add_argument("--partition")
+    s.add_argument("--account")
+    s.add_argument("--signal", metavar="NAME@SECONDS", help="the warning before the time limit (default USR1@90)")
+    s.add_argument("--max-requeues", type=int, help="requeue the job at most this often (default 20)")
+    s.add_argument("--resume", metavar="auto|PATH")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--dry-run", action="store_true", help="print the sbatch script instead of submitting it")
 
     s = sub.add_parser("evaluate", help="evaluate a finished run's checkpoint")
     s.add_argument("run_dir", metavar="RUN_DIR")
@@ -195,22 +215,22 @@ def _run(args: argparse.Namespace) -> int:
 
         return cv.run(args.specs, args.overrides, folds=args.folds, resume=args.resume, overwrite=args.overwrite,
                       dry_run=args.dry_run)
-    if args.command == "sweep":
-        from plugtrain.commands import sweep
-        from plugtrain.core.errors import PlugtrainError
+    if args.command == "lr-find":
+        from plugtrain.commands import lrfind
 
-        if args.target[0] == "status":
-            if len(args.target) != 2:
-                raise PlugtrainError("plugtrain sweep status: give one SWEEP_DIR")
-            return sweep.status(args.target[1], storage=args.storage, as_json=args.json)
-        if len(args.target) != 1:
-            raise PlugtrainError("plugtrain sweep: give one SWEEP_FILE (or: status SWEEP_DIR)")
-        return sweep.run(args.target[0], args.overrides, trials=args.trials, storage=args.storage, check=args.check)
+        return lrfind.run(args.spec, args.overrides, out=args.out, overwrite=args.overwrite,
+                          batch_size=args.batch_size, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps,
+                          max_batch_size=args.max_batch_size, as_json=args.json)
     if args.command == "train":
         from plugtrain.commands import train
 
         return train.run(args.specs, args.overrides, resume=args.resume, overwrite=args.overwrite,
                          dry_run=args.dry_run)
+    if args.command == "submit":
+        from plugtrain.commands import submit
+
+        return submit.run(args.spec, args.overrides, launch=args.launch, resume=args.resume, overwrite=args.overwrite,
+                          dry_run=args.dry_run, **{k: getattr(args, k) for k in submit.FLAGS})
     if args.command == "evaluate":
         from plugtrain.commands import evaluate
 

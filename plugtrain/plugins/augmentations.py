@@ -19,6 +19,7 @@ the ``[mixup]`` section on whole batches (``batch_mix``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Literal
 
@@ -154,11 +155,38 @@ def mixup(
     mode: Literal["batch", "pair", "elem"] = "batch",
     label_smoothing: float = 0.1,
 ) -> Any:
-    """timm's Mixup / CutMix on whole batches: ``mix(images, targets) -> (images, soft targets)``."""
+    """timm's Mixup / CutMix on whole batches: ``mix(images, targets) -> (images, soft targets)``.
+
+    Class indices ``(N,)`` become mixed one-hot rows (timm's own targets); multi-hot float targets ``(N, C)``
+    (multilabel) are mixed as they are, ``lam * t + (1 - lam) * t.flip(0)``, after binary label smoothing
+    (``t * (1 - s) + s / 2``), with the same image mixing and random draws."""
+    return _multi_hot_mixup()(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob,
+                              switch_prob=switch_prob, mode=mode, label_smoothing=label_smoothing,
+                              num_classes=num_classes)
+
+
+@functools.cache
+def _multi_hot_mixup() -> type:
+    """timm's ``Mixup`` taught multi-hot targets (a class made on first use: timm is imported only then)."""
     from timm.data import Mixup
 
-    return Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=switch_prob, mode=mode,
-                 label_smoothing=label_smoothing, num_classes=num_classes)
+    class BatchMix(Mixup):
+        def __call__(self, x: Any, target: Any) -> tuple[Any, Any]:
+            if not (target.is_floating_point() and target.ndim == 2):
+                return super().__call__(x, target)  # class indices: timm's own path, unchanged
+            if len(x) % 2:
+                raise ValueError("mixup needs an even batch size")
+            if self.mode == "elem":
+                lam = self._mix_elem(x)
+            elif self.mode == "pair":
+                lam = self._mix_pair(x)
+            else:
+                lam = self._mix_batch(x)
+            y = target.float() * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
+            return x, y * lam + y.flip(0) * (1.0 - lam)
+
+    BatchMix.__qualname__ = BatchMix.__name__ = "MultiHotMixup"
+    return BatchMix
 
 
 def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any]) -> list[tuple[Any, str, bool]]:

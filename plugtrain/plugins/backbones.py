@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from annotated_types import Ge, Gt, Interval
 
 from plugtrain import Component, hookimpl
+from plugtrain.hub import HubFiles, LocalFile, cached_file, download, hub_cache_dir, hub_offline
 
 if TYPE_CHECKING:
     from plugtrain.core.runtime.rundir import CheckContext
@@ -534,6 +535,14 @@ class WeightsRef:
     def __repr__(self) -> str:
         return f"WeightsRef({self.label!r})"
 
+    def hub_files(self, model_name: str = "") -> HubFiles:
+        """What fetching these hub weights downloads: the first weight file the repository has and its
+        ``config.json``; checked against the backbone ``model_name``'s architecture when one is given."""
+        return HubFiles(self.repo, HUB_WEIGHT_FILES, revision=self.revision, optional=("config.json",),
+                        key="backbone.pretrained", label=self.label, why=self.why,
+                        hint="not a timm model repository?",
+                        check=(lambda: architecture_problem(self, model_name)) if model_name else None)
+
 
 def weights_ref(model_name: str, pretrained: Any) -> WeightsRef | None:
     """What ``pretrained`` names for the backbone ``model_name`` (None: no weights).
@@ -582,92 +591,16 @@ def weights_ref(model_name: str, pretrained: Any) -> WeightsRef | None:
     return WeightsRef(path=text)
 
 
-def hub_offline() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` is set (huggingface_hub then never touches the network)."""
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def hub_cache_dir() -> str:
-    """The huggingface_hub cache directory (``HF_HUB_CACHE``, else ``HF_HOME/hub``)."""
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
-
-
 def cached_weights_file(ref: WeightsRef) -> str | None:
     """The cached weight file of the hub reference ``ref``, or None; never touches the network."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for filename in HUB_WEIGHT_FILES:
-        found = try_to_load_from_cache(ref.repo, filename, revision=ref.revision)
-        if isinstance(found, str):
-            return found
-    return None
-
-
-def fetch_command() -> str:
-    return "plugtrain weights fetch SPEC"
-
-
-def _hub_miss(ref: WeightsRef, reason: str) -> str:
-    return (f"backbone.pretrained: {ref.label} is not in the Hugging Face cache ({hub_cache_dir()}) and {reason}. "
-            f"Fill the cache where there is network with `{fetch_command()}` (the same HF_HOME), then run again")
+    return cached_file(ref.hub_files())
 
 
 def download_weights(ref: WeightsRef) -> str:
-    """The local path of ``ref``'s weight file: from the cache, else downloaded into it (``hf_hub_download``;
+    """The local path of ``ref``'s weight file: from the cache, else downloaded into it (:func:`plugtrain.hub.download`;
     ``HF_HUB_OFFLINE=1`` allows the cache only). Also fetches the repository's ``config.json`` when it has one.
     Raises :class:`PlugtrainError` with one line when the file cannot be had."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    from plugtrain.core.errors import PlugtrainError, first_line
-
-    def get(filename: str) -> str:
-        return hf_hub_download(ref.repo, filename, revision=ref.revision, library_name="plugtrain")
-
-    try:
-        path = None
-        for i, filename in enumerate(HUB_WEIGHT_FILES):
-            try:
-                path = get(filename)
-                break
-            except LocalEntryNotFoundError:
-                cached = cached_weights_file(ref)  # e.g. offline with only pytorch_model.bin cached
-                if cached is not None:
-                    path = cached
-                    break
-                raise
-            except EntryNotFoundError:  # the repository has no such file: try the next kind
-                if i == len(HUB_WEIGHT_FILES) - 1:
-                    raise PlugtrainError(f"backbone.pretrained: {ref.label} holds none of "
-                                         f"{', '.join(HUB_WEIGHT_FILES)}: not a timm model repository?") from None
-        try:
-            get("config.json")
-        except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError):
-            pass  # optional: it only lets plugtrain check the architecture
-    except LocalEntryNotFoundError:
-        if hub_offline():
-            raise PlugtrainError(_hub_miss(ref, "HF_HUB_OFFLINE is set")) from None
-        raise PlugtrainError(_hub_miss(ref, "the hub could not be reached")) from None
-    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as exc:
-        raise PlugtrainError(f"backbone.pretrained: {ref.label}: {first_line(exc) or type(exc).__name__} "
-                             "(a private or gated repository needs `hf auth login` or HF_TOKEN)") from None
-    except HfHubHTTPError as exc:
-        raise PlugtrainError(f"backbone.pretrained: {ref.label}: {first_line(exc) or type(exc).__name__}") from None
-    except OSError as exc:
-        raise PlugtrainError(f"backbone.pretrained: {ref.label}: cannot write the cache ({hub_cache_dir()}): "
-                             f"{exc.strerror or exc}") from None
-    return str(path)
+    return download(ref.hub_files())
 
 
 def hub_config(ref: WeightsRef) -> dict[str, Any] | None:
@@ -771,6 +704,20 @@ def _local_file_problems(path: str, context: CheckContext) -> list[tuple[str | N
 
 
 PLUGTRAIN_VALIDATE = validate
+
+
+def fetch_needs(factory: Any, params: dict[str, Any]) -> list[HubFiles | LocalFile]:
+    """What ``plugtrain weights fetch`` downloads for the backbone ``factory`` builds (this module's
+    ``PLUGTRAIN_FETCH``, :mod:`plugtrain.hub`): its ``pretrained`` hub weights, a local file (reported only), or
+    nothing (it starts from scratch). A reference that does not parse raises :class:`PlugtrainError`."""
+    model_name = factory.args[0] if isinstance(factory, functools.partial) and factory.args else ""
+    ref = weights_ref(model_name, params.get("pretrained"))
+    if ref is None:
+        return []
+    return [ref.hub_files(model_name) if ref.hub else LocalFile(ref.path)]
+
+
+PLUGTRAIN_FETCH = fetch_needs
 
 
 @functools.cache

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BCEWithLogits", "CrossEntropy", "KLDiv", "MetricLearning", "Regression", "class_targets"]
+__all__ = ["AsymmetricLoss", "BCEWithLogits", "CrossEntropy", "KLDiv", "MetricLearning", "Regression", "class_targets"]
 
 
 def class_targets(outputs: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
@@ -70,7 +70,7 @@ class KLDiv(torch.nn.Module):
 class BCEWithLogits(torch.nn.Module):
     """Binary cross-entropy on logits: one-hot from class indices, or float (multi-)label targets."""
 
-    def __init__(self, pos_weight: list[float] | None = None, label_smoothing: float = 0.0) -> None:
+    def __init__(self, pos_weight: list[float] | float | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.label_smoothing = float(label_smoothing)
         self.register_buffer("pos_weight",
@@ -91,6 +91,35 @@ class BCEWithLogits(torch.nn.Module):
         else:
             target = class_targets(outputs, targets, self.label_smoothing)
         return F.binary_cross_entropy_with_logits(outputs, target, pos_weight=self.pos_weight)
+
+
+class AsymmetricLoss(torch.nn.Module):
+    """Asymmetric loss (Ridnik et al., "Asymmetric Loss For Multi-Label Classification", ICCV 2021), per element:
+
+    ``-[y (1 - p)^gamma_pos log(p) + (1 - y) p_m^gamma_neg log(1 - p_m)]`` with ``p = sigmoid(logit)`` and the
+    shifted probability ``p_m = max(p - clip, 0)``; the mean over samples and classes. Soft (mixed) targets
+    interpolate both terms."""
+
+    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.gamma_neg, self.gamma_pos, self.clip, self.eps = float(gamma_neg), float(gamma_pos), float(clip), eps
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        outputs = outputs.float()
+        target = class_targets(outputs, targets)  # multi-hot as given; class indices become one-hot
+        p = torch.sigmoid(outputs)
+        q = (1.0 - p + self.clip).clamp(max=1.0) if self.clip > 0 else 1.0 - p  # 1 - p_m
+        pos = target * torch.log(p.clamp(min=self.eps))
+        neg = (1.0 - target) * torch.log(q.clamp(min=self.eps))
+        if self.gamma_neg or self.gamma_pos:
+            pt = p * target + q * (1.0 - target)  # p for positives, 1 - p_m for negatives
+            # base clamped off 0: a gamma below 1 would otherwise give an infinite gradient where p_m = 0
+            weight = (1.0 - pt).clamp(min=self.eps).pow(self.gamma_pos * target + self.gamma_neg * (1.0 - target))
+            pos, neg = pos * weight, neg * weight
+        return -(pos + neg).mean()
+
+    def extra_repr(self) -> str:
+        return f"gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}"
 
 
 class Regression(torch.nn.Module):

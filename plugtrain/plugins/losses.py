@@ -1,4 +1,5 @@
-"""Losses: torch.nn criteria for classification and regression, pytorch-metric-learning for metric learning.
+"""Losses: torch.nn criteria for classification, multi-label and regression, pytorch-metric-learning for metric
+learning.
 
 Every loss is a ``torch.nn.Module`` called as ``loss(outputs, targets)`` that returns a scalar tensor; outputs are
 cast to float32 first (so that bf16/fp16 outputs work outside autocast too).
@@ -6,6 +7,8 @@ cast to float32 first (so that bf16/fp16 outputs work outside autocast too).
 * Classification (``CrossEntropy``, ``LabelSmoothing``, ``KLDiv``, ``BCEWithLogits``): ``outputs`` are logits
   ``(N, C)``; ``targets`` are class indices ``(N,)`` **or** soft targets ``(N, C)`` (float probabilities, as mixup
   and cutmix produce).
+* Multi-label (``BCEWithLogits``, ``ASL``): ``outputs`` are logits ``(N, C)``, one independent sigmoid per class;
+  ``targets`` are multi-hot floats ``(N, C)`` (mixed ones too, from mixup/cutmix).
 * Regression (``MSE``, ``L1``, ``SmoothL1``, ``Huber``): ``(N, 1)`` outputs are squeezed to meet ``(N,)`` targets.
 * Metric learning (``SupCon``, ``TripletMargin``, ``ArcFace``, ``SubCenterArcFace``, ``CosFace``), from
   pytorch-metric-learning: ``outputs`` are embeddings ``(N, D)`` and ``targets`` integer labels ``(N,)``; soft
@@ -29,17 +32,19 @@ from plugtrain import Component, hookimpl
 Unit = Annotated[float, Interval(ge=0, le=1)]
 #: Class weights: non-negative numbers.
 Weights = list[Annotated[float, Ge(0)]]
+#: A loss's ``weight``: class weights, or "balanced" (from the train split's class counts, resolved by the build).
+ClassWeights = Weights | Literal["balanced"]
 
 
 # -- classification --------------------------------------------------------------------------------------------------
-def cross_entropy(label_smoothing: Unit = 0.0, ignore_index: int = -100, weight: Weights | None = None):
+def cross_entropy(label_smoothing: Unit = 0.0, ignore_index: int = -100, weight: ClassWeights | None = None):
     """Cross-entropy on logits (``F.cross_entropy``); class-index or soft (N, C) targets, optional label smoothing."""
     from plugtrain.plugins.loss_modules import CrossEntropy
 
     return CrossEntropy(label_smoothing, ignore_index, weight)
 
 
-def label_smoothing(label_smoothing: Unit = 0.1, weight: Weights | None = None):
+def label_smoothing(label_smoothing: Unit = 0.1, weight: ClassWeights | None = None):
     """Cross-entropy with label smoothing (default 0.1); class-index or soft (N, C) targets."""
     from plugtrain.plugins.loss_modules import CrossEntropy
 
@@ -53,11 +58,32 @@ def kl_div(label_smoothing: Unit = 0.0, temperature: Annotated[float, Gt(0)] = 1
     return KLDiv(label_smoothing, temperature)
 
 
-def bce_with_logits(pos_weight: Weights | None = None, label_smoothing: Unit = 0.0):
-    """Binary cross-entropy on logits: class indices become one-hot; float (N, C) multi-label/soft targets as given."""
+def bce_with_logits(pos_weight: Weights | Annotated[float, Ge(0)] | None = None, label_smoothing: Unit = 0.0,
+                    num_classes: int = 0):
+    """Binary cross-entropy on logits: class indices become one-hot; multi-hot or soft (N, C) targets as given.
+
+    ``pos_weight`` weighs each class's positives (a list, one per class) or every class's alike (a number): above 1
+    for rare labels (e.g. negatives / positives of the class)."""
     from plugtrain.plugins.loss_modules import BCEWithLogits
 
+    if isinstance(pos_weight, list) and num_classes and len(pos_weight) != num_classes:
+        from plugtrain.core.errors import PlugtrainError
+
+        raise PlugtrainError(f"loss BCEWithLogits: pos_weight lists {len(pos_weight)} weights but the run has "
+                             f"{num_classes} classes (give one per class, or one number for all)")
     return BCEWithLogits(pos_weight, label_smoothing)
+
+
+def asl(gamma_neg: Annotated[float, Ge(0)] = 4.0, gamma_pos: Annotated[float, Ge(0)] = 0.0,
+        clip: Annotated[float, Interval(ge=0, lt=1)] = 0.05, eps: Annotated[float, Gt(0)] = 1e-8):
+    """Asymmetric loss (ASL, Ridnik et al. 2021) for multi-label classification.
+
+    Focal down-weighting, harder on easy negatives (``gamma_neg`` > ``gamma_pos``), and negatives with p < ``clip``
+    dropped (probability shifting). Mean over samples and classes; with ``gamma_neg = gamma_pos = clip = 0`` it is
+    ``BCEWithLogits``."""
+    from plugtrain.plugins.loss_modules import AsymmetricLoss
+
+    return AsymmetricLoss(gamma_neg, gamma_pos, clip, eps)
 
 
 # -- regression ------------------------------------------------------------------------------------------------------
@@ -196,6 +222,8 @@ METRIC_LEARNING_LOSSES = ("SupCon", "TripletMargin", "ArcFace", "SubCenterArcFac
 #: task is not the run's, several views (``data.num_views > 1``) with a loss that ignores them, or a
 #: ``[loss.optimizer]`` for a loss without parameters.
 _CLASSIFICATION = {"tasks": ("classification",), "consumes": "logits", "views": False, "parameters": False}
+_MULTILABEL = {**_CLASSIFICATION, "tasks": ("multilabel",)}
+_BINARY = {**_CLASSIFICATION, "tasks": ("classification", "multilabel")}
 _REGRESSION = {"tasks": ("regression",), "consumes": "values", "views": False, "parameters": False}
 _METRIC_LEARNING = {"tasks": ("metric_learning",), "consumes": "embeddings", "views": True, "parameters": False}
 _CENTRES = {**_METRIC_LEARNING, "parameters": True}
@@ -207,7 +235,8 @@ def plugtrain_losses() -> list[Any]:
         Component("CrossEntropy", cross_entropy, fits=_CLASSIFICATION),
         Component("LabelSmoothing", label_smoothing, fits=_CLASSIFICATION),
         Component("KLDiv", kl_div, fits=_CLASSIFICATION),
-        Component("BCEWithLogits", bce_with_logits, fits=_CLASSIFICATION),
+        Component("BCEWithLogits", bce_with_logits, fits=_BINARY),
+        Component("ASL", asl, fits=_MULTILABEL),
         Component("MSE", mse, fits=_REGRESSION),
         Component("L1", l1, fits=_REGRESSION),
         Component("SmoothL1", smooth_l1, fits=_REGRESSION),

@@ -18,7 +18,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from plugtrain.plugins.metrics import render_confusion_matrix, render_parity_plot
 
-__all__ = ["ConfusionMatrix", "Embeddings", "ParityPlot", "RetrievalMetric"]
+__all__ = ["ConfusionMatrix", "Embeddings", "MultilabelAP", "MultilabelF1", "ParityPlot", "RetrievalMetric"]
 
 
 def _cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor | None:
@@ -34,6 +34,47 @@ def _class_indices(target: torch.Tensor) -> torch.Tensor:
     if target.is_floating_point() and target.ndim == 2:
         target = target.argmax(dim=1)
     return target.long().reshape(-1)
+
+
+def multi_hot(target: torch.Tensor) -> torch.Tensor:
+    """Integer multi-hot targets from float ones (mixed or smoothed targets: a label is on above 0.5)."""
+    return (target > 0.5).int() if target.is_floating_point() else target.int()
+
+
+class MultilabelF1(torchmetrics.classification.MultilabelF1Score):
+    """torchmetrics' multilabel F1 on logits: a sigmoid each (so the inputs are never mistaken for probabilities)."""
+
+    def __init__(self, num_classes: int, average: str, threshold: float = 0.5) -> None:
+        super().__init__(num_labels=num_classes, average=average, threshold=threshold)
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        super().update(torch.sigmoid(preds.detach().float()), multi_hot(target))
+
+
+class MultilabelAP(torchmetrics.classification.MultilabelAveragePrecision):
+    """torchmetrics' multilabel average precision on logits, per class; ``per_class=False`` averages the classes that
+    have positives (a class absent from the validation set has no AP, rather than an AP of 0)."""
+
+    def __init__(self, num_classes: int, per_class: bool = False) -> None:
+        super().__init__(num_labels=num_classes, average=None)
+        self.per_class = per_class
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        super().update(torch.sigmoid(preds.detach().float()), multi_hot(target))
+
+    def compute(self) -> torch.Tensor:
+        import warnings
+
+        target = _cat(self.target)
+        if target is None or not len(target):
+            return torch.tensor(float("nan"))
+        with warnings.catch_warnings():  # a class without positives: handled below, not worth a warning each epoch
+            warnings.simplefilter("ignore", UserWarning)
+            ap = super().compute()
+        present = (target == 1).any(dim=0)
+        if self.per_class:
+            return torch.where(present, ap, torch.full_like(ap, float("nan")))
+        return ap[present].mean() if bool(present.any()) else torch.tensor(float("nan"))
 
 
 class RetrievalMetric(torchmetrics.Metric):

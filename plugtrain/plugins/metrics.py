@@ -13,15 +13,25 @@ loggers at each validation: ``image()`` an ``HxWx3`` uint8 array (``log_image(ta
 ``val/<name>``), ``embeddings()`` ``(tensor (N, D), labels)`` (``log_embedding``: TensorBoard's projector). Images
 are drawn with numpy and Pillow (no plotting library needed).
 
+Multi-label metrics (``map``, ``f1_micro``, ``f1_macro`` and ``per_class_ap`` in a ``multilabel`` run) are
+torchmetrics' multilabel family, updated with logits ``(N, C)`` (a sigmoid each) and multi-hot targets; F1 counts a
+class as predicted when its probability reaches ``threshold``. ``map`` is the macro average precision over the
+classes that have positives in the validation set; ``per_class_ap`` adds one ``.../<class index>`` value per class.
+
 Roles: each task's default metrics (``default:<task>``) are those of a spec without ``[[metrics]]``; ``accuracy`` is
 added to every classification run (``always:classification``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+from annotated_types import Interval
 
 from plugtrain import Component, hookimpl
+
+#: A probability threshold: a number in [0, 1].
+Unit = Annotated[float, Interval(ge=0, le=1)]
 
 #: The roles that make a metric one of its task's defaults (a spec without ``[[metrics]]``).
 _CLS, _REG, _ML = "default:classification", "default:regression", "default:metric_learning"
@@ -39,11 +49,54 @@ def top5(num_classes: int):
     return accuracy(num_classes, top_k=min(5, num_classes))
 
 
-def f1_macro(num_classes: int):
-    """Macro-averaged multiclass F1."""
+def f1_macro(num_classes: int, task: str = "classification", threshold: Unit | None = None,
+             task_params: dict[str, Any] | None = None):
+    """Macro-averaged F1: multiclass, or per label in a multilabel run.
+
+    Multilabel: a class is predicted when its probability reaches ``threshold`` (default: the task's)."""
     import torchmetrics
 
+    if task == "multilabel":
+        from plugtrain.plugins.metric_classes import MultilabelF1
+
+        return MultilabelF1(num_classes, "macro", _threshold(threshold, task_params))
     return torchmetrics.classification.MulticlassF1Score(num_classes=num_classes, average="macro")
+
+
+def f1_micro(num_classes: int, threshold: Unit | None = None, task_params: dict[str, Any] | None = None):
+    """Micro-averaged multilabel F1: every (sample, class) decision pooled.
+
+    A class is predicted when its probability reaches ``threshold`` (default: the task's)."""
+    from plugtrain.plugins.metric_classes import MultilabelF1
+
+    return MultilabelF1(num_classes, "micro", _threshold(threshold, task_params))
+
+
+def map_macro(num_classes: int):
+    """Multilabel mean average precision (mAP), threshold-free.
+
+    The macro average of each class's AP (torchmetrics), over the classes with at least one positive in the
+    validation set."""
+    from plugtrain.plugins.metric_classes import MultilabelAP
+
+    return MultilabelAP(num_classes, per_class=False)
+
+
+def per_class_ap(num_classes: int):
+    """The average precision of each class of a multilabel run.
+
+    One value per class, ``<metric>/<class index>`` (NaN for a class without positives in the validation set);
+    ``plugtrain evaluate`` also reports them by class name."""
+    from plugtrain.plugins.metric_classes import MultilabelAP
+
+    return MultilabelAP(num_classes, per_class=True)
+
+
+def _threshold(threshold: float | None, task_params: dict[str, Any] | None) -> float:
+    """The metric's own ``threshold``, else the task's (``[task] threshold``), else 0.5."""
+    if threshold is not None:
+        return float(threshold)
+    return float((task_params or {}).get("threshold", 0.5))
 
 
 def mae():
@@ -277,6 +330,8 @@ def embeddings(max_points: int = 10000):
 _FITS_CLS = {"tasks": ("classification",), "consumes": "logits"}
 _FITS_REG = {"tasks": ("regression",), "consumes": "values"}
 _FITS_ML = {"tasks": ("metric_learning",), "consumes": "embeddings"}
+_FITS_MLB = {"tasks": ("multilabel",), "consumes": "logits"}
+_FITS_F1 = {"tasks": ("classification", "multilabel"), "consumes": "logits"}
 
 
 @hookimpl
@@ -284,7 +339,11 @@ def plugtrain_metrics():
     return [
         Component("accuracy", accuracy, roles=(_CLS, "always:classification"), fits=_FITS_CLS),
         Component("top5", top5, roles=_CLS, fits=_FITS_CLS),
-        Component("f1_macro", f1_macro, roles=_CLS, fits=_FITS_CLS),
+        Component("f1_macro", f1_macro, roles=_CLS, fits=_FITS_F1),
+        # multilabel's defaults are its task's (plugtrain/plugins/tasks_multilabel.py)
+        Component("map", map_macro, fits=_FITS_MLB),
+        Component("f1_micro", f1_micro, fits=_FITS_MLB),
+        Component("per_class_ap", per_class_ap, fits=_FITS_MLB),
         Component("mae", mae, roles=_REG, fits=_FITS_REG),
         Component("rmse", rmse, roles=_REG, fits=_FITS_REG),
         Component("r2", r2, roles=_REG, fits=_FITS_REG),

@@ -150,6 +150,29 @@ def sam(params, model=None, base: str = "SGD", rho: NonNegative = 0.05, adaptive
     return SAM(params, make_base, rho=rho, adaptive=adaptive, **kwargs)
 
 
+def layer_decay_groups(model, layer_decay: float, weight_decay: float | None = None,
+                       no_decay_norm_bias: bool = False) -> list[dict[str, Any]]:
+    """``optimizer.layer_decay``: timm's ``param_groups_layer_decay`` groups of ``model`` (BEiT-style: the lr of a
+    layer ``k`` blocks below the head is scaled by ``layer_decay ** k``; each group's ``lr_scale``). Frozen
+    parameters get their group too (so that unfreezing needs no new one). ``weight_decay = None`` leaves the
+    optimizer's own on the decayed groups."""
+    from timm.optim import param_groups_layer_decay
+
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        groups = param_groups_layer_decay(model, weight_decay=0.0 if weight_decay is None else weight_decay,
+                                          weight_decay_exclude_1d=no_decay_norm_bias, layer_decay=layer_decay)
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+    for g in groups:
+        if weight_decay is None and not (no_decay_norm_bias and g["params"][0].ndim <= 1):
+            g.pop("weight_decay", None)
+    return groups
+
+
 def _first_doc_line(obj: Any) -> str:
     return (inspect.getdoc(obj) or "").strip().split("\n", 1)[0]
 
@@ -170,5 +193,7 @@ def plugtrain_optimizers():
         Component("LookAhead", lookahead, summary="LookAhead (pytorch-optimizer) wrapping any optimizer `base`."),
         Component("SAM", sam, summary="Sharpness-aware minimisation (pytorch-optimizer) wrapping any optimizer "
                                       "`base`; two forward/backward passes per step.", fits={"passes": 2}),
+        Component("layer_decay_groups", layer_decay_groups, roles=("layer_decay",),
+                  summary="optimizer.layer_decay: timm's layer-wise lr decay parameter groups"),
     ]
     return comps

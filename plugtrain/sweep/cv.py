@@ -10,9 +10,9 @@ every validation metric are printed as a table and written to ``<output_dir>/<ru
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import signal
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,15 +20,16 @@ from typing import Any
 import attrs
 
 from plugtrain.core import console
-from plugtrain.core.errors import PlugtrainError, debug, first_line
-from plugtrain.sweep.runner import RunResult, _write_json
+from plugtrain.core.errors import PlugtrainError, Stopped
+from plugtrain.core.runtime.jobs import write_json as _write_json
+from plugtrain.core.runtime.session import RunResult
 
 
 def run(specs: Sequence[str], overrides: Sequence[str] = (), *, folds: int, resume: str | None = None,
         overwrite: bool = False, dry_run: bool = False) -> int:
-    """``plugtrain train SPEC... --folds K``: cross-validate each spec; the highest exit code wins (as ``train``)."""
-    from plugtrain.core.errors import Stopped
-    from plugtrain.core.runtime import distributed
+    """``plugtrain train SPEC... --folds K``: cross-validate each spec, in the queue ``plugtrain train`` runs
+    (:func:`~plugtrain.core.runtime.jobs.run_queue`); the highest exit code wins."""
+    from plugtrain.core.runtime import jobs
 
     if folds < 2:
         raise PlugtrainError(f"--folds {folds}: cross-validation needs at least 2 folds")
@@ -36,33 +37,16 @@ def run(specs: Sequence[str], overrides: Sequence[str] = (), *, folds: int, resu
         raise PlugtrainError("--folds and --dry-run exclude each other: dry-run the spec without --folds")
     if resume not in (None, "auto"):
         raise PlugtrainError("--folds takes --resume auto only (each fold continues from its own last.pt)")
-    paths = list(specs)
-    codes: list[int] = []
-    try:
-        for path in paths:
-            label = f"{path}: " if len(paths) > 1 else ""
-            try:
-                result = cross_validate(path, list(overrides), folds, resume=resume, overwrite=overwrite)
-                print_table(result)
-                codes.append(0)
-            except Stopped as exc:
-                name = signal.Signals(exc.signum).name
-                console.echo(f"interrupted by {name} at step {exc.step}; continue with --folds {folds} --resume auto")
-                return 128 + exc.signum
-            except PlugtrainError as exc:
-                if debug():
-                    traceback.print_exc()
-                console.error(f"{label}{exc}")
-                codes.append(exc.exit_code)
-            except Exception as exc:  # noqa: BLE001 - as the train command: one line, traceback on demand
-                if debug():
-                    traceback.print_exc()
-                console.error(f"{label}{type(exc).__name__}: {first_line(exc)} (set PLUGTRAIN_DEBUG=1 for the "
-                              "traceback)")
-                codes.append(1)
-    finally:
-        distributed.teardown()
-    return max(codes, default=0)
+
+    def one(path: str) -> int:
+        print_table(cross_validate(path, list(overrides), folds, resume=resume, overwrite=overwrite))
+        return 0
+
+    def interrupted(exc: Stopped) -> str:
+        name = signal.Signals(exc.signum).name
+        return f"interrupted by {name} at step {exc.step}; continue with --folds {folds} --resume auto"
+
+    return jobs.run_queue([(path, functools.partial(one, path)) for path in specs], interrupted)
 
 
 @attrs.define
@@ -93,9 +77,8 @@ def cross_validate(path: str, overrides: list[str], folds: int, *, resume: str |
 
     ``callbacks_for(k)`` gives fold k's extra callbacks; ``after_fold(k, result)`` runs after each fold (a sweep
     stops a pruned trial there by raising)."""
-    from plugtrain.core.runtime import rundir
+    from plugtrain.core.runtime import jobs, rundir
     from plugtrain.core.spec import load_spec
-    from plugtrain.sweep import runner
     from plugtrain.sweep.space import toml_value
 
     spec = load_spec(path, overrides)
@@ -104,15 +87,13 @@ def cross_validate(path: str, overrides: list[str], folds: int, *, resume: str |
         raise PlugtrainError(f"{cv_dir} is the run directory of a run without folds; cross-validation writes "
                              f"{cv_dir}/fold-<k>/ and cv.json: choose another run.name, or remove it")
     metric, mode = spec.primary_metric, spec.mode
-    results: list[RunResult] = []
-    for k in range(1, folds + 1):
-        console.echo(f"{spec.run.name}: fold {k} of {folds}")
-        name = f"run.name={toml_value(fold_name(spec.run.name, k))}"
-        res = runner.train(path, [*overrides, name], resume=resume, overwrite=overwrite,
-                           callbacks=callbacks_for(k) if callbacks_for else (), fold=(k, folds))
-        results.append(res)
-        if after_fold is not None:
-            after_fold(k, res)
+    fold_jobs = [jobs.Job(path, [*overrides, f"run.name={toml_value(fold_name(spec.run.name, k))}"], fold=(k, folds))
+            for k in range(1, folds + 1)]
+    results = jobs.run_jobs(
+        fold_jobs, resume=resume, overwrite=overwrite,
+        before=lambda job: console.echo(f"{spec.run.name}: fold {job.fold[0]} of {folds}"),
+        callbacks_for=(lambda job: callbacks_for(job.fold[0])) if callbacks_for else None,
+        after=(lambda job, res: after_fold(job.fold[0], res)) if after_fold else None)
     result = aggregate(cv_dir, results, folds, spec.run.seed, metric, mode)
     write_json(result)
     return result

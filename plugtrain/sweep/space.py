@@ -255,14 +255,25 @@ def _distributions(table: dict[str, Any], prefix: tuple = ()) -> list[tuple[tupl
     return out
 
 
+def _spec_key(r: Any, table: str, kpath: tuple) -> str | None:
+    """The spec path ``kpath`` of ``[table]`` as ``--set`` text, or None (reported) when it is not a key path."""
+    from plugtrain.core.spec.overrides import OverrideError, parse_key
+
+    key = _key_text(kpath)
+    try:
+        parse_key(key)
+    except OverrideError as exc:
+        r.add((table, *kpath), f"[{table}] {key}: {exc}", value=False)
+        return None
+    return key
+
+
 def _key_text(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
 def read(path: str | os.PathLike[str]) -> Sweep:
     """Read and check a sweep file's structure (not yet against the run spec: see :func:`check`)."""
-    from plugtrain.core.spec.overrides import OverrideError, parse_key
-
     display = str(path)
     p = Path(path)
     try:
@@ -306,13 +317,9 @@ def read(path: str | os.PathLike[str]) -> Sweep:
         r.add(("set",), "[set] is a table of spec paths and values, e.g. \"run.epochs\" = 4")
         fixed = {}
     for kpath, value in _leaves(fixed):
-        key = _key_text(kpath)
-        try:
-            parse_key(key)
-        except OverrideError as exc:
-            r.add(("set", *kpath), f"[set] {key}: {exc}", value=False)
-            continue
-        sw.fixed.append((key, value, r.at(("set", *kpath))))
+        key = _spec_key(r, "set", kpath)
+        if key is not None:
+            sw.fixed.append((key, value, r.at(("set", *kpath))))
     # [params]
     params = data.get("params", {})
     if not isinstance(params, dict) or not params:
@@ -320,11 +327,8 @@ def read(path: str | os.PathLike[str]) -> Sweep:
                            "\"optimizer.lr\" = { log_uniform = [1e-4, 1e-2] }", value=False)
         params = {}
     for kpath, dist in _distributions(params):
-        key = _key_text(kpath)
-        try:
-            parse_key(key)
-        except OverrideError as exc:
-            r.add(("params", *kpath), f"[params] {key}: {exc}", value=False)
+        key = _spec_key(r, "params", kpath)
+        if key is None:
             continue
         param = _param(r, ("params", *kpath), key, dist)
         if param is not None:

@@ -19,37 +19,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomli_w
 
 from plugtrain.core.registry import get_registry
 
-BASE = """\
-[run]
-name = "{name}"
-output_dir = "{out}"
-epochs = 1
-
-[data]
-dataset = "sklearn-digits"
-val_fraction = 0.1
-image_size = 16
-batch_size = 16
-num_workers = 0
-
-[backbone]
-name = "test_resnet"
-in_chans = 1
-
-[loss]
-name = "CrossEntropy"
-
-[optimizer]
-name = "AdamW"
-lr = 1e-3
-
-[trainer]
-max_steps_per_epoch = 2
-
-"""
+#: The run every spec here shares: one epoch of two steps on the digits at 16 px, test_resnet; a test's own tables
+#: (``[augmentations]``, ``[mixup]``) follow it.
+BASE = {
+    "run": {"epochs": 1},
+    "data": {"dataset": "sklearn-digits", "val_fraction": 0.1, "image_size": 16, "batch_size": 16, "num_workers": 0},
+    "backbone": {"name": "test_resnet", "in_chans": 1},
+    "loss": {"name": "CrossEntropy"},
+    "optimizer": {"name": "AdamW", "lr": 1e-3},
+    "trainer": {"max_steps_per_epoch": 2},
+}
 
 #: Albumentations' own abstract bases and ReplayCompose (records parameters for replay): not spec transforms.
 NOT_TRANSFORMS = {"BaseCompose", "ReplayCompose", "BasicTransform", "DualTransform", "ImageOnlyTransform",
@@ -80,20 +63,14 @@ ARGS = {
 COMPOSITIONS = {"Compose", "OneOf", "OneOrOther", "RandomOrder", "SelectiveChannelTransform", "Sequential", "SomeOf"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: the machine's two cores are shared, and spinning threads slow everyone down."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: One torch thread (conftest's module fixture): the machine's two cores are shared.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_spec(tmp_path: Path, body: str, name: str = "aug") -> Path:
     path = tmp_path / f"{name}.toml"
-    path.write_text(BASE.format(name=name, out=(tmp_path / "runs").as_posix()) + body, encoding="utf-8")
+    run = {"name": name, "output_dir": (tmp_path / "runs").as_posix(), **BASE["run"]}
+    path.write_text(tomli_w.dumps({**BASE, "run": run}) + "\n" + body, encoding="utf-8")
     return path
 
 

@@ -46,15 +46,8 @@ max_steps_per_epoch = 2
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: the machine's two cores are shared, and spinning threads slow everyone down."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: One torch thread (conftest's module fixture): the machine's two cores are shared.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_spec(tmp_path: Path, name: str, task: str, body: str, epochs: int = 1) -> Path:

@@ -241,7 +241,7 @@ def test_weights_note_says_whether_hub_weights_are_cached(hf_home):
 
 
 def test_weights_fetch_leaves_a_plugins_backbone_alone(hf_home, tmp_path):
-    """Only timm backbones' ``pretrained`` is plugtrain's to fetch; a plugin's backbone is reported, not guessed at."""
+    """A backbone whose plugin declares nothing to fetch (no ``PLUGTRAIN_FETCH``) is reported, not guessed at."""
     from helpers_plugins import EXAMPLE_PLUGIN_SRC, make_example_dist
 
     spec = tiny_spec(tmp_path, "plugin-backbone", tmp_path / "runs", backbone="example-tinycnn")
@@ -249,5 +249,5 @@ def test_weights_fetch_leaves_a_plugins_backbone_alone(hf_home, tmp_path):
     e["PYTHONPATH"] = os.pathsep.join([str(make_example_dist(tmp_path / "example")), str(EXAMPLE_PLUGIN_SRC)])
     proc = run_cli("weights", "fetch", spec, env=e)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == (f"{spec}: backbone 'example-tinycnn' comes from plugin 'example', not timm: its "
-                                   "weights are not plugtrain's to fetch")
+    assert proc.stdout.strip() == (f"{spec}: backbone 'example-tinycnn' comes from plugin 'example', which declares "
+                                   "nothing to fetch (PLUGTRAIN_FETCH)")

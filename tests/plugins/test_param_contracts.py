@@ -251,7 +251,7 @@ BUILTIN_REFUSED = [
      r"must be in \[0, 1\), got 1\.0"),
     ("backbone", 'name = "resnet18"\ngem_p = 0', "backbone.gem_p", r"must be > 0, got 0"),
     ("loss", 'name = "LabelSmoothing"\nlabel_smoothing = 1.5', "loss.label_smoothing", r"must be in \[0, 1\]"),
-    ("loss", 'name = "CrossEntropy"\nweight = [1.0, -1.0]', "loss.weight", r"item 2 must be >= 0, got -1\.0"),
+    ("loss", 'name = "CrossEntropy"\nweight = [1.0, -1.0]', "loss.weight", r"item 2 must be >= 0 \(or one of \"balanced\"\), got -1\.0"),
     ("trainer", "clip_grad_norm = nan", "trainer.clip_grad_norm", r"must be finite"),
     ("trainer", "swa_lr = inf", "trainer.swa_lr", r"must be finite"),
     ("scheduler", 'name = "StepLR"\nwarmup_epochs = inf', "scheduler.warmup_epochs", r"must be finite"),

@@ -41,6 +41,15 @@ def test_the_backbone_check_reads_the_context_it_is_given(tmp_path) -> None:
     assert _backbone_check(later, CheckContext(start_inputs_needed=False)) == []
 
 
+def test_spec_dir_is_the_checked_specs_folder_and_relative_paths_resolve_against_it(tmp_path) -> None:
+    assert check_context().spec_dir is None and CheckContext().spec_relative("a.csv") == tmp_path.cwd() / "a.csv"
+    with rundir.checking_spec(tmp_path / "specs" / "run.toml"):
+        ctx = check_context()
+    assert ctx.spec_dir == tmp_path / "specs" and check_context().spec_dir is None
+    assert ctx.spec_relative("data/a.csv") == tmp_path / "specs" / "data" / "a.csv"
+    assert ctx.spec_relative(tmp_path / "abs.csv") == tmp_path / "abs.csv"
+
+
 def test_context_is_passed_only_to_checks_that_take_it() -> None:
     assert takes_context(lambda factory, params, defaults, context: [])
     assert takes_context(lambda factory, params, defaults, **kw: [])
@@ -61,7 +70,8 @@ def lossy(scale: float = 1.0):
 def validate(factory, params, defaults, context):
     queued = ",".join(p.name for p in context.queued_runs)
     return [(None, f"ctx queued=[{queued}] start={context.start_inputs_needed} "
-                   f"type={type(context).__name__}", True)]
+                   f"type={type(context).__name__} spec_dir={context.spec_dir} "
+                   f"labels={context.spec_relative('labels.csv')}", True)]
 
 
 PLUGTRAIN_VALIDATE = validate
@@ -103,7 +113,10 @@ def test_a_third_party_validator_receives_the_context_and_an_old_one_still_runs(
     second.write_text(second.read_text().replace('name = "CrossEntropy"', 'name = "ctx-loss"'))
     third = tiny_spec(tmp_path, name="third")
     third.write_text(third.read_text().replace('name = "CrossEntropy"', 'name = "old-loss"'))
-    proc = run_cli("check", first, second, third, env=subprocess_env(PYTHONPATH=str(paths)))
+    proc = run_cli("check", first, second, third, env=subprocess_env(PYTHONPATH=str(paths)),
+                   cwd=tmp_path / "plugin")
     assert proc.returncode == 0, proc.stderr
     assert "ctx queued=[first] start=True type=CheckContext" in proc.stderr, proc.stderr
+    # the folder of the spec being checked, not the working directory (the child runs in another folder)
+    assert f"spec_dir={tmp_path} labels={tmp_path / 'labels.csv'}" in proc.stderr, proc.stderr
     assert "old-style check saw scale=1.0" in proc.stderr, proc.stderr

@@ -17,7 +17,7 @@ import pytest
 from helpers_plugins import REPO, assert_clean_error, build_plugin_dists, json_out, plugin_env, run_plugtrain
 
 KINDS = ("backbones", "losses", "optimizers", "schedulers", "augmentations", "loggers", "datasets", "metrics",
-         "callbacks")
+         "callbacks", "tasks")
 LIST_KEYS = {"kind", "name", "plugin", "distribution", "version", "summary"}
 SHOW_KEYS = {"kind", "name", "summary", "doc", "params"}
 PARAM_KEYS = {"name", "default", "annotation", "required"}
@@ -82,7 +82,7 @@ def test_bad_command_line_is_a_usage_error():
 
 
 @pytest.mark.slow
-def test_list_json_has_all_nine_kinds_with_exact_keys(cli):
+def test_list_json_has_all_ten_kinds_with_exact_keys(cli):
     data = json_out(cli("list", "--json", plugins=("example",)))
     assert isinstance(data, list) and data
     for item in data:

@@ -24,8 +24,10 @@ import pytest
 from conftest import REPO, tiny_spec
 
 #: The distributions an "extras absent" environment does not have (normalized names).
-HIDDEN = {"plugtrain-mlflow", "plugtrain-wandb", "mlflow", "mlflow-skinny", "mlflow-tracing", "wandb"}
-EXTRA_MODULES = ("plugtrain_mlflow", "plugtrain_wandb", "mlflow", "wandb")
+HIDDEN = {"plugtrain-mlflow", "plugtrain-wandb", "mlflow", "mlflow-skinny", "mlflow-tracing", "wandb",
+          "plugtrain-segmentation", "segmentation-models-pytorch"}
+EXTRA_MODULES = ("plugtrain_mlflow", "plugtrain_wandb", "mlflow", "wandb", "plugtrain_segmentation",
+                 "segmentation_models_pytorch")
 
 
 def _dist_name(info: Path) -> str | None:
@@ -102,7 +104,7 @@ def test_the_extras_and_their_libraries_cannot_be_imported(bare):
     assert proc.returncode == 0, proc.stderr
     found, entry_points = (json.loads(line) for line in proc.stdout.splitlines())
     assert found == dict.fromkeys(EXTRA_MODULES, False)
-    assert "mlflow" not in entry_points and "wandb" not in entry_points
+    assert "mlflow" not in entry_points and "wandb" not in entry_points and "segmentation" not in entry_points
     assert {"loggers", "backbones", "datasets"} <= set(entry_points)  # plugtrain's own plugins are all there
 
 
@@ -130,3 +132,18 @@ def test_dry_run_with_the_default_loggers_and_a_spec_naming_an_extra(bare, tmp_p
     assert proc.returncode == 2
     assert "mlflow" in proc.stderr and "plugtrain list loggers" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_built_in_tasks_without_segmentation_and_a_segmentation_spec_refused(bare, tmp_path):
+    """Without plugtrain-segmentation: ``list tasks`` shows the built-in tasks only, and a spec naming the extra's
+    task is one message with a hint, exit 2."""
+    proc = bare("list", "tasks", "--json")
+    assert proc.returncode == 0, proc.stderr
+    names = {r["name"] for r in json.loads(proc.stdout)}
+    assert {"classification", "regression", "metric_learning"} <= names and "segmentation" not in names
+    spec = tiny_spec(tmp_path, "seg", tmp_path / "runs")
+    spec.write_text(spec.read_text(encoding="utf-8").replace("[data]", 'task = "segmentation"\n\n[data]', 1),
+                    encoding="utf-8")
+    proc = bare("check", spec)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "segmentation" in proc.stderr and "Traceback" not in proc.stderr

@@ -2,10 +2,10 @@
 
 Every ``import`` / ``from ... import`` in ``plugtrain/`` (module level and inside functions, which is where most of
 ours are) and every ``importlib.import_module("plugtrain...")`` is read with :mod:`ast`, without importing anything.
-A part is a subpackage or top-level module: ``plugtrain.core``, ``.plugins``, ``.inference``, ``.api``,
-``.commands``, ``.sweep``, ``.entrypoints`` (``plugtrain.__main__`` belongs to the entry points). The package's own
-``__init__`` is the public facade, not a part: ``from plugtrain import Component`` is an import of the module that
-defines ``Component`` (read from the facade's imports).
+A part is a subpackage or top-level module: ``plugtrain.core``, ``.plugins``, ``.hub``, ``.inference``, ``.api``,
+``.commands``, ``.sweep``, ``.slurm``, ``.entrypoints`` (``plugtrain.__main__`` belongs to the entry points). The
+package's own ``__init__`` is the public facade, not a part: ``from plugtrain import Component`` is an import of the
+module that defines ``Component`` (read from the facade's imports).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "plugtrain"
-PARTS = ("plugtrain.core", "plugtrain.plugins", "plugtrain.inference", "plugtrain.api", "plugtrain.commands",
-         "plugtrain.sweep", "plugtrain.entrypoints")
+PARTS = ("plugtrain.core", "plugtrain.plugins", "plugtrain.hub", "plugtrain.inference", "plugtrain.api",
+         "plugtrain.commands", "plugtrain.sweep", "plugtrain.slurm", "plugtrain.entrypoints")
 
 #: Edges allowed although they close a cycle, each with the work that removes it. The test fails once an edge here is
 #: gone, so that the exception goes with it.
@@ -148,3 +148,9 @@ def test_the_graph_reader_sees_function_level_relative_and_facade_imports():
     found = [t for n in ast.walk(tree) for t in _imported(n, "plugtrain.core.x", False, facade) if t != "importlib"]
     assert [_part(t) for t in found] == ["plugtrain.commands", "plugtrain.core", "plugtrain.sweep"], found
     assert cycles({("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")}) == [["a", "b", "c"]]
+
+
+def test_the_hub_helpers_import_no_plugin():
+    """``plugtrain.hub`` is what plugins declare their fetches with: below the plugins, the commands and the API."""
+    edges = part_graph()
+    assert not [b for (a, b) in edges if a == "plugtrain.hub" and b != "plugtrain.core"], edges

@@ -48,6 +48,7 @@ def _context(kind: str, tmp_path) -> dict:
         "datasets": {"seed": 0, "on_error": "raise", "image_size": 16},
         "metrics": {"num_classes": 3, "task": "classification"},
         "callbacks": {},
+        "tasks": {},
     }[kind]
 
 
@@ -92,7 +93,7 @@ def test_built_ins_satisfy_their_kind(kind, tmp_path):
             if kind == "loggers":
                 obj.close()
             built += 1
-    assert built >= {"backbones": 2, "loggers": 3, "datasets": 1, "callbacks": 2}.get(kind, 5), built
+    assert built >= {"backbones": 2, "loggers": 3, "datasets": 1, "callbacks": 2, "tasks": 3}.get(kind, 5), built
 
 
 def test_runtime_checkable_protocols_accept_the_built_ins():

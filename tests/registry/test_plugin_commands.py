@@ -113,3 +113,16 @@ def test_a_broken_commands_hook_is_reported_and_the_rest_works(tmp_path):
     assert proc.returncode == 0 and proc.stdout == "hello, Ada\n"
     assert "plugin 'badcmd' (badcmd-dist==1.0) failed in plugtrain_commands: TypeError: plugtrain_commands returned " \
            "a Command named 'Bad Name'" in proc.stderr
+
+
+def test_the_sweep_command_is_a_built_in_plugins_and_help_lists_it():
+    """``plugtrain sweep`` comes through the same hook as a third party's command; the command line names no sweep."""
+    from helpers_plugins import REPO
+
+    proc = run_plugtrain("--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "(plugin 'sweep')" in proc.stdout and proc.stdout.index("shards") < proc.stdout.index("sweep")
+    assert '"sweep"' not in (REPO / "plugtrain" / "entrypoints" / "cli.py").read_text()
+    proc = run_plugtrain("sweep", "status")
+    assert proc.returncode == 2 and "plugtrain: error: plugtrain sweep status: give one SWEEP_DIR" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -67,7 +67,7 @@ def entry_points_at(paths: list[Path]) -> list[importlib.metadata.EntryPoint]:
 
 def test_one_documented_hook_per_kind():
     assert hookspecs.KINDS == ("backbones", "losses", "optimizers", "schedulers", "augmentations", "loggers",
-                               "datasets", "metrics", "callbacks")
+                               "datasets", "metrics", "callbacks", "tasks")
     assert set(hookspecs.CONTEXT) == set(hookspecs.KINDS)
     for kind in hookspecs.KINDS:
         spec = getattr(hookspecs, hookspecs.hook_name(kind))

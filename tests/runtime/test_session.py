@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomli_w
 from conftest import cli, tiny_spec
 from PIL import Image
 
@@ -134,26 +135,12 @@ def test_an_unreadable_file_while_training_is_a_data_fault_with_its_split_and_fi
     bad = tmp_path / "images" / "train" / "b" / "07.png"  # never the pre-flight's first sample
     bad.write_bytes(bad.read_bytes()[:40])
     spec = tmp_path / "folder.toml"
-    spec.write_text(f"""
-[run]
-name = "folder"
-output_dir = "{(tmp_path / 'runs').as_posix()}"
-epochs = 1
-[data]
-dataset = "imagefolder"
-root = "{(tmp_path / 'images').as_posix()}"
-image_size = 16
-batch_size = 4
-num_workers = 0
-[backbone]
-name = "test_resnet"
-in_chans = 3
-[loss]
-name = "CrossEntropy"
-[optimizer]
-name = "SGD"
-lr = 0.05
-""", encoding="utf-8")
+    spec.write_text(tomli_w.dumps({  # the same tiny run on an image folder, of which one file is cut short
+        "run": {"name": "folder", "output_dir": (tmp_path / "runs").as_posix(), "epochs": 1},
+        "data": {"dataset": "imagefolder", "root": (tmp_path / "images").as_posix(), "image_size": 16,
+                 "batch_size": 4, "num_workers": 0},
+        "backbone": {"name": "test_resnet", "in_chans": 3}, "loss": {"name": "CrossEntropy"},
+        "optimizer": {"name": "SGD", "lr": 0.05}}), encoding="utf-8")
     with pytest.raises(DataFault) as info:
         session.run(str(spec))
     fault = info.value

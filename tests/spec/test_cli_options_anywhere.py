@@ -9,7 +9,12 @@ import json
 
 import pytest
 
-from plugtrain.entrypoints.cli import _parser
+from plugtrain.entrypoints import cli
+
+
+def _parser():
+    """The command line's parser with the plugins' subcommands (``sweep`` is the built-in sweep plugin's)."""
+    return cli._parser(plugins=True)
 
 #: For each subcommand: its positionals, its options (with their values), and a few orders in which to give them.
 CASES: dict[str, tuple[list[str], list[str]]] = {
@@ -22,6 +27,8 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "train": (["a.toml", "b.toml"], ["--set", "run.epochs=3", "--resume", "auto", "--overwrite", "--dry-run",
                                      "--folds", "3"]),
     "sweep": (["sweep.toml"], ["--trials", "4", "--storage", "sqlite:///x.db", "--set", "run.epochs=1", "--check"]),
+    "submit": (["a.toml"], ["--set", "run.epochs=3", "--time", "1:00:00", "--nodes", "2", "--gpus-per-node", "4",
+                            "--partition", "gpu", "--signal", "USR1@120", "--dry-run"]),
     "evaluate": (["runs/x"], ["--checkpoint", "last", "--weights", "ema", "--split", "test", "--json"]),
     "predict": (["runs/x", "a.png", "b.png"], ["--checkpoint", "last", "--weights", "model", "--top-k", "3",
                                                 "--json"]),
@@ -29,6 +36,8 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
                             "--tolerance", "0.01", "--json"]),
     "shards": (["data.csv"], ["--out", "shards", "--shard-size", "10", "--set", "data.image_size=8",
                               "--val-fraction", "0.1", "--seed", "3", "--overwrite"]),
+    "lr-find": (["a.toml"], ["--set", "run.epochs=3", "--out", "lf", "--overwrite", "--steps", "50", "--min-lr",
+                             "1e-6", "--max-lr", "1", "--json", "--set", "run.seed=2"]),
 }
 
 

@@ -178,7 +178,7 @@ def test_an_override_fixes_a_bad_value_of_the_file():
 def test_a_component_renamed_by_an_override_blames_the_override_for_what_no_longer_fits():
     probs = _problems(BASE, ['optimizer.name="SGD"', "optimizer.betas=[0.9, 0.99]"])
     assert probs == [f"{BASE}: --set optimizer.betas=[0.9, 0.99]: unknown key 'betas' in [optimizer] (optimizer "
-                     "'SGD'). Accepted: no_decay_norm_bias, lr, momentum, dampening, weight_decay, nesterov, "
+                     "'SGD'). Accepted: no_decay_norm_bias, layer_decay, lr, momentum, dampening, weight_decay, nesterov, "
                      "maximize, foreach, differentiable, fused."]
     probs = _problems(FULL, ['backbone.name="example-missing"'])
     assert len(probs) == 1 and "--set backbone.name=\"example-missing\": backbone.name: unknown backbone" in probs[0]

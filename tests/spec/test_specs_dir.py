@@ -92,10 +92,24 @@ def _env(plugin_paths: list[Path], hub_home: Path) -> dict[str, str]:
 def _write_data(spec: dict[str, Any], work: Path) -> None:
     """The files an ``imagefolder`` or ``csv`` spec reads, written where it looks (relative to ``work``)."""
     data = spec["data"]
-    if data["dataset"] == "imagefolder":
+    if data["dataset"] == "imagefolder" and data.get("pixels") == "raw":  # scientific images: 16-bit TIFF stacks
+        from helpers_sciimages import write_tiff_stack_folder
+
+        write_tiff_stack_folder(work / data["root"])
+    elif data["dataset"] == "imagefolder":
         write_image_folder(work / data["root"])
+    elif data["dataset"] == "csv" and spec["run"].get("task") == "multilabel":  # Fashion-MNIST mosaics
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        import data_multilabel
+
+        data_multilabel.write(work / Path(data["csv"]).parent, train=32, val=16)
     elif data["dataset"] == "csv":
         write_regression_csv(work / data["csv"])
+    elif data["dataset"] == "segmentation-pairs":  # the segmentation extra's data, derived from Fashion-MNIST
+        sys.path.insert(0, str(REPO / "extras" / "plugtrain-segmentation" / "tests"))
+        import seg_fmnist_data
+
+        seg_fmnist_data.write(work / Path(data["train"]).parent, n_train=32, n_val=16, csv=True)
 
 
 def _queue(specs: list[Path], work: Path) -> list[Path]:
@@ -218,6 +232,8 @@ def _assert_read_its_files(spec: dict[str, Any], output: str) -> None:
     train, val = map(int, re.search(r"(\d+) train / (\d+) val samples", head).groups())
     if data["dataset"] == "imagefolder":  # 3 classes x 16 images, about a fifth held out (stratified)
         assert f"{len(CLASSES)} classes" in head and train + val == 48 and 7 <= val <= 12, head
+    elif spec["run"].get("task") == "multilabel":  # 32 + 16 mosaics in train.csv and val.csv
+        assert (train, val) == (32, 16) and "10 labels" in head, head
     else:  # 40 rows, a fifth held out
         assert (train, val) == (32, 8), head
 

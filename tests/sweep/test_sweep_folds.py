@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli, tiny_spec
-from helpers_sweep import write_sweep
+from helpers_sweep import lr_sweep
 
 from plugtrain.core.errors import PlugtrainError
 from plugtrain.core.runtime.folds import fold_split
@@ -91,17 +91,7 @@ def test_three_fold_cross_validation_reports_the_mean_and_std_of_its_folds(tmp_p
 
 @pytest.mark.slow
 def test_a_sweep_can_optimise_the_cross_validation_mean(tmp_path, one_torch_thread):
-    spec = tiny_spec(tmp_path, "base", tmp_path / "runs", epochs=1, steps=2)
-    sw = write_sweep(tmp_path / "cvsweep.toml", spec, """\
-[sweep]
-trials = 2
-folds = 2
-sampler = "random"
-seed = 3
-
-[params]
-optimizer.lr = { log_uniform = [1e-3, 1e-2] }
-""")
+    sw = lr_sweep(tmp_path, "cvsweep", epochs=1, steps=2, trials=2, folds=2, sampler="random", seed=3)
     db = tmp_path / "elsewhere" / "studies.db"  # any database URL: here another SQLite file, as for a shared server
     db.parent.mkdir()
     assert cli("sweep", sw, "--storage", f"sqlite:///{db}") == 0

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli, run_cli, subprocess_env, tiny_spec
-from helpers_sweep import load_study, write_sweep
+from conftest import REPO, cli, run_cli, subprocess_env
+from helpers_sweep import load_study, lr_sweep
 
 
 def _worker(sweep_file: Path, *args: str, log: Path) -> subprocess.Popen:
@@ -35,15 +35,7 @@ def _wait(proc: subprocess.Popen, log: Path, timeout: float = 240) -> int:
 
 @pytest.mark.slow
 def test_two_workers_take_disjoint_trials_at_the_same_time_and_complete_the_total(tmp_path, capsys):
-    spec = tiny_spec(tmp_path, "base", tmp_path / "runs", epochs=2, steps=12)
-    sw = write_sweep(tmp_path / "pair.toml", spec, """\
-[sweep]
-sampler = "random"
-pruner = "none"
-
-[params]
-optimizer.lr = { log_uniform = [1e-3, 1e-2] }
-""")
+    sw = lr_sweep(tmp_path, "pair", epochs=2, steps=12, sampler="random", pruner="none")
     logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
     procs = [_worker(sw, "--trials", "4", log=log) for log in logs]
     codes = [_wait(p, log) for p, log in zip(procs, logs, strict=True)]
@@ -72,17 +64,7 @@ optimizer.lr = { log_uniform = [1e-3, 1e-2] }
 
 @pytest.mark.slow
 def test_a_killed_worker_loses_only_its_trial_which_is_failed_and_run_again(tmp_path, capsys):
-    spec = tiny_spec(tmp_path, "base", tmp_path / "runs", epochs=4, steps=8)
-    sw = write_sweep(tmp_path / "kill.toml", spec, """\
-[sweep]
-trials = 2
-sampler = "random"
-pruner = "none"
-heartbeat = 1
-
-[params]
-optimizer.lr = { log_uniform = [1e-3, 1e-2] }
-""")
+    sw = lr_sweep(tmp_path, "kill", epochs=4, steps=8, trials=2, sampler="random", pruner="none", heartbeat=1)
     sweep_dir = tmp_path / "runs" / "kill"
     first = _worker(sw, log=tmp_path / "first.log")
     last = sweep_dir / "trial-0000" / "checkpoints" / "last.pt"

@@ -23,6 +23,7 @@ from plugtrain.core.hookspecs import CONTRACTS, SINGULAR, SPLIT_CONTRACT
 from plugtrain.core.registry import get_registry
 from plugtrain.core.runtime.distributed import DistEnv
 from plugtrain.core.spec.model import AugmentationSpec, ComponentSpec, RunSpec
+from plugtrain.core.task import get_task, required_metrics, task_params
 
 
 def component(kind: str, cspec: ComponentSpec, section: str, **context: Any) -> Any:
@@ -133,10 +134,12 @@ def build_dataset(spec: RunSpec) -> DatasetSplits:
     for name in ("train", "val"):
         if len(getattr(splits, name)) == 0:
             raise PlugtrainError(f"[data] dataset {spec.data.dataset.name!r} has an empty {name} split")
-    task = spec.run.task
-    if (splits.task == "regression") != (task == "regression"):
-        raise PlugtrainError(f"[run] task = {task!r} but dataset {spec.data.dataset.name!r} provides "
-                             f"{splits.task} targets")
+    task = spec.task_object
+    if splits.task not in task.dataset_tasks:
+        fits = [n for n in get_registry().names("tasks") if splits.task in get_task(n).dataset_tasks]
+        raise PlugtrainError(f"[run] task = {spec.run.task!r} but dataset {spec.data.dataset.name!r} provides "
+                             f"{splits.task or 'class index'} targets" + (f" (for run.task = {' or '.join(map(repr, fits))})"
+                                                                           if fits else ""))
     return splits
 
 
@@ -176,6 +179,12 @@ def fold_subsets(spec: RunSpec, splits: DatasetSplits, subsets: dict[str, list[i
         raise PlugtrainError(f"[data] fold needs the train split's targets (a `targets` attribute); dataset "
                              f"{spec.data.dataset.name!r} has none")
     targets = list(targets) if base is None else [targets[i] for i in base]
+    stratify = getattr(spec.task_object, "fold_targets", None)  # what the task's folds are dealt by
+    if callable(stratify):
+        import numpy as np
+
+        chosen = stratify(targets)
+        targets = list(chosen) if chosen is not None else list(np.zeros((len(targets), 0)))  # None: random folds
     train, val = fold_split(targets, k, folds, spec.run.seed, list(splits.class_names or []) or None)
     if base is not None:
         train, val = [base[i] for i in train], [base[i] for i in val]
@@ -183,11 +192,12 @@ def fold_subsets(spec: RunSpec, splits: DatasetSplits, subsets: dict[str, list[i
     return list(val)
 
 
-def split_targets(split: Any, indices: list[int] | None, label_map: dict[int, int] | None) -> list[int]:
+def split_targets(split: Any, indices: list[int] | None, label_map: dict[int, int] | None,
+                  why: str = "data.sampler = 'm_per_class'") -> list[int]:
     targets = getattr(split, "targets", None)
     if targets is None:
-        raise PlugtrainError("data.sampler = 'm_per_class' needs the dataset to list its targets (a `targets` "
-                             "attribute on the train split)")
+        raise PlugtrainError(f"{why} needs the dataset to list its targets (a `targets` attribute on the train "
+                             "split)")
     targets = [int(t) for t in targets]
     if indices is not None:
         targets = [targets[i] for i in indices]
@@ -229,8 +239,8 @@ def build_transform(spec: RunSpec, split: str, in_chans: int) -> Any:
 
 
 def normalization(spec: RunSpec, in_chans: int) -> tuple[list[float], list[float]]:
-    """``augmentations.mean`` and ``std`` as fractions of 255 (0.5 per channel by default), checked against the
-    number of channels."""
+    """``augmentations.mean`` and ``std`` in units of the pixels divided by :func:`pixel_scale` (0.5 per channel by
+    default), checked against the number of channels."""
     aug = spec.augmentations
     mean = list(aug.mean) if aug.mean is not None else [0.5] * in_chans
     std = list(aug.std) if aug.std is not None else [0.5] * in_chans
@@ -243,17 +253,72 @@ def normalization(spec: RunSpec, in_chans: int) -> tuple[list[float], list[float
     return mean, std
 
 
+#: The scale of each pixel dtype (its largest value); a dtype not named here (float) is taken as it is (1).
+DTYPE_SCALE = {"uint8": 255.0, "uint16": 65535.0}
+
+
+def pixel_scale(spec: RunSpec) -> float:
+    """What the pixels are divided by before ``mean`` and ``std`` apply: ``augmentations.scale`` as resolved by
+    :func:`resolve_normalization` (unset: 255, 8-bit data)."""
+    return float(spec.augmentations.scale) if spec.augmentations.scale is not None else 255.0
+
+
+def resolve_normalization(spec: RunSpec, splits: DatasetSplits, in_chans: int) -> None:
+    """Fill in what normalisation takes from the data, written into the spec so that the run's resolved spec.toml
+    records it (and ``evaluate``, ``predict``, ``export`` read it back): ``augmentations.scale`` from the dtype of
+    the training split's first readable sample when not given (left unset for 8-bit data, whose scale is the
+    default), and with ``stats = "train"`` the per-channel ``mean`` and ``std`` of the training split, computed once
+    and cached beside the runs (:mod:`plugtrain.core.runtime.pixelstats`). Only a split that says its ``pixels`` are
+    ``"raw"`` gets a scale by dtype (:func:`data_dtype`)."""
+    aug = spec.augmentations
+    if not aug.normalize:
+        return
+    if aug.scale is None:
+        dtype = data_dtype(splits.train)
+        if dtype != "uint8":
+            aug.scale = DTYPE_SCALE.get(dtype, 1.0)
+    if aug.stats == "train":
+        if (aug.mean is None) != (aug.std is None):
+            raise PlugtrainError("[augmentations] stats = \"train\" computes mean and std from the training split: "
+                                 "give neither (or both, as a resolved spec.toml records them)")
+        if aug.mean is None:
+            from plugtrain.core.runtime.pixelstats import train_stats
+
+            aug.mean, aug.std = train_stats(spec, splits.train, in_chans, pixel_scale(spec))
+
+
+def data_dtype(split: Any) -> str:
+    """The dtype of ``split``'s pixels as normalisation sees them: a split whose ``pixels`` are ``"raw"`` (kept as
+    stored) has that of its first readable sample; any other is taken as 8-bit (255 is its scale, as always)."""
+    if getattr(split, "pixels", None) != "raw":
+        return "uint8"
+    return first_sample_dtype(split) or "uint8"
+
+
+def first_sample_dtype(split: Any) -> str | None:
+    """The dtype name of the first readable sample's image of ``split`` (None: none of the first 16 readable); a
+    split that says its ``pixels`` are ``"uint8"`` (converted to 8 bits) is not read."""
+    if getattr(split, "pixels", None) == "uint8":
+        return "uint8"
+    for i in range(min(len(split), 16)):
+        try:
+            image = split[i][0]
+        except (SampleError, OSError, ValueError):
+            continue
+        dtype = getattr(image, "dtype", None)
+        return None if dtype is None else str(dtype).removeprefix("torch.")
+    return None
+
+
 # -- model and loss ----------------------------------------------------------------------------------------------------
 def head_size(spec: RunSpec, splits: DatasetSplits, class_names: list[str]) -> tuple[int, int]:
-    """``(num_classes for the backbone, num_classes for loss and metrics)``."""
-    task = spec.run.task
-    if task == "regression":
-        n = max(len(class_names), 1)
-        return n, n
-    n = len(class_names)
-    if n < 2 and task == "classification":
-        raise PlugtrainError(f"[data] dataset {spec.data.dataset.name!r} has {n} class(es); classification needs >= 2")
-    return (0 if task == "metric_learning" else n), n
+    """``(num_classes for the backbone, num_classes for loss and metrics)``, as the task says."""
+    task = spec.task_object
+    try:
+        n = int(task.num_classes(list(class_names)))
+    except ValueError as exc:
+        raise PlugtrainError(f"[data] dataset {spec.data.dataset.name!r} {exc}") from None
+    return int(task.backbone_classes(n)), n
 
 
 def sample_shape(dataset: Any, in_chans: int, image_size: int | None) -> tuple[int, ...]:
@@ -272,8 +337,9 @@ def sample_shape(dataset: Any, in_chans: int, image_size: int | None) -> tuple[i
     raise PlugtrainError("[data] none of the first training samples could be read; cannot infer the image size")
 
 
-def output_dim(backbone: Any, shape: tuple[int, ...], in_chans: int, channels_last: bool = False) -> int:
-    """The width of the backbone's output, by one dummy forward (eval mode, no grad) on zeros of ``shape``."""
+def output_shape(backbone: Any, shape: tuple[int, ...], in_chans: int, channels_last: bool = False) -> tuple[int, ...]:
+    """The shape of the backbone's output, by one dummy forward (eval mode, no grad) on two zero images of ``shape``
+    (a tuple's first item)."""
     import torch
 
     was_training = backbone.training
@@ -295,20 +361,27 @@ def output_dim(backbone: Any, shape: tuple[int, ...], in_chans: int, channels_la
         backbone.train(was_training)
     if isinstance(out, (tuple, list)):
         out = out[0]
-    if not hasattr(out, "shape") or out.ndim != 2:
+    if not hasattr(out, "shape") or out.ndim < 2:
         raise PlugtrainError(f"[backbone] returns {getattr(out, 'shape', type(out).__name__)}; expected (N, features)")
-    return int(out.shape[-1])
+    return tuple(int(d) for d in out.shape)
+
 
 
 def param_groups(backbone: Any, criterion: Any, spec: RunSpec, loss_separately: bool) -> list[dict[str, Any]]:
-    """Parameter groups: the backbone (decay / no-decay on norm and bias when asked) and the loss's own.
+    """Parameter groups: the backbone (decay / no-decay on norm and bias when asked; per layer with
+    ``optimizer.layer_decay``, by the ``layer_decay`` role) and the loss's own.
 
     Every backbone parameter is in a group, frozen ones (``requires_grad = False``) included: they get no gradient,
     so optimizers skip them, and unfreezing them later (:meth:`Trainer.requires_grad_changed`) needs no new group.
     """
     groups: list[dict[str, Any]] = []
     params = list(backbone.parameters())
-    if spec.optimizer.no_decay_norm_bias:
+    if spec.optimizer.layer_decay is not None:
+        make = get_registry().with_role("optimizers", "layer_decay").factory
+        groups = make(model=backbone, layer_decay=spec.optimizer.layer_decay,
+                      weight_decay=spec.optimizer.params.get("weight_decay"),
+                      no_decay_norm_bias=spec.optimizer.no_decay_norm_bias)
+    elif spec.optimizer.no_decay_norm_bias:
         decay = [p for n, p in backbone.named_parameters() if p.ndim > 1 and not n.endswith(".bias")]
         ids = {id(p) for p in decay}
         no_decay = [p for p in params if id(p) not in ids]
@@ -329,18 +402,20 @@ def is_sam(optimizer: Any) -> bool:
 
 def build_metrics(spec: RunSpec, num_classes: int) -> dict[str, Any]:
     """``{"accuracy": Metric, ...}`` (keys without the ``val/`` prefix). The metrics with the role ``always:<task>``
-    come first when the spec's list lacks them (accuracy, for classification)."""
+    come first when the spec's list lacks them (the task's ``required_metrics``, then the role ``always:<task>``)."""
     specs = list(spec.metric_specs)
     reg = get_registry()
-    always = [reg.spec_name(c) for c in reg.role_components("metrics", f"always:{spec.run.task}")]
+    always = required_metrics(spec.run.task, spec.task_object, reg)
     specs[:0] = [ComponentSpec(n) for n in always if not any(m.name == n for m in specs)]
+    params = task_params(spec, reg)
     out: dict[str, Any] = {}
     for m in specs:
         key = m.name.split(":")[-1]
         n = 2
         while key in out:
             key, n = f"{m.name.split(':')[-1]}_{n}", n + 1
-        out[key] = component("metrics", m, "metrics", num_classes=num_classes, task=spec.run.task)
+        out[key] = component("metrics", m, "metrics", num_classes=num_classes, task=spec.run.task,
+                             task_params=params)
     return out
 
 
@@ -373,7 +448,8 @@ class Built:
     test_data: Any | None
     train_transform: Any
     val_transform: Any
-    train_order: Any = None  # m-per-class ordering, or None
+    train_order: Any = None  # m-per-class or weighted ordering, or None
+    class_counts: list[int] | None = None  # samples per class in the train split (class-index targets)
     optimizer: Any = None
     loss_optimizer: Any = None
     scheduler: Any = None
@@ -401,6 +477,7 @@ def build_run(spec: RunSpec, dist: DistEnv, purpose: str = "train") -> Built:
     splits = build_dataset(spec)
     subsets, label_map, class_names = class_subset(spec, splits)
     in_chans = int(splits.in_chans)
+    resolve_normalization(spec, splits, in_chans)  # scale by dtype, stats = "train": written into the spec
     backbone_classes, num_classes = head_size(spec, splits, class_names)
     train_tf = build_transform(spec, "train", in_chans)
     val_tf = build_transform(spec, "val", in_chans)
@@ -409,26 +486,44 @@ def build_run(spec: RunSpec, dist: DistEnv, purpose: str = "train") -> Built:
     val_split, val_subset = splits.val, subsets["val"]
     if spec.data.fold:  # cross-validation: fold k of K of the train split validates, the rest trains
         val_split, val_subset = splits.train, fold_subsets(spec, splits, subsets)
+    task = spec.task_object
     train_data = AugmentedDataset(splits.train, train_tf, seed, "train", spec.data.num_views, subsets["train"],
-                                  label_map, to_tensor)
-    val_data = AugmentedDataset(val_split, val_tf, seed, "val", 1, val_subset, label_map, to_tensor)
+                                  label_map, to_tensor, task)
+    val_data = AugmentedDataset(val_split, val_tf, seed, "val", 1, val_subset, label_map, to_tensor, task)
     test_data = None
     if splits.test is not None:
-        test_data = AugmentedDataset(splits.test, val_tf, seed, "test", 1, subsets["test"], label_map, to_tensor)
+        test_data = AugmentedDataset(splits.test, val_tf, seed, "test", 1, subsets["test"], label_map, to_tensor,
+                                     task)
     order = None
     if spec.data.sampler == "m_per_class":
         from plugtrain.core.runtime.loader import m_per_class_order
 
         order = m_per_class_order(split_targets(splits.train, subsets["train"], label_map), spec.data.m_per_class)
+    counts = train_class_counts(spec, splits, subsets["train"], label_map, len(class_names))
+    if spec.data.sampler == "weighted":
+        from plugtrain.core.runtime.loader import weighted_order
+
+        if counts is None:
+            raise PlugtrainError("[data] sampler = 'weighted' needs the train split's targets (a `targets` attribute "
+                                 f"of dataset {spec.data.dataset.name!r}) and class targets")
+        weights = spec.data.class_weights
+        if weights is not None and len(weights) != len(class_names):
+            raise PlugtrainError(f"[data] class_weights has {len(weights)} values but the dataset has "
+                                 f"{len(class_names)} classes ({', '.join(map(str, class_names))})")
+        order = weighted_order(split_targets(splits.train, subsets["train"], label_map, "data.sampler = 'weighted'"),
+                               weights, len(class_names))
+    resolve_loss_weight(spec, counts, len(class_names))
 
     shape = sample_shape(val_data, in_chans, spec.data.image_size)
     torch.manual_seed(seed)  # model initialisation depends on the seed only
     backbone = component("backbones", spec.backbone, "backbone", num_classes=backbone_classes)
     if not isinstance(backbone, torch.nn.Module):
         raise PlugtrainError(f"[backbone] {spec.backbone.name!r} returned {type(backbone).__name__}, not a torch Module")
-    emb = output_dim(backbone, shape, in_chans)
-    if spec.run.task == "classification" and emb != num_classes:
-        raise PlugtrainError(f"[backbone] outputs {emb} values per image but the dataset has {num_classes} classes")
+    out_shape = output_shape(backbone, shape, in_chans)
+    problem = spec.task_object.check_output(out_shape, num_classes)
+    if problem:
+        raise PlugtrainError(f"[backbone] outputs {problem}")
+    emb = out_shape[1]
     criterion = component("losses", spec.loss, "loss", num_classes=num_classes, embedding_dim=emb)
     if not isinstance(criterion, torch.nn.Module):
         if not callable(criterion):
@@ -444,10 +539,47 @@ def build_run(spec: RunSpec, dist: DistEnv, purpose: str = "train") -> Built:
     built = Built(spec=spec, splits=splits, class_names=class_names, in_chans=in_chans, num_classes=num_classes,
                   embedding_dim=emb, input_shape=shape, backbone=backbone, criterion=criterion, metrics=metrics,
                   callbacks=callbacks, train_data=train_data, val_data=val_data, test_data=test_data,
-                  train_transform=train_tf, val_transform=val_tf, train_order=order)
+                  train_transform=train_tf, val_transform=val_tf, train_order=order, class_counts=counts)
     if purpose == "train":
         build_training(built, dist)
     return built
+
+
+def train_class_counts(spec: RunSpec, splits: DatasetSplits, indices: list[int] | None,
+                       label_map: dict[int, int] | None, num_classes: int) -> list[int] | None:
+    """Samples per class in the training split (its subset, its fold); ``None`` where the task has no classes or the
+    split lists no ``targets``."""
+    import numpy as np
+
+    from plugtrain.core.runtime.loader import class_counts
+
+    listed = getattr(splits.train, "targets", None)
+    if listed is None or num_classes < 1 or np.asarray(listed).ndim != 1 or np.asarray(listed).dtype.kind not in "iub":
+        return None  # no targets listed, or targets that are not class indices (real values, label lists)
+    try:
+        targets = split_targets(splits.train, indices, label_map)
+    except (TypeError, ValueError):  # targets that are not class numbers (multi-label vectors)
+        return None
+    if targets and (min(targets) < 0 or max(targets) >= num_classes):
+        return None
+    return class_counts(targets, num_classes)
+
+
+def resolve_loss_weight(spec: RunSpec, counts: list[int] | None, num_classes: int) -> None:
+    """A loss parameter ``weight = "balanced"`` becomes ``n / (classes * count)`` per class, from the training
+    split's counts (scikit-learn's "balanced"; 0 for a class without samples), written into the spec so that the run's
+    resolved spec.toml records the numbers. A weight list of the wrong length is refused here, before the run."""
+    weight = spec.loss.params.get("weight")
+    if isinstance(weight, str) and weight == "balanced":
+        if counts is None:
+            raise PlugtrainError(f"[loss] weight = \"balanced\" needs class targets listed by the train split (a "
+                                 f"`targets` attribute); dataset {spec.data.dataset.name!r} with task "
+                                 f"{spec.run.task!r} has none")
+        total = sum(counts)
+        spec.loss.params["weight"] = [round(total / (num_classes * c), 6) if c else 0.0 for c in counts]
+    elif (isinstance(weight, list) and spec.task_object.backbone_classes(num_classes) == num_classes
+          and len(weight) != num_classes):  # a head of one output per class: one weight per class
+        raise PlugtrainError(f"[loss] weight has {len(weight)} values but the dataset has {num_classes} classes")
 
 
 def requested_callbacks(spec: RunSpec, *components: Any) -> list[ComponentSpec]:
@@ -509,6 +641,9 @@ def build_training(built: Built, dist: DistEnv) -> None:
     loss_separately = spec.loss.optimizer is not None
     groups = param_groups(built.backbone, built.criterion, spec, loss_separately)
     built.optimizer = component("optimizers", spec.optimizer, "optimizer", params=groups, model=built.backbone)
+    for g in built.optimizer.param_groups:  # layer decay: each group's share of the lr, before any scheduler reads it
+        if "lr_scale" in g and not g.get("lr_scaled"):
+            g["lr"], g["lr_scaled"] = g["lr"] * g["lr_scale"], True
     loss_params = [p for p in built.criterion.parameters() if p.requires_grad]
     if loss_separately:
         if not loss_params:
@@ -532,8 +667,8 @@ def build_training(built: Built, dist: DistEnv) -> None:
         if callable(set_run_mode):  # a scheduler fed the primary metric learns its direction (ReduceLROnPlateau)
             set_run_mode(spec.mode)
     if spec.mixup is not None:
-        if spec.run.task != "classification":
-            raise PlugtrainError("[mixup] works for classification runs only")
+        if not spec.task_object.batch_mix:
+            raise PlugtrainError(f"[mixup] does not work for run.task = {spec.run.task!r}")
         m = spec.mixup
         mix = get_registry().with_role("augmentations", "batch_mix").factory
         built.mixup = mix(num_classes=built.num_classes, mixup_alpha=m.mixup_alpha, cutmix_alpha=m.cutmix_alpha,

@@ -240,6 +240,19 @@ def _tensor_dict(value: Any, allow_numbers: bool = False) -> bool:
         isinstance(v, plain) and not isinstance(v, bool))) for k, v in value.items())
 
 
+def _known_task(name: Any) -> bool:
+    """True when ``name`` is a task a plugin registers (a checkpoint of a task whose plugin is gone is not usable)."""
+    from plugtrain.core.registry import get_registry
+
+    if not isinstance(name, str):
+        return False
+    try:
+        get_registry().get("tasks", name)
+    except PlugtrainError:
+        return False
+    return True
+
+
 def _kind(value: Any) -> str:
     return type(value).__name__
 
@@ -309,8 +322,7 @@ def structure_problem(state: dict[str, Any], purpose: str = "read") -> str | Non
         "num_classes": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
         "embedding_dim": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
         "class_names": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
-        "task": ("one of classification, regression, metric_learning",
-                 lambda v: v in ("classification", "regression", "metric_learning")),
+        "task": ("a registered task (see `plugtrain list tasks`)", _known_task),
         "input_shape": ("a list of positive integers", lambda v: isinstance(v, (list, tuple)) and all(
             isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)),
         "world_size": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),

@@ -2,12 +2,13 @@
 
 :func:`fold_split` is all a run needs to train on fold ``k`` of ``K``: the positions (into the train split, or into
 its ``class_subset`` selection) to train on and the ones to validate on. Every sample is in exactly one validation
-fold; classification targets (integers) are stratified so that each class is dealt evenly over the folds (per-class
-counts differ by at most one between folds, and fold sizes by at most one); float targets (regression) are
+fold; class targets (integers) are stratified so that each class is dealt evenly over the folds (per-class
+counts differ by at most one between folds, and fold sizes by at most one); float targets (real values) are
 stratified by value: sorted, cut into consecutive blocks of ``K`` and each block dealt one sample per fold. The
 assignment depends on ``(targets, K, seed)`` only, so the K runs of one cross-validation, on any machine, see
 disjoint validation folds that together cover the split. Class targets need at least K samples of every class (each
-fold validates on every class): fewer is an error before any fold is trained.
+fold validates on every class): fewer is an error before any fold is trained. A task may say what its folds are dealt
+by (``Task.fold_targets``); vector targets, or none, give random folds.
 """
 
 from __future__ import annotations

@@ -156,6 +156,36 @@ def m_per_class_order(targets: Sequence[int], m: int) -> Callable[[np.random.Gen
     return order
 
 
+def class_counts(targets: Sequence[int], num_classes: int) -> list[int]:
+    """How many samples of each class ``0 .. num_classes - 1`` the targets hold."""
+    counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=num_classes)
+    return [int(c) for c in counts[:num_classes]]
+
+
+def weighted_order(targets: Sequence[int], class_weights: Sequence[float] | None = None,
+                   num_classes: int | None = None) -> Callable[[np.random.Generator], list[int]]:
+    """An epoch order of ``len(targets)`` indices drawn with replacement, each class as often as its share of
+    ``class_weights`` (default: all equal, so every class equally often; the ``weighted`` sampler): sample ``i`` of
+    class ``c`` has probability proportional to ``class_weights[c] / count[c]``.
+
+    Like every order here it is a function of the epoch's generator only, so it is the same on every rank and after a
+    resume (:class:`GlobalBatchSampler` slices it into this rank's share and skips the batches already consumed).
+    """
+    t = np.asarray(targets, dtype=np.int64)
+    n_cls = num_classes or int(t.max()) + 1
+    counts = np.bincount(t, minlength=n_cls).astype(np.float64)
+    share = np.ones(n_cls) if class_weights is None else np.asarray(class_weights, dtype=np.float64)
+    w_cls = np.where(counts > 0, share / np.maximum(counts, 1.0), 0.0)
+    p = w_cls[t]
+    p = p / p.sum()
+    n = len(t)
+
+    def order(rng: np.random.Generator) -> list[int]:
+        return rng.choice(n, size=n, replace=True, p=p).tolist()
+
+    return order
+
+
 class Failed:
     """A sample that could not be produced: returned by the dataset so that the main process reports it."""
 
@@ -188,6 +218,7 @@ class AugmentedDataset:
         indices: Sequence[int] | None = None,
         label_map: dict[int, int] | None = None,
         to_tensor: bool = True,
+        task: Any = None,
     ) -> None:
         self.split = split
         self.transform = transform
@@ -197,6 +228,7 @@ class AugmentedDataset:
         self.indices = indices
         self.label_map = label_map
         self.to_tensor = to_tensor
+        self.task = task
         self._seedable = transform is not None and hasattr(transform, "set_random_state")
         self._rngs: tuple[np.random.Generator, random.Random] | None = None  # made on first use, in each process
 
@@ -213,21 +245,28 @@ class AugmentedDataset:
         except Exception as exc:  # noqa: BLE001 - reported in the main process with the sample's index
             return Failed(f"{self.name} sample #{source}", f"{type(exc).__name__}: {exc}", skippable=False)
         if self.label_map is not None:
-            target = self.label_map[int(target)]
+            relabel = getattr(self.task, "relabel", None)
+            target = relabel(target, self.label_map) if callable(relabel) else self.label_map[int(target)]
         image = np.asarray(image)
         if image.ndim == 2:
             image = image[..., None]
-        views = [self._augment(image, epoch, index, v) for v in range(self.num_views)]
-        return (views[0] if self.num_views == 1 else views), target
+        if self.num_views == 1:
+            return self._augment(image, target, epoch, index, 0)
+        views = [self._augment(image, target, epoch, index, v) for v in range(self.num_views)]
+        return [v[0] for v in views], [v[1] for v in views]  # several views: each with its own target
 
-    def _augment(self, image: np.ndarray, epoch: int, index: int, view: int) -> Any:
+    def _augment(self, image: np.ndarray, target: Any, epoch: int, index: int, view: int) -> tuple[Any, Any]:
+        """One view of a sample: the image (and, where the task says so, the target) through the pipeline."""
         if self.transform is not None:
             if self._seedable:
                 self._seed(mix_seed(self.seed, epoch, index, view))
-            image = self.transform(image=image)["image"]
+            if self.task is not None:
+                image, target = self.task.augment(self.transform, image, target)
+            else:
+                image = self.transform(image=image)["image"]
         if self.to_tensor and isinstance(image, np.ndarray):
             image = chw_tensor(image)
-        return image
+        return image, target
 
     def _seed(self, s: int) -> None:
         """Put the pipeline's generators in the state that ``s`` names (a few microseconds; no new objects)."""
@@ -248,8 +287,9 @@ class Collate:
     ``error`` (``None`` or ``(path, reason)``): the main process turns ``error`` into a message naming the file.
     """
 
-    def __init__(self, on_error: str = "raise") -> None:
+    def __init__(self, on_error: str = "raise", task: Any = None) -> None:
         self.on_error = on_error
+        self.collate_targets = task.collate if task is not None else _targets  # the task makes its targets' tensor
 
     def __call__(self, items: list[Any]) -> dict[str, Any]:
         import torch
@@ -267,14 +307,13 @@ class Collate:
         if not good or error is not None:
             return out
         images = [g[0] for g in good]
-        if isinstance(images[0], list):  # several views: view-major, targets repeated
+        if isinstance(images[0], list):  # several views: view-major, each view's targets
             views = len(images[0])
             out["images"] = torch.cat([_stack([im[v] for im in images]) for v in range(views)])
-            targets = _targets([g[1] for g in good])
-            out["targets"] = torch.cat([targets] * views)
+            out["targets"] = torch.cat([self.collate_targets([g[1][v] for g in good]) for v in range(views)])
         else:
             out["images"] = _stack(images)
-            out["targets"] = _targets([g[1] for g in good])
+            out["targets"] = self.collate_targets([g[1] for g in good])
         return out
 
 
@@ -349,7 +388,7 @@ def make_loader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=num_workers,
-        collate_fn=Collate(on_error),
+        collate_fn=Collate(on_error, getattr(dataset, "task", None)),
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(mix_seed(seed, 0x10AD) % (2**63)),
         **kwargs,

@@ -29,7 +29,10 @@ BATCH = 4
 
 def run(trainer: Any) -> None:
     """Try one sample of every split and one forward of model, loss and metrics (see the module docstring)."""
+    from plugtrain.core.runtime import pixelfit
+
     built = trainer.built
+    pixelfit.check(built)  # one dtype and channel count in the files; transforms that can take them
     items = {}
     for split, data in (("train", built.train_data), ("val", built.val_data), ("test", built.test_data)):
         if data is not None:
@@ -96,7 +99,7 @@ def forward(trainer: Any, samples: list[Any]) -> None:
     if not samples:
         return
     built, spec = trainer.built, trainer.spec
-    batch = Collate("raise")(samples)
+    batch = Collate("raise", getattr(built.val_data, "task", None))(samples)  # the task collates its targets
     images = trainer.model_input(batch["images"])
     targets = batch["targets"].to(trainer.device)
     model, criterion = trainer.backbone, trainer.criterion

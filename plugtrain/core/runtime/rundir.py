@@ -166,11 +166,20 @@ class CheckContext:
     ``queued_runs``: the run directories of the specs queued before this one (``plugtrain check A B``); a file inside
     one will exist when this spec's turn comes (:meth:`written_by_queue`). ``start_inputs_needed``: False where the
     files only the start of training reads (start weights) are not needed: a finished run reopened by
-    evaluate/predict/export, or ``plugtrain weights fetch`` about to get them itself.
+    evaluate/predict/export, or ``plugtrain weights fetch`` about to get them itself. ``spec_dir``: the folder of
+    the spec file being checked (absolute; None for a spec given as a dict), for a check that resolves a path
+    relative to the spec rather than to the working directory (:meth:`spec_relative`).
     """
 
     queued_runs: tuple[Path, ...] = ()
     start_inputs_needed: bool = True
+    spec_dir: Path | None = None
+
+    def spec_relative(self, path: str | os.PathLike[str]) -> Path:
+        """``path`` resolved against :attr:`spec_dir` (absolute and ``~`` paths as they are; the working directory
+        when there is no spec file)."""
+        given = Path(os.path.expanduser(os.fspath(path)))
+        return given if given.is_absolute() else (self.spec_dir or Path.cwd()) / given
 
     def written_by_queue(self, path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` lies inside the run directory of a spec queued before this one: a check of a file the
@@ -185,7 +194,21 @@ class CheckContext:
 def check_context() -> CheckContext:
     """The :class:`CheckContext` of the check under way (set by :func:`queued_before` and
     :func:`without_start_inputs`; a plain check outside them gets the defaults)."""
-    return CheckContext(queued_runs=_QUEUED.get(), start_inputs_needed=_START_INPUTS.get())
+    return CheckContext(queued_runs=_QUEUED.get(), start_inputs_needed=_START_INPUTS.get(), spec_dir=_SPEC_DIR.get())
+
+
+#: The folder of the spec file being checked (inside :func:`checking_spec`).
+_SPEC_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("plugtrain_spec_dir", default=None)
+
+
+@contextlib.contextmanager
+def checking_spec(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Within this block the spec file ``path`` is being checked: :attr:`CheckContext.spec_dir` is its folder."""
+    token = _SPEC_DIR.set(Path(os.path.abspath(os.fspath(path))).parent)
+    try:
+        yield
+    finally:
+        _SPEC_DIR.reset(token)
 
 
 def takes_context(check: Any) -> bool:
@@ -718,6 +741,9 @@ def check_resume_spec(p: Plan, state: dict[str, Any], new: dict[str, Any], world
     if not isinstance(old, dict):
         return {}
     changes = spec_changes(old, new)
+    if changes.get("loss.weight", (None, None))[1] == "balanced" and isinstance(old.get("loss", {}).get("weight"),
+                                                                                 list):
+        del changes["loss.weight"]  # the numbers "balanced" resolved to when the run started (the build recomputes)
     sampler = state.get("sampler") or {}
     try:
         old_global = int(sampler["batch_size"]) * int(sampler["world_size"])

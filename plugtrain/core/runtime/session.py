@@ -6,14 +6,14 @@ For a spec: load it, plan the run directory (:func:`rundir.plan`: nothing a star
 everything, restore a checkpoint, run the pre-flight (:mod:`~plugtrain.core.runtime.preflight`: one sample of every
 split, one forward of model, loss and metrics), then open the run directory (spec.toml, env.json, loggers: a fresh
 directory is staged and renamed into place, an overwritten one kept aside until then; undone on failure), print the
-banner, train with SIGTERM / SIGINT turned into a checkpoint and a clean stop, print the one-line summary.
+banner, train with SIGTERM / SIGINT / SIGUSR1 turned into a checkpoint and a clean stop, print the one-line summary.
 
 What it raises (each says what happened; the callers choose exit codes and messages by type, never by text):
 :class:`~plugtrain.core.errors.PlugtrainError` bad input before training, nothing written (exit 2);
 :class:`~plugtrain.core.errors.DataFault` a sample that could not be read while training (exit 2; ``last.pt`` at
 the last completed step, to fix and continue with ``--resume auto``); :class:`~plugtrain.core.errors.NumericalFault`
 / :class:`~plugtrain.core.errors.TrainingFailed` a run that failed while training (exit 1);
-:class:`~plugtrain.core.errors.Stopped` a run stopped by SIGTERM / SIGINT (128 + signum). Anything else is a bug or
+:class:`~plugtrain.core.errors.Stopped` a run stopped by a stop signal (128 + signum). Anything else is a bug or
 a library's error.
 """
 
@@ -92,6 +92,7 @@ def run(path: str, overrides: Sequence[str] = (), *, resume: str | None = None, 
     from plugtrain.core.runtime.trainer import Trainer
 
     t0 = time.monotonic()
+    stop_signals()  # a bad PLUGTRAIN_STOP_SIGNALS is bad input, found before anything is written
     spec = load_spec(path, list(overrides))
     run_dir = rundir.run_dir_for(spec.run.output_dir, spec.run.name)
     restarted = not dry_run and elastic_restart()
@@ -311,13 +312,42 @@ def _banner(trainer: Any, plan: rundir.Plan) -> None:
         f"{spec.run.name}: {what}; {len(b.train_data)} train / {len(b.val_data)} val samples, "
         f"{_outputs(b)}; {spec.backbone.name} {params / 1e6:.2f}M params; {d.world_size} process(es) on "
         f"{d.device}; {b.batches_per_epoch} batches x {spec.run.epochs} epochs; run dir {plan.run_dir}"
+        + (f"; train samples per class: {class_counts_text(b)}" if b.class_counts is not None else "")
     )
+
+
+#: The environment variable naming further stop signals (``USR2``, ``SIGHUP``; comma- or space-separated): a
+#: scheduler's warning before a time limit (``plugtrain submit --signal``) is one.
+STOP_SIGNALS_ENV = "PLUGTRAIN_STOP_SIGNALS"
+_held: list[int] = []  # stop signals received before training began (hold_stop_signals)
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that stop a run at the next step boundary with last.pt: SIGTERM, SIGINT, SIGUSR1 (the usual
+    warning before a batch system's time limit) and those named in ``PLUGTRAIN_STOP_SIGNALS``."""
+    found = [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1]
+    for name in os.environ.get(STOP_SIGNALS_ENV, "").replace(",", " ").split():
+        key = name.upper() if name.upper().startswith("SIG") else f"SIG{name.upper()}"
+        if key not in signal.Signals.__members__ or key in ("SIGKILL", "SIGSTOP"):
+            raise PlugtrainError(f"{STOP_SIGNALS_ENV}={os.environ[STOP_SIGNALS_ENV]!r}: {name!r} is not a signal "
+                                 "that can be caught (e.g. USR1, USR2, TERM)")
+        if signal.Signals[key] not in found:
+            found.append(signal.Signals[key])
+    return tuple(found)
+
+
+def hold_stop_signals() -> None:
+    """From now until training begins, a stop signal is kept rather than killing the process; the run then stops
+    at its first step boundary (a launcher's warning or preemption may come while the run is being built)."""
+    if threading.current_thread() is threading.main_thread():
+        for s in stop_signals():
+            signal.signal(s, lambda signum, frame: _held.append(signum))
 
 
 @contextlib.contextmanager
 def _signals(trainer: Any):  # noqa: ANN202
-    """SIGTERM / SIGINT set a flag; the trainer writes last.pt at the next step boundary and stops. A second SIGINT
-    interrupts at once."""
+    """The stop signals (:func:`stop_signals`) set a flag; the trainer writes last.pt at the next step boundary and
+    stops. A second SIGINT interrupts at once. A signal held since :func:`hold_stop_signals` counts as received."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -327,7 +357,10 @@ def _signals(trainer: Any):  # noqa: ANN202
             raise KeyboardInterrupt
         trainer.handle_signal(signum)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    old = {s: signal.signal(s, handler) for s in stop_signals()}
+    if _held:
+        trainer.handle_signal(_held[0])
+        _held.clear()
     try:
         yield
     finally:
@@ -436,6 +469,7 @@ def _dry_run(trainer: Any, t0: float) -> RunResult:
         ("dataset", f"{spec.data.dataset.name}: {len(b.train_data)} train, {len(b.val_data)} val"
                     + (f", {len(b.test_data)} test" if b.test_data is not None else "")
                     + f"; {_outputs(b)}; {b.in_chans} channel(s)"),
+        *([("classes", f"train samples per class: {class_counts_text(b)}")] if b.class_counts is not None else []),
         ("batch", f"images {tuple(images.shape)} {images.dtype}, targets {tuple(targets.shape)} {targets.dtype}"),
         ("backbone", f"{spec.backbone.name}: {bt:,} parameters ({btr:,} trainable); output "
                      f"{tuple(outputs.shape)}; embedding_dim {b.embedding_dim}"),
@@ -454,10 +488,24 @@ def _dry_run(trainer: Any, t0: float) -> RunResult:
                      seconds=time.monotonic() - t0, exit_reason="dry run", dry_run=rows, samples=samples)
 
 
+def class_counts_text(b: Any) -> str:
+    """``name count, ...`` of the train split's classes (the range only, over 20 classes), with the sampler and loss
+    weighting that act on them."""
+    counts = b.class_counts
+    if len(counts) <= 20:
+        text = ", ".join(f"{name} {n}" for name, n in zip(b.class_names, counts, strict=True))
+    else:
+        text = f"{min(counts)} to {max(counts)} over {len(counts)} classes"
+    if b.class_counts and min(b.class_counts) > 0:
+        text += f" (max/min {max(b.class_counts) / min(b.class_counts):.1f})"
+    spec = b.spec
+    if spec.data.sampler == "weighted":
+        text += "; sampler weighted" + (" by data.class_weights" if spec.data.class_weights else " (1/count)")
+    if isinstance(spec.loss.params.get("weight"), list) and len(counts) <= 20:
+        text += "; loss weight " + ", ".join(f"{w:g}" for w in spec.loss.params["weight"])
+    return text
+
+
 def _outputs(b: Any) -> str:
-    """What the model predicts, for the banner: classes, target values (regression) or an embedding."""
-    if b.spec.run.task == "regression":
-        return f"{b.num_classes} target value(s)"
-    if b.spec.run.task == "metric_learning":
-        return f"{b.num_classes} classes, {b.embedding_dim}-d embeddings"
-    return f"{b.num_classes} classes"
+    """What the model predicts, for the banner, as its task says."""
+    return b.spec.task_object.describe_outputs(b.num_classes, b.embedding_dim)

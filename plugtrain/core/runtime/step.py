@@ -38,26 +38,27 @@ class Network(torch.nn.Module):
 class ModelInput:
     """A collated batch of raw images -> the float32 tensor the model takes, on the device.
 
-    Samples reach the collate as raw pixel values (``uint8`` CHW), so that workers, pinning and the host-to-device
-    copy move a quarter of the bytes; the batch is normalised on the device in one operation,
-    ``(x - 255 * mean) / (255 * std)`` per channel. With ``augmentations.normalize = false`` it is only made float.
+    Samples reach the collate as raw pixel values (``uint8`` CHW; 16-bit and float pixels as float32), so that
+    workers, pinning and the host-to-device copy move a quarter of the bytes; the batch is normalised on the device in
+    one operation, ``(x - scale * mean) / (scale * std)`` per channel (``scale`` 255 for 8-bit data, see
+    :func:`plugtrain.core.runtime.build.pixel_scale`). With ``augmentations.normalize = false`` it is only made float.
     """
 
     def __init__(self, mean: Sequence[float] | None, std: Sequence[float] | None, device: torch.device,
-                 memory_format: torch.memory_format = torch.preserve_format) -> None:
+                 memory_format: torch.memory_format = torch.preserve_format, scale: float = 255.0) -> None:
         self.device, self.memory_format = device, memory_format
         self.mean = self.std = None
         if mean is not None and std is not None:
-            self.mean = torch.tensor([m * 255.0 for m in mean], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-            self.std = torch.tensor([s * 255.0 for s in std], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            self.mean = torch.tensor([m * scale for m in mean], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            self.std = torch.tensor([s * scale for s in std], dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
     @classmethod
     def for_spec(cls, spec: Any, in_chans: int, device: torch.device,
                  memory_format: torch.memory_format = torch.preserve_format) -> ModelInput:
-        from plugtrain.core.runtime.build import normalization
+        from plugtrain.core.runtime.build import normalization, pixel_scale
 
         mean, std = normalization(spec, in_chans) if spec.augmentations.normalize else (None, None)
-        return cls(mean, std, device, memory_format)
+        return cls(mean, std, device, memory_format, pixel_scale(spec))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True, memory_format=self.memory_format).float()

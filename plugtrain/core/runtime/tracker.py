@@ -94,6 +94,15 @@ class LossTracker:
         throughput = self.samples * dist.world_size / max(self.train_time, 1e-9)
         return (loss_sum / loss_count if loss_count else math.nan), throughput, self.train_time, skipped
 
+    def epoch_row(self, epoch: int, lrs: list[float], dist: Any, device: torch.device) -> dict[str, float]:
+        """The training half of epoch ``epoch``'s metrics: loss, learning rates, throughput, time, step times and
+        skipped samples (summed over the ranks)."""
+        loss, throughput, seconds, skipped = self.epoch_totals(dist)
+        return {"epoch": epoch, "train/loss": loss, "train/lr": lrs[0],
+                **{f"train/lr_{i}": lr for i, lr in enumerate(lrs[1:], 1)},
+                "train/throughput": throughput, "train/epoch_time": seconds,
+                **self.step_times(device), "data/skipped": skipped}
+
     def skipped_message(self, epoch: int, skipped: float) -> str:
         files = ", ".join(self.skipped_files) + (", ..." if skipped > len(self.skipped_files) else "")
         return (f"epoch {epoch}: skipped {int(skipped)} unreadable sample(s) (data.on_error = \"skip\")"

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from plugtrain.core.errors import NumericalFault, Stopped
+from plugtrain.core.errors import Stopped
 from plugtrain.core.runtime import checkpoint as ckpt
 from plugtrain.core.runtime import fsdp
 from plugtrain.core.runtime.build import Built, build_ema, train_sampler
@@ -34,9 +34,10 @@ from plugtrain.core.runtime.precision import autocast
 from plugtrain.core.runtime.progress import Progress
 from plugtrain.core.runtime.report import Reporter
 from plugtrain.core.runtime.step import ModelInput, Network, TrainStep, Warmup, batch_images, train_mode
+from plugtrain.core.runtime.stopping import StopSignals, numerical_fault
 from plugtrain.core.runtime.swa import SWA
 from plugtrain.core.runtime.tracker import LossTracker
-from plugtrain.core.runtime.view import RunView
+from plugtrain.core.runtime.view import CallbackHooks
 from plugtrain.core.spec.model import to_dict
 
 
@@ -88,10 +89,9 @@ class Trainer:
         self.stop_reason: str | None = None
         self.resumed_from: Path | None = None
         self._rng_to_restore: dict[str, Any] | None = None
-        self._signal: int | None = None  # received by this process
-        self._stop_signal: int | None = None  # agreed by every rank
+        self.signals = StopSignals()
         self._logged = False  # a step was logged in this process
-        self._views: dict[int, RunView] = {}  # each callback's view of the run, by id()
+        self.hooks = CallbackHooks(self, self.callbacks)
 
     # -- for callbacks and commands --------------------------------------------------------------------------------
     @property
@@ -127,12 +127,12 @@ class Trainer:
 
     def handle_signal(self, signum: int) -> None:
         """From a signal handler: write last.pt at the next step boundary and stop."""
-        self._signal = signum
+        self.signals.received = signum
 
     @property
     def signal_received(self) -> int | None:
         """The stopping signal this process received (:meth:`handle_signal`), or ``None``."""
-        return self._signal
+        return self.signals.received
 
     def requires_grad_changed(self) -> None:
         """After a callback froze or unfroze parameters (between steps): rebuild the DDP wrapper; a trainable
@@ -150,7 +150,8 @@ class Trainer:
             ckpt.set_rng_state(self._rng_to_restore, self.device)
         else:
             ckpt.seed_everything(mix_seed(self.spec.run.seed, self.dist.rank, 3))
-        self._note_start_weights()
+        _note_start_weights(self)
+        self.hooks.check()  # a callback reaching outside its view is refused before the first step
         self._call("on_train_start")
         try:
             while self.epoch < self.epochs and self.stop_reason is None:
@@ -169,16 +170,6 @@ class Trainer:
         self._call("on_train_end", final)
         self.report.hparams(self.spec, final)
         return final
-
-    def _note_start_weights(self) -> None:
-        """A fresh run: record the weights the backbone started from in env.json and say them in one line."""
-        from plugtrain.core.runtime import rundir
-
-        if self.run_dir is None or not self.dist.is_main or self.global_step:
-            return
-        start = rundir.record_start_weights(self.run_dir, self.built.backbone)
-        if start and start.get("summary"):
-            self.report.message(f"start weights: {start['summary']}")
 
     def _finish_swa(self) -> dict[str, float]:
         """``val_swa/*`` of the SWA average, its batch-norm statistics recomputed: logged with the last epoch's
@@ -238,44 +229,31 @@ class Trainer:
                                  self.step.grad_norm, self.tracker.interval_throughput(self.dist.world_size))
                 self.step.grad_norm, self._logged = None, True
                 self.tracker.reset_interval()
-        elif not self.dist.distributed and self._signal:
-            self._stop_signal = self._signal
-        if mid_epoch and (save or self._stop_signal):
+        else:
+            self.signals.take_local(self.dist.distributed)
+        if mid_epoch and (save or self.signals.agreed):
             path = self.save_checkpoint(checked=True)
-            if self._stop_signal:
-                raise Stopped(self._stop_signal, path, self.global_step)
+            if self.signals.agreed:
+                raise Stopped(self.signals.agreed, path, self.global_step)
 
     def _check_interval(self) -> tuple[float, int]:
         """Read the interval's losses; agree across ranks on a non-finite loss and on signals. Returns this rank's
         sum of the interval's losses and their number."""
         loss_sum, count, bad_step, value = self.tracker.read_interval()
-        signal = self._signal or 0
-        if self.dist.distributed:
-            flags = self.dist.all_reduce(self.dist.collective_tensor([float(signal), float(bad_step)]), op="max")
-            signal, bad_step = int(flags[0].item()), int(flags[1].item())
-        if signal:
-            self._stop_signal = signal
+        bad_step = self.signals.agree(self.dist, bad_step)
         if bad_step:
             self._fail_non_finite(f"the loss became {value} at step {bad_step}", bad_step)
         return loss_sum, count
 
     def _fail_non_finite(self, what: str, step: int | None = None) -> None:
-        last = self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
-        last = last if last is not None and last.exists() else None
-        kept = (f" The last good checkpoint is kept: {last} (resume from it with a lower lr, clipping or another "
-                "precision)." if last is not None else " No checkpoint had been written yet.")
-        raise NumericalFault(f"{what} (epoch {self.epoch + 1}, batch {self.batch_in_epoch}); training "
-                             f"stopped.{kept}", self.global_step if step is None else step, last)
+        raise numerical_fault(what, self.run_dir, self.epoch, self.batch_in_epoch,
+                              self.global_step if step is None else step)
 
     def _end_epoch(self) -> dict[str, float]:
         self.tracker.reset_interval()
         e = self.epoch + 1
-        loss, throughput, seconds, skipped = self.tracker.epoch_totals(self.dist)
-        lrs = self.step.current_lrs(self.global_step)
-        metrics: dict[str, float] = {"epoch": e, "train/loss": loss, "train/lr": lrs[0],
-                                     **{f"train/lr_{i}": lr for i, lr in enumerate(lrs[1:], 1)},
-                                     "train/throughput": throughput, "train/epoch_time": seconds,
-                                     **self.tracker.step_times(self.device), "data/skipped": skipped}
+        metrics = self.tracker.epoch_row(e, self.step.current_lrs(self.global_step), self.dist, self.device)
+        skipped = metrics["data/skipped"]
         self.report.data_hint(e, metrics)
         if e % self.spec.trainer.val_every_epochs == 0 or e == self.epochs:
             metrics.update(self.evaluator.validate(self.backbone, self.loggers, self.global_step))
@@ -297,11 +275,10 @@ class Trainer:
             self.checkpointer.save_epoch(self._progress_state(), metrics, self.epoch)
         except NonFinite as exc:
             self._fail_non_finite(str(exc))
-        if self._signal and not self.dist.distributed:
-            self._stop_signal = self._signal
-        if self._stop_signal and self.epoch < self.epochs:
+        self.signals.take_local(self.dist.distributed)
+        if self.signals.agreed and self.epoch < self.epochs:
             last = self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
-            raise Stopped(self._stop_signal, last, self.global_step)
+            raise Stopped(self.signals.agreed, last, self.global_step)
         return metrics
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
@@ -341,13 +318,7 @@ class Trainer:
     # -- callbacks and loggers -------------------------------------------------------------------------------------
     def _call(self, hook: str, *args: Any) -> None:
         """Call ``hook`` of every callback that has it, with the callback's own :class:`~.view.RunView` first."""
-        for cb in self.callbacks:
-            fn = getattr(cb, hook, None)
-            if callable(fn):
-                view = self._views.get(id(cb))
-                if view is None:
-                    view = self._views[id(cb)] = RunView(self, type(cb).__name__)
-                fn(view, *args)
+        self.hooks.call(hook, *args)
 
     def close(self) -> None:
         self.report.close()
@@ -380,6 +351,17 @@ class _Frozen:
                 changed = True
         if changed:
             self.trainer.requires_grad_changed()
+
+
+def _note_start_weights(t: Trainer) -> None:
+    """A fresh run: record the weights the backbone started from in env.json and say them in one line."""
+    from plugtrain.core.runtime import rundir
+
+    if t.run_dir is None or not t.dist.is_main or t.global_step:
+        return
+    start = rundir.record_start_weights(t.run_dir, t.built.backbone)
+    if start and start.get("summary"):
+        t.report.message(f"start weights: {start['summary']}")
 
 
 def _train_step(t: Trainer) -> TrainStep:
@@ -435,9 +417,10 @@ def _loaders(built: Built, dist: DistEnv) -> tuple[Any, Any, Any]:
 
 
 def _placeholder(built: Built) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Two black images of class / target 0: a rank's placeholder before it has read any batch."""
-    dtype = torch.float32 if built.spec.run.task == "regression" else torch.long
-    return torch.zeros((2, *built.input_shape), dtype=torch.uint8), torch.zeros(2, dtype=dtype), True
+    """Two black images and the task's target of a black image: a rank's placeholder before it has read any batch."""
+    task = built.spec.task_object
+    target = task.placeholder_target(tuple(built.input_shape))
+    return torch.zeros((2, *built.input_shape), dtype=torch.uint8), task.collate([target, target]), True
 
 
 def _meta(built: Built, dist: DistEnv) -> dict[str, Any]:

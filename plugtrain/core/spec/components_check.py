@@ -121,7 +121,7 @@ class ComponentChecks:
                 if kind == "augmentations" and p.name == "transforms":
                     what = 'an array of augmentation tables, e.g. transforms = [{ name = "HorizontalFlip" }]'
                 else:
-                    what = describe(toml_view(from_annotation(p.annotation, self.namespace(comp))))
+                    what = describe(self.param_type(comp, p))
                 self.add(path, f"{label} is missing required parameter {p.name!r} ({what})")
         if not any(pr.path[: len(path)] == path and not pr.warning for pr in self.problems):
             self.plugin_checks(comp, given, path, label)
@@ -161,7 +161,7 @@ class ComponentChecks:
                 target = self.registry.get(kind, inner_name)
             except PlugtrainError:
                 continue
-            if _same_factory(target.factory, comp.factory):
+            if _same_factory(target, comp):
                 self.add(name_path, f"{format_path(name_path)}: {SINGULAR[kind]} {comp.name!r} cannot wrap "
                                     f"{inner_name!r} (itself): pick another {p.name}")
             elif (target.fits.passes or 1) > 1 and comp.fits.passes != target.fits.passes:
@@ -188,8 +188,14 @@ class ComponentChecks:
             self._ns_cache[key] = factory_namespace(comp.factory)
         return self._ns_cache[key]
 
+    def param_type(self, comp: Any, p: Any) -> Any:
+        """The checked type of parameter ``p``: stored by the catalog, else read from the factory's annotation."""
+        if getattr(p, "toml_type", None) is not None:
+            return p.toml_type
+        return toml_view(from_annotation(p.annotation, self.namespace(comp)))
+
     def param(self, kind: str, comp: Any, p: Any, value: Any, path: tuple) -> None:
-        t = toml_view(from_annotation(p.annotation, self.namespace(comp)))
+        t = self.param_type(comp, p)
         if t.kind == "never":
             ann = p.annotation_str or "an object"
             self.add(path, f"{format_path(path)}: {SINGULAR[kind]} {comp.name!r} takes {ann} here, which a TOML spec "
@@ -197,7 +203,9 @@ class ComponentChecks:
             return
         if not self.check_value(path, value, t, PARAM_RANGES.get(kind, {}).get(p.name)):
             return
-        for marker in param_markers(comp.factory).get(p.name, ()):
+        stored = getattr(p, "toml_type", None) is not None  # from the catalog, which keeps the markers on p
+        markers = [InsideRunDir(w) for w in p.run_paths] if stored else param_markers(comp.factory).get(p.name, ())
+        for marker in markers:
             if isinstance(marker, InsideRunDir) and isinstance(value, str):
                 problem = run_path_problem(value)
                 if problem is not None:
@@ -218,6 +226,8 @@ class ComponentChecks:
         a ``context`` gets the :class:`~plugtrain.core.runtime.rundir.CheckContext` of this check."""
         plugin = getattr(self.registry, "plugin", None)
         info = plugin(comp.plugin) if callable(plugin) else None
+        if getattr(info, "has_validate", True) is False:  # the catalog knows: do not import the plugin to look
+            return
         check = getattr(getattr(info, "module", None), "PLUGTRAIN_VALIDATE", None)
         if not callable(check):
             return
@@ -237,6 +247,10 @@ class ComponentChecks:
 
 
 def _same_factory(a: Any, b: Any) -> bool:
+    """Whether components ``a`` and ``b`` are built by the same function (the catalog compares stored names)."""
+    if getattr(a, "factory_key", None) and getattr(b, "factory_key", None):
+        return a.factory_key == b.factory_key
+    a, b = a.factory, b.factory
     unwrap = lambda f: f.func if isinstance(f, functools.partial) else f  # noqa: E731
     return unwrap(a) is unwrap(b)
 

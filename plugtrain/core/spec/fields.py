@@ -76,7 +76,7 @@ PARAM_RANGES: dict[str, dict[str, Range]] = {
 }
 
 #: Ranges of the model's own section fields, from their attrs validators (``_positive`` / ``_non_negative``).
-_VALIDATOR_RANGES = {"_positive": POSITIVE, "_non_negative": NON_NEGATIVE}
+_VALIDATOR_RANGES = {"_positive": POSITIVE, "_non_negative": NON_NEGATIVE, "_decay": Range(0, 1, lo_open=True)}
 
 
 def field_range(field: attrs.Attribute) -> Range | None:

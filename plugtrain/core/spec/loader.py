@@ -414,7 +414,10 @@ def _switched_components(bdata: dict[str, Any], borigins: dict[tuple, Origin], d
 def resolve(path: str | Path, overrides: list[str] | tuple[str, ...] = (), validate: bool = True) -> Resolved:
     """Read, compose, override and (unless ``validate`` is false) validate the spec at ``path``. Problems and warnings
     are one line each, control characters of the keys and values they quote escaped (:func:`printable`)."""
-    res = _resolve(path, overrides, validate)
+    from plugtrain.core.runtime.rundir import checking_spec
+
+    with checking_spec(path):  # a plugin's check resolves paths relative to the spec (CheckContext.spec_dir)
+        res = _resolve(path, overrides, validate)
     res.problems[:] = [printable(p, keep="") for p in res.problems]
     res.warnings[:] = [printable(w, keep="") for w in res.warnings]
     return res

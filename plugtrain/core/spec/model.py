@@ -15,42 +15,71 @@ from typing import Any, Literal
 import attrs
 from attrs import validators as v
 
-TASKS = ("classification", "regression", "metric_learning")
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def role_names(kind: str, role: str) -> list[str]:
     """The spec names of the components of ``kind`` that claim ``role`` (registration order)."""
-    from plugtrain.core.registry import get_registry
+    from plugtrain.core.catalog import get_catalog
 
-    reg = get_registry()
+    reg = get_catalog()
     return [reg.spec_name(c) for c in reg.role_components(kind, role)]
 
 
 class _DefaultMetrics(Mapping[str, list[str]]):
-    """task -> the metric names a spec without ``[[metrics]]`` gets: the metrics with the role ``default:<task>``,
-    read from the registry when asked."""
+    """task name -> the metric names a spec without ``[[metrics]]`` gets (the task's ``default_metrics``, then those
+    of the metrics that claim the role ``default:<task>``), read from the registry when asked."""
 
     def __getitem__(self, task: str) -> list[str]:
-        if task not in TASKS:
+        from plugtrain.core.task import default_metrics, get_task
+
+        if task not in _task_names():
             raise KeyError(task)
-        return role_names("metrics", f"default:{task}")
+        return default_metrics(task, get_task(task))
 
     def __iter__(self) -> Iterator[str]:
-        return iter(TASKS)
+        return iter(_task_names())
 
     def __len__(self) -> int:
-        return len(TASKS)
+        return len(_task_names())
+
+
+def _task_names() -> list[str]:
+    from plugtrain.core.registry import get_registry
+
+    return get_registry().names("tasks")
+
+
+def default_loss(run: RunSection) -> LossSection:
+    """The ``[loss]`` of a spec without one: its task's ``default_loss`` (with its parameters' defaults)."""
+    from plugtrain.core.task import get_task
+
+    return LossSection(name=get_task(run.task).default_loss)
+
+
+def default_task() -> str:
+    """The ``run.task`` of a spec that sets none: the task that claims the role ``default``."""
+    from plugtrain.core.task import default_task_name
+
+    return default_task_name()
 
 
 DEFAULT_METRICS: Mapping[str, list[str]] = _DefaultMetrics()
 #: Metrics that are better when lower: a primary metric named so defaults to ``mode = "min"``.
 MIN_METRICS = frozenset({"loss", "mae", "mse", "rmse", "error", "epoch_time"})
-DEFAULT_PRIMARY: dict[str, tuple[str, str]] = {
-    "classification": ("val/accuracy", "max"),
-    "regression": ("val/mae", "min"),
-    "metric_learning": ("val/precision_at_1", "max"),
-}
+
+
+def _task_name(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """``run.task`` names a registered task (an unknown one: a did-you-mean)."""
+    from plugtrain.core.errors import PlugtrainError
+    from plugtrain.core.registry import get_registry
+
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a task name (a string), got {value!r}")
+    try:
+        get_registry().get("tasks", value)
+    except PlugtrainError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -61,6 +90,12 @@ def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None and value < 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _decay(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """A factor in (0, 1] (``optimizer.layer_decay``); the checker reads the range from this name."""
+    if value is not None and not (0 < value <= 1):
+        raise ValueError(f"{attribute.name} must be in (0, 1], got {value!r}")
 
 
 def _fold(value: list[int] | None) -> None:
@@ -128,10 +163,8 @@ class RunSection:
     output_dir: str = "runs"
     seed: int = attrs.field(default=0, validator=_seed)
     epochs: int = attrs.field(default=10, validator=_positive)
-    task: Literal["classification", "regression", "metric_learning"] = attrs.field(
-        default="classification", validator=v.in_(TASKS)
-    )
-    primary_metric: str | None = None  # default by task, see DEFAULT_PRIMARY
+    task: str = attrs.field(factory=default_task, validator=_task_name)  # a task component (plugtrain list tasks)
+    primary_metric: str | None = None  # default by task: its ``primary``
     mode: Literal["max", "min"] | None = attrs.field(default=None, validator=v.optional(v.in_(("max", "min"))))
     deterministic: bool = False
 
@@ -148,7 +181,9 @@ class DataSection:
     pin_memory: bool | None = None  # None: on when training on a GPU
     drop_last: bool = True
     on_error: Literal["raise", "skip"] = attrs.field(default="raise", validator=v.in_(("raise", "skip")))
-    sampler: Literal["random", "m_per_class"] = attrs.field(default="random", validator=v.in_(("random", "m_per_class")))
+    sampler: Literal["random", "m_per_class", "weighted"] = attrs.field(
+        default="random", validator=v.in_(("random", "m_per_class", "weighted")))
+    class_weights: list[float] | None = None  # sampler = "weighted": each class's share of the draws (default: equal)
     m_per_class: int = attrs.field(default=4, validator=_positive)
     num_views: int = attrs.field(default=1, validator=_positive)
     class_subset: list[str] | None = None
@@ -165,6 +200,7 @@ class LossSection(ComponentSpec):
 @attrs.define
 class OptimizerSection(ComponentSpec):
     no_decay_norm_bias: bool = False
+    layer_decay: float | None = attrs.field(default=None, validator=_decay)  # layer-wise lr decay, timm's groups
 
 
 @attrs.define
@@ -181,8 +217,10 @@ class AugmentationsSection:
     val: list[AugmentationSpec] = attrs.Factory(list)
     resize: bool = True  # append Resize(image_size) unless false
     normalize: bool = True  # append Normalize(mean, std) and to-tensor unless false
-    mean: list[float] | None = None  # None: 0.5 per channel
+    mean: list[float] | None = None  # None: 0.5 per channel (in units of the pixels divided by ``scale``)
     std: list[float] | None = None
+    scale: float | None = attrs.field(default=None, validator=_positive)  # None: by dtype (255 uint8, 65535 uint16)
+    stats: Literal["given", "train"] = attrs.field(default="given", validator=v.in_(("given", "train")))
     save_samples: int = attrs.field(default=0, validator=_non_negative)
 
 
@@ -232,6 +270,12 @@ def default_loggers() -> list[ComponentSpec]:
 
 
 @attrs.define
+class TaskSection:
+    """The task's parameters: ``[task] threshold = 0.5`` (the task itself is ``run.task``; ``plugtrain show tasks
+    NAME`` lists them)."""
+
+
+@attrs.define
 class RunSpec:
     """A fully resolved run spec. ``source`` is the path of the spec file it came from (or ``None``)."""
 
@@ -247,13 +291,21 @@ class RunSpec:
     metrics: list[ComponentSpec] | None = None  # None: DEFAULT_METRICS[task]
     callbacks: list[ComponentSpec] = attrs.Factory(list)
     trainer: TrainerSection = attrs.Factory(TrainerSection)
+    task: dict[str, Any] | None = None  # the ``[task]`` table: the parameters of the task ``run.task`` names
     source: str | None = attrs.field(default=None, eq=False)
     #: What composing the spec did that a reader may not expect (``extends`` switching a component, ``unset``).
     notes: list[str] = attrs.field(factory=list, eq=False, repr=False)
 
     @property
+    def task_object(self) -> Any:
+        """The :class:`~plugtrain.core.hookspecs.Task` that ``run.task`` names."""
+        from plugtrain.core.task import spec_task
+
+        return spec_task(self)
+
+    @property
     def primary_metric(self) -> str:
-        return self.run.primary_metric or DEFAULT_PRIMARY[self.run.task][0]
+        return self.run.primary_metric or self.task_object.primary[0]
 
     @property
     def mode(self) -> str:
@@ -261,7 +313,7 @@ class RunSpec:
         if self.run.mode:
             return self.run.mode
         if self.run.primary_metric is None:
-            return DEFAULT_PRIMARY[self.run.task][1]
+            return self.task_object.primary[1]
         leaf = self.run.primary_metric.rsplit("/", 1)[-1].lower()
         return "min" if leaf in MIN_METRICS or leaf.endswith(("loss", "error")) else "max"
 
@@ -276,6 +328,7 @@ class RunSpec:
 #: of which kind. ``loggers``, ``metrics`` and ``callbacks`` are arrays of tables (``[[loggers]]``).
 SECTIONS: dict[str, tuple[type, str | None]] = {
     "run": (RunSection, None),
+    "task": (TaskSection, "tasks"),  # the parameters of the task that ``run.task`` names (no ``name`` of its own)
     "data": (DataSection, "datasets"),  # its ``dataset`` key names the component; its params sit beside
     "backbone": (ComponentSpec, "backbones"),
     "loss": (LossSection, "losses"),
@@ -288,7 +341,7 @@ SECTIONS: dict[str, tuple[type, str | None]] = {
     "callbacks": (ComponentSpec, "callbacks"),
     "trainer": (TrainerSection, None),
 }
-REQUIRED_SECTIONS = ("run", "data", "backbone", "loss", "optimizer")
+REQUIRED_SECTIONS = ("run", "data", "backbone", "optimizer")  # no [loss]: the task's default_loss
 
 
 def own_keys(cls: type) -> list[str]:
@@ -320,11 +373,12 @@ def from_dict(d: dict[str, Any], source: str | None = None) -> RunSpec:
     aug = dict(d.get("augmentations", {}))
     for split in ("train", "val"):
         aug[split] = [_augmentation(a) for a in aug.get(split, [])]
+    run = RunSection(**d["run"])
     return RunSpec(
-        run=RunSection(**d["run"]),
+        run=run,
         data=DataSection(dataset=ComponentSpec(dataset_name, data), **data_own),
         backbone=_component(ComponentSpec, d["backbone"]),
-        loss=_component(LossSection, d["loss"]),
+        loss=_component(LossSection, d["loss"]) if "loss" in d else default_loss(run),
         optimizer=_component(OptimizerSection, d["optimizer"]),
         scheduler=_component(SchedulerSection, d["scheduler"]) if d.get("scheduler") else None,
         augmentations=AugmentationsSection(**aug),
@@ -333,6 +387,7 @@ def from_dict(d: dict[str, Any], source: str | None = None) -> RunSpec:
         metrics=[_component(ComponentSpec, x) for x in d["metrics"]] if "metrics" in d else None,
         callbacks=[_component(ComponentSpec, x) for x in d.get("callbacks", [])],
         trainer=TrainerSection(**d.get("trainer", {})),
+        task=dict(d["task"]) if d.get("task") else None,
         source=source,
     )
 

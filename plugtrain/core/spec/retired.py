@@ -28,7 +28,10 @@ def collect(plugins: list[Any]) -> dict[str, dict[str, str]]:
     """Every loaded plugin module's ``PLUGTRAIN_RETIRED``, merged in plugin order (a later plugin's hint wins)."""
     table: dict[str, dict[str, str]] = {}
     for info in plugins:
-        extra = getattr(getattr(info, "module", None), "PLUGTRAIN_RETIRED", None)
+        if hasattr(info, "retired"):  # the catalog stores it: no need to import the plugin
+            extra = info.retired
+        else:
+            extra = getattr(getattr(info, "module", None), "PLUGTRAIN_RETIRED", None)
         if isinstance(extra, dict):
             for kind, hints in extra.items():
                 if isinstance(hints, dict):

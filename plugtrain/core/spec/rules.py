@@ -3,7 +3,8 @@
 :class:`CrossRules` owns them (SWA start against the epochs, FSDP against precision and the other trainer switches,
 what losses and metrics fit ``run.task`` and the views, what an optimizer of several passes per step and a
 ``[loss.optimizer]`` need, ``[mixup]``, ``run.primary_metric``, warmups longer than the
-run, ``augmentations.std``, run directories that cannot be made, the ``m_per_class`` sampler's batch size). It runs
+run, ``augmentations.std``, run directories that cannot be made, the ``m_per_class`` sampler's batch size, the
+``weighted`` sampler's ``class_weights``). It runs
 after :class:`plugtrain.core.spec.validate.Validator` has checked each section, and reports to it.
 """
 
@@ -13,9 +14,8 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from plugtrain.core.errors import PlugtrainError, did_you_mean
-from plugtrain.core.registry import TASK_OUTPUTS
-from plugtrain.core.spec import model
 from plugtrain.core.spec.tomlpos import format_path
+from plugtrain.core.task import default_metrics, default_task_name, get_task, required_metrics
 
 if TYPE_CHECKING:
     from plugtrain.core.spec.validate import Validator
@@ -56,6 +56,7 @@ class CrossRules:
         self.schedule_checks(d, run, trainer)
         self.pipeline_checks(d, data)
         self.run_dir_checks(run)
+        self.sampler_checks(run, data)
         batch, m = data.get("batch_size"), data.get("m_per_class", 4)
         if (data.get("sampler") == "m_per_class" and isinstance(batch, int) and isinstance(m, int)
                 and not isinstance(batch, bool) and not isinstance(m, bool) and batch >= 1 and m >= 1
@@ -64,6 +65,27 @@ class CrossRules:
                      f"data.batch_size ({batch}) must be a multiple of data.m_per_class ({m}) with sampler = "
                      "'m_per_class': every batch (on every process) holds whole groups of m samples of a class",
                      related=(("data", "m_per_class"), ("data", "sampler")))
+
+    def sampler_checks(self, run: dict[str, Any], data: dict[str, Any]) -> None:
+        """``data.class_weights``: only with ``sampler = "weighted"``, non-negative, not all zero, one per class of
+        ``class_subset`` when that names the classes (else the build checks the count against the dataset's)."""
+        if data.get("sampler") == "weighted" and run.get("task") == "regression":
+            self.add(("data", "sampler"), "data.sampler = \"weighted\" draws by class; a regression run has no "
+                     "classes (use \"random\")", related=(("run", "task"),))
+        weights = data.get("class_weights")
+        if not isinstance(weights, list) or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                                    for w in weights):
+            return  # absent, or a type error reported already
+        if data.get("sampler") != "weighted":
+            self.add(("data", "class_weights"), "data.class_weights weighs the classes of sampler = \"weighted\"; "
+                     f"set data.sampler = \"weighted\" (it is {data.get('sampler', 'random')!r}) or remove it",
+                     related=(("data", "sampler"),))
+        elif any(w < 0 or not math.isfinite(w) for w in weights) or not any(w > 0 for w in weights):
+            self.add(("data", "class_weights"), "data.class_weights must be finite numbers >= 0, at least one > 0")
+        subset = data.get("class_subset")
+        if isinstance(subset, list) and subset and len(subset) != len(weights):
+            self.add(("data", "class_weights"), f"data.class_weights has {len(weights)} values but data.class_subset "
+                     f"names {len(subset)} classes", related=(("data", "class_subset"),))
 
     def _quiet(self, kind: str, name: Any) -> Any:
         """The component ``name`` of ``kind``, or None (an unknown name is reported where it is written)."""
@@ -84,10 +106,11 @@ class CrossRules:
 
     def fit_checks(self, d: dict[str, Any], run: dict[str, Any], data: dict[str, Any]) -> None:
         """What each loss and metric declares it fits (``Component.fits``) against ``run.task`` and the views."""
-        task = run.get("task", "classification")
-        if task not in model.TASKS:
+        task_obj = self._task(run, report=True)
+        if task_obj is None:
             return  # reported with run.task
-        produced = TASK_OUTPUTS.get(task, "outputs")
+        task = run.get("task") or default_task_name(self.registry)
+        produced = task_obj.outputs
         task_path = ("run", "task")
         loss = d.get("loss") if isinstance(d.get("loss"), dict) else {}
         lcomp = self._quiet("losses", loss.get("name"))
@@ -111,14 +134,16 @@ class CrossRules:
                                             f"{loss['name']!r} ignores views (it scores each image alone): set "
                                             "num_views = 1, or use a loss that learns from views."
                      + self._fitting("losses", task, views=True), related=(("loss", "name"),))
-        if "mixup" in d and task != "classification":
-            self.add(("mixup",), f"[mixup] mixes class labels: it works for classification runs only, not run.task = "
-                                 f"{task!r}; remove the [mixup] section", at="key", related=(task_path,))
+        if "mixup" in d and not task_obj.batch_mix:
+            mixing = [n for n in self.registry.names("tasks") if getattr(self._task({"task": n}), "batch_mix", False)]
+            self.add(("mixup",), f"[mixup] mixes whole batches of images and targets: run.task = {task!r} does not "
+                                 f"allow it (tasks that do: {', '.join(mixing) or 'none'}); remove the [mixup] section",
+                     at="key", related=(task_path,))
         batch = data.get("batch_size")
         if "mixup" in d and isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 and batch % 2:
             self.add(("data", "batch_size"), f"data.batch_size ({batch}) must be even with [mixup]: it mixes each "
                                              "batch with its reverse in pairs", related=(("mixup",),))
-        self.primary_metric_check(d, run, task)
+        self.primary_metric_check(d, run, task, task_obj)
 
     def optimizer_checks(self, d: dict[str, Any], trainer: dict[str, Any]) -> None:
         """What the optimizer and the loss declare (``Component.fits``): an optimizer of several passes per step
@@ -149,15 +174,28 @@ class CrossRules:
                                             f"{', '.join(f for _, _, f in found)}",
                      related=tuple(path for path, _, _ in found))
 
-    def primary_metric_check(self, d: dict[str, Any], run: dict[str, Any], task: str) -> None:
+    def _task(self, run: dict[str, Any], report: bool = False) -> Any:
+        """The task ``run.task`` names (the default one when unset), or None: an unknown task is reported where it is
+        named, one that cannot be built (or breaks its contract) here when ``report``."""
+        name = run.get("task")
+        name = name if isinstance(name, str) else default_task_name(self.registry)
+        try:
+            return get_task(name, registry=self.registry)
+        except PlugtrainError as exc:
+            if report and self._quiet("tasks", name) is not None:
+                self.add(("run", "task"), f"run.task: {exc}")
+            return None
+
+    def primary_metric_check(self, d: dict[str, Any], run: dict[str, Any], task: str, task_obj: Any) -> None:
         primary = run.get("primary_metric")
         metrics = d.get("metrics")
         if not isinstance(primary, str) or (metrics is not None and not (
                 isinstance(metrics, list) and all(isinstance(m, dict) and isinstance(m.get("name"), str)
                                                   for m in metrics))):
             return
-        names = [m["name"] for m in metrics] if metrics is not None else list(model.DEFAULT_METRICS[task])
-        always = [self.registry.spec_name(c) for c in self.registry.role_components("metrics", f"always:{task}")]
+        names = ([m["name"] for m in metrics] if metrics is not None
+                 else default_metrics(task, task_obj, self.registry))
+        always = required_metrics(task, task_obj, self.registry)
         names = [n for n in always if n not in names] + names
         if any(self._quiet("metrics", n) is None for n in names):
             return  # an unknown metric is reported where it is named
@@ -208,6 +246,31 @@ class CrossRules:
             if _is_number(x) and math.isfinite(x) and x <= 0:  # (non-finite values: the type check's)
                 self.add(("augmentations", "std", i), f"augmentations.std[{i}] must be > 0 (images are divided by "
                                                       f"it), got {x!r}")
+        self.channel_checks(d, data, aug)
+
+    def channel_checks(self, d: dict[str, Any], data: dict[str, Any], aug: dict[str, Any]) -> None:
+        """``augmentations.mean`` / ``std`` with a length that is neither 1 nor the channel count (the dataset's
+        ``channels``: a count or a list of indices; else the backbone's ``in_chans``), and ``stats = "train"`` given
+        one of them only."""
+        channels, source = data.get("channels"), ("data", "channels")
+        if channels is None and isinstance(data.get("dataset"), dict):
+            channels, source = data["dataset"].get("channels"), ("data", "dataset", "channels")
+        count = len(channels) if isinstance(channels, list) else channels
+        backbone = d.get("backbone") if isinstance(d.get("backbone"), dict) else {}
+        if not _is_int(count):
+            count, source = backbone.get("in_chans"), ("backbone", "in_chans")
+        if _is_int(count) and count >= 1:
+            for key in ("mean", "std"):
+                value = aug.get(key)
+                if isinstance(value, list) and len(value) not in (1, count):
+                    self.add(("augmentations", key), f"augmentations.{key} has {len(value)} value(s) but the images "
+                                                     f"have {count} channel(s) ({format_path(source)}): give one "
+                                                     "per channel, or one for all", related=(source,))
+        if aug.get("stats") == "train" and (aug.get("mean") is None) != (aug.get("std") is None):
+            given = "mean" if aug.get("mean") is not None else "std"
+            self.add(("augmentations", given), f'augmentations.stats = "train" computes mean and std from the '
+                                               f"training split: give neither (or both, as a run's spec.toml records "
+                                               f"them), not {given} alone", related=(("augmentations", "stats"),))
 
     def run_dir_checks(self, run: dict[str, Any]) -> None:
         """``run.output_dir`` / ``run.name`` that no run directory can be made of (checked without writing)."""

@@ -205,6 +205,8 @@ class _Builder:
                 props[sec] = s
                 complete["properties"][sec] = {"properties": {
                     split: {"items": {"$ref": "#/definitions/augmentation_complete"}} for split in ("train", "val")}}
+            elif sec == "task":  # the parameters of whichever task run.task names
+                props[sec] = {"type": "object", "description": "the parameters of the task that run.task names"}
             elif sec == "data":
                 props[sec], complete["properties"][sec] = self.component(kind, cls, name_key="dataset")
             elif kind is not None:
@@ -214,6 +216,9 @@ class _Builder:
                 complete["properties"][sec] = req
             else:
                 props[sec] = self.plain(cls)
+                if sec == "run":  # run.task names a registered task
+                    props[sec]["properties"]["task"] = {"type": "string", "enum": self.names("tasks"),
+                                                        "description": "the task: what the run predicts"}
                 required = [k for k, f in section_fields(cls).items() if f.default is attrs.NOTHING]
                 if required:
                     complete["properties"][sec] = {"required": required}

@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from plugtrain.core.errors import did_you_mean
+from plugtrain.core.errors import PlugtrainError, did_you_mean
 from plugtrain.core.spec import model
 from plugtrain.core.spec.components_check import ComponentChecks, param_markers
 from plugtrain.core.spec.fields import (
@@ -80,10 +80,10 @@ class Validator:
     :class:`ComponentChecks` and, last, the whole dict to :class:`CrossRules`."""
 
     def __init__(self, registry: Any = None) -> None:
-        if registry is None:
-            from plugtrain.core.registry import get_registry
+        if registry is None:  # the catalog: what checking needs, without importing every plugin's libraries
+            from plugtrain.core.catalog import get_catalog
 
-            registry = get_registry()
+            registry = get_catalog()
         self.registry = registry
         self.problems: list[Problem] = []
         self._retired: dict[str, dict[str, str]] | None = None
@@ -135,6 +135,8 @@ class Validator:
                 self.add(path, f"[{sec}] must be a table, got {describe_value(value)}")
             elif sec == "augmentations":
                 self.augmentations(value, path)
+            elif sec == "task":
+                self.task_params(d, value, path)
             elif sec == "data":
                 self.components.component(kind, value, path, cls, name_key="dataset")
             elif kind is not None:
@@ -143,6 +145,27 @@ class Validator:
                 self.plain(cls, value, path)
         self.rules.check(d)
         return self.problems
+
+    def task_params(self, d: dict[str, Any], value: dict[str, Any], path: tuple) -> None:
+        """``[task]``: the parameters of the task ``run.task`` names (the default task when unset), checked against
+        its factory like any component's; an unknown ``run.task`` is reported where it is written."""
+        if "name" in value:
+            self.add((*path, "name"), "[task] holds the task's parameters; the task itself is named by run.task",
+                     at="key")
+            return
+        run = d.get("run") if isinstance(d.get("run"), dict) else {}
+        name = run.get("task")
+        if name is None:
+            from plugtrain.core.task import default_task_name
+
+            name = default_task_name(self.registry)
+        if not isinstance(name, str):
+            return
+        try:
+            self.registry.get("tasks", name)
+        except PlugtrainError:
+            return
+        self.components.component("tasks", {"name": name, **value}, path, model.TaskSection, name_path=("run", "task"))
 
     # -- plain sections ------------------------------------------------------------------------------------------
     def plain(self, cls: type, d: dict[str, Any], path: tuple, skip: tuple[str, ...] = ()) -> None:

@@ -5,7 +5,8 @@ One module per dataset (:mod:`.imagefolder`, :mod:`.manifest`, :mod:`.webdataset
 :mod:`.sklearn_digits`), the one image decoder (:mod:`.decode`), the split sequences (:mod:`.splits`), the
 decoded-sample cache of the file datasets (:mod:`.cache`) and the shared checks (:mod:`.common`). Every factory
 returns a :class:`plugtrain.core.data.DatasetSplits` whose splits are sequences of ``(image, target)`` with
-``image`` an ``HxWxC`` uint8 array, a ``targets`` list (no decoding) for samplers, and ``skipped`` / ``problems``
+``image`` an ``HxWxC`` uint8 array (with ``pixels = "raw"``: the values as stored, uint8, uint16 or float32, and any
+channel count), a ``targets`` list (no decoding) for samplers, and ``skipped`` / ``problems``
 describing what indexing dropped (see :class:`.splits.ImageFileSplit`). Every factory has a ``read_image``
 attribute (see the datasets hook in :mod:`plugtrain.core.hookspecs`) that reads one file as that dataset's samples
 come out, for ``plugtrain predict``.
@@ -40,7 +41,8 @@ def plugtrain_datasets():
     return [
         Component("imagefolder", imagefolder.imagefolder,
                   summary="Images in one sub-folder per class (train/val folders or a split)."),
-        Component("csv", manifest.csv_manifest, summary="Images listed in a csv manifest: path,label or path,target."),
+        Component("csv", manifest.csv_manifest,
+                  summary="Images listed in a csv manifest: path,label, path,labels (multilabel) or path,target."),
         Component("webdataset", webdataset.webdataset,
                   summary="Images in WebDataset .tar shards (paths, brace patterns, pipe: URLs), random access."),
         Component("idx", idx.idx, summary="MNIST-format IDX files (MNIST, Fashion-MNIST), raw or gzipped."),

@@ -1,6 +1,6 @@
 """The decoded-sample cache of the file datasets (``cache = "memory" | "disk"``): each image decoded once, kept as
-uint8 pixels in one file that every DataLoader worker of every local rank maps, so that from the second epoch on
-only the augmentations run.
+pixels (uint8; with ``pixels = "raw"`` their own dtype, uint16 or float32) in one file that every DataLoader
+worker of every local rank maps, so that from the second epoch on only the augmentations run.
 
 Layout
 ------
@@ -249,9 +249,12 @@ def decoder_identity(decoder: str) -> str:
     return f"{decoder};pillow={PIL.__version__};opencv={cv2.__version__}"
 
 
-def cache_key(entries: Any, n: int, channels: int, decoder: str) -> str:
+def cache_key(entries: Any, n: int, channels: Any, decoder: str, pixels: str = "") -> str:
+    """The SHA-256 that names a cache; ``pixels`` (the reader's mode and dtype, empty for 8-bit data) is part of it."""
     h = hashlib.sha256()
     h.update(f"{FORMAT}\0{decoder_identity(decoder)}\0{channels}\0{n}\0".encode())
+    if pixels:
+        h.update(f"{pixels}\0".encode())
     for e in entries:
         h.update(e.encode("utf-8", "surrogateescape"))
         h.update(b"\0")
@@ -261,15 +264,17 @@ def cache_key(entries: Any, n: int, channels: int, decoder: str) -> str:
 class DecodedCache:
     """The decoded pixels of one split, in a file shared by every process of the machine (see the module docstring).
 
-    :meth:`read` returns a fresh ``HxWxC`` uint8 array or ``None`` (not filled yet, not cacheable, or a slot whose
-    CRC does not match); :meth:`write` stores what the decoder returned. Pickled (spawned workers) without its
-    mapping, which is reopened on first use."""
+    :meth:`read` returns a fresh ``HxWxC`` array of the cache's ``dtype`` (uint8, or the dtype of raw pixels:
+    uint16, float32) or ``None`` (not filled yet, not cacheable, or a slot whose CRC does not match); :meth:`write`
+    stores what the decoder returned. Pickled (spawned workers) without its mapping, which is reopened on first
+    use."""
 
-    def __init__(self, path: str, offsets: np.ndarray, shapes: np.ndarray, mode: str) -> None:
+    def __init__(self, path: str, offsets: np.ndarray, shapes: np.ndarray, mode: str, dtype: Any = np.uint8) -> None:
         self.path, self.offsets, self.shapes, self.mode = path, offsets, shapes, mode
+        self.dtype = np.dtype(dtype)
         self.n = len(offsets)
         self.total = os.path.getsize(path)  # bytes: the CRC table and every slot
-        self._sizes = np.where(shapes[:, 0] > 0, shapes.astype(np.int64).prod(axis=1), 0)
+        self._sizes = np.where(shapes[:, 0] > 0, shapes.astype(np.int64).prod(axis=1), 0) * self.dtype.itemsize
         self._buf: np.ndarray | None = None
         self._crc: np.ndarray | None = None
         self._mm: Any = None
@@ -301,15 +306,15 @@ class DecodedCache:
             if (zlib.crc32(out) or 1) != int(stored):  # half-written (a killed writer) or being written
                 return None
             self._verified[i] = 1  # type: ignore[index]
-        return out.reshape(self.shapes[i])
+        return out.view(self.dtype).reshape(self.shapes[i])
 
     def write(self, i: int, image: np.ndarray) -> None:
         h, w, c = (int(x) for x in self.shapes[i])
-        if h <= 0 or image.dtype != np.uint8 or image.shape != (h, w, c):
-            return  # no slot, or the header said another size: this sample is decoded each time
+        if h <= 0 or image.dtype != self.dtype or image.shape != (h, w, c):
+            return  # no slot, or the header said another size or dtype: this sample is decoded each time
         if self._buf is None:
             self._open()
-        flat = np.ascontiguousarray(image).reshape(-1)
+        flat = np.ascontiguousarray(image).reshape(-1).view(np.uint8)
         start = int(self.offsets[i])
         self._buf[start:start + flat.size] = flat  # type: ignore[index]
         self._crc[i] = zlib.crc32(flat) or 1  # type: ignore[index]  # after the pixels: marks the slot complete
@@ -350,10 +355,10 @@ def _load_layout(stem: Path, key: str, n: int) -> tuple[np.ndarray, np.ndarray, 
     return offsets, shapes, total
 
 
-def _layout(shapes: np.ndarray) -> tuple[np.ndarray, int]:
+def _layout(shapes: np.ndarray, itemsize: int = 1) -> tuple[np.ndarray, int]:
     n = len(shapes)
     table = -(-4 * n // _TABLE_ALIGN) * _TABLE_ALIGN
-    sizes = np.where(shapes[:, 0] > 0, shapes.astype(np.int64).prod(axis=1), 0)
+    sizes = np.where(shapes[:, 0] > 0, shapes.astype(np.int64).prod(axis=1), 0) * itemsize
     offsets = np.empty(n, dtype=np.int64)
     offsets[0:1] = table
     if n > 1:
@@ -391,7 +396,9 @@ def open_cache(split: Any, mode: str, cache_dir: str | None, label: str, budget:
     """The cache of ``split`` (made if need be; see the module docstring).
 
     ``split`` offers ``__len__``, ``channels``, ``decoder``, ``cache_entries()`` (one identity string per sample,
-    for the key) and ``cache_shape(i)`` (``(height, width)`` from the header, or ``None``)."""
+    for the key) and ``cache_shape(i)`` (``(height, width)`` from the header, or ``None``); optionally
+    ``cache_dtype()`` (the dtype of its decoded pixels, read from a header: the slots' sizes use it; default uint8)
+    and ``pixels`` / ``npy_layout`` (the reader's mode, part of the key)."""
     from plugtrain.core import console
 
     n = len(split)
@@ -401,14 +408,16 @@ def open_cache(split: Any, mode: str, cache_dir: str | None, label: str, budget:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise error(f"cannot make the cache folder {folder}: {exc.strerror or exc}") from None
-    key = cache_key(split.cache_entries(), n, split.channels, split.decoder)
+    dtype = np.dtype(split.cache_dtype() if callable(getattr(split, "cache_dtype", None)) else np.uint8)
+    pixels = "" if getattr(split, "pixels", "uint8") == "uint8" else f"raw;{dtype.name};{split.npy_layout}"
+    key = cache_key(split.cache_entries(), n, split.channels, split.decoder, pixels)
     stem = folder / f"{label}-{key[:24]}"
     lock_existed = os.path.exists(f"{stem}.lock")
     try:
         with exclusive(Path(f"{stem}.lock")):
             try:
                 created, offsets, shapes, total = _open_or_make(split, mode, folder, stem, key, label, budget,
-                                                                announce)
+                                                                announce, dtype.itemsize)
             except BaseException:
                 if not lock_existed and not os.path.exists(f"{stem}.data"):  # held: waiters retake a new lock file
                     with contextlib.suppress(OSError):
@@ -417,7 +426,7 @@ def open_cache(split: Any, mode: str, cache_dir: str | None, label: str, budget:
     except BaseException:
         _remove_empty(made)
         raise
-    cache = DecodedCache(f"{stem}.data", offsets, shapes, mode)
+    cache = DecodedCache(f"{stem}.data", offsets, shapes, mode, dtype)
     if announce:
         uncached = int(np.count_nonzero(shapes[:, 0] <= 0))
         state = ("new: filled as the first epoch reads them" if created
@@ -428,7 +437,7 @@ def open_cache(split: Any, mode: str, cache_dir: str | None, label: str, budget:
 
 
 def _open_or_make(split: Any, mode: str, folder: Path, stem: Path, key: str, label: str, budget: int | None,
-                  announce: bool) -> tuple[bool, np.ndarray, np.ndarray, int]:
+                  announce: bool, itemsize: int = 1) -> tuple[bool, np.ndarray, np.ndarray, int]:
     """With ``<stem>.lock`` held: the cache's layout, made if need be: ``(created, offsets, shapes, total)``."""
     from plugtrain.core import console
 
@@ -439,12 +448,15 @@ def _open_or_make(split: Any, mode: str, folder: Path, stem: Path, key: str, lab
     if found is None:
         if announce and n >= 20000:
             console.echo(f"data: reading {n:,} image headers for the {label} cache...")
+        from plugtrain.plugins.datasets.decode import channel_count
+
         shapes = np.full((n, 3), -1, dtype=np.int32)
+        channels = channel_count(split.channels)
         for i in range(n):
             hw = split.cache_shape(i)
             if hw is not None:
-                shapes[i] = (hw[0], hw[1], split.channels)
-        offsets, total = _layout(shapes)
+                shapes[i] = (hw[0], hw[1], channels)
+        offsets, total = _layout(shapes, itemsize)
         _check_room(total, mode, folder, label, budget)
         _make(stem, key, shapes, offsets, total)
         created = True

@@ -15,11 +15,22 @@ def error(message: str) -> Exception:
     return PlugtrainError(message)
 
 
-def check_common(on_error: str, channels: int | None = None) -> None:
+def check_common(on_error: str, channels: Any = None, pixels: str = "uint8", npy_layout: str = "HWC") -> None:
+    """The parameters every image dataset shares: ``on_error``, ``channels`` (1 or 3 with ``pixels = "uint8"``; any
+    count or a list of channel indices with ``"raw"``), ``pixels`` and ``npy_layout``."""
+    from plugtrain.plugins.datasets.decode import NPY_LAYOUTS, PIXELS, channels_problem
+
     if on_error not in ("raise", "skip"):
         raise error(f"data.on_error must be 'raise' or 'skip', not {on_error!r}")
-    if channels is not None and channels not in (1, 3):
-        raise error(f"dataset parameter channels must be 1 or 3, not {channels!r}")
+    if pixels not in PIXELS:
+        raise error(f"dataset parameter pixels must be one of {', '.join(map(repr, PIXELS))}, not {pixels!r}"
+                    + suggest(str(pixels), list(PIXELS)))
+    if npy_layout not in NPY_LAYOUTS:
+        raise error(f"dataset parameter npy_layout must be one of {', '.join(map(repr, NPY_LAYOUTS))}, not "
+                    f"{npy_layout!r}")
+    problem = channels_problem(channels, pixels) if channels is not None else None
+    if problem:
+        raise error(f"dataset parameter {problem}")
 
 
 def check_fraction(val_fraction: float, what: str) -> None:
@@ -77,9 +88,10 @@ def fraction_split(paths: list[str], targets: list[Any], val_fraction: float, se
 
 
 def file_splits(indexed, class_names, channels, decoder, task, problems, skipped, *, cache="none", cache_dir=None,
-                cache_max_gb=None, dataset=""):
+                cache_max_gb=None, dataset="", pixels="uint8", npy_layout="HWC"):
     from plugtrain.core.data import DatasetSplits
     from plugtrain.plugins.datasets.cache import attach
+    from plugtrain.plugins.datasets.decode import channel_count
     from plugtrain.plugins.datasets.splits import ImageFileSplit
 
     splits = {
@@ -91,6 +103,8 @@ def file_splits(indexed, class_names, channels, decoder, task, problems, skipped
             task=task,
             skipped=skipped.get(name, 0),
             problems=problems.get(name, ()),
+            pixels=pixels,
+            npy_layout=npy_layout,
         )
         for name, (paths, targets) in indexed.items()
     }
@@ -100,7 +114,7 @@ def file_splits(indexed, class_names, channels, decoder, task, problems, skipped
         val=splits["val"],
         test=splits.get("test"),
         class_names=list(class_names),
-        in_chans=channels,
+        in_chans=channel_count(channels),
         task=task,
     )
 
@@ -116,3 +130,16 @@ def param(factory: Callable[..., Any], params: Mapping[str, Any] | None, name: s
     if params and name in params:
         return params[name]
     return inspect.signature(factory).parameters[name].default
+
+
+def read_as(factory: Callable[..., Any], path: Any, in_chans: int, params: Mapping[str, Any] | None,
+            decoder: str | None = None) -> Any:
+    """One image file read as ``factory``'s samples come out (``read_image`` of the file datasets, for ``predict``):
+    its ``decoder``, and with ``pixels = "raw"`` its ``channels`` and ``npy_layout``."""
+    from plugtrain.plugins.datasets.decode import read_image_file
+
+    decoder = decoder or param(factory, params, "decoder") or "pil"
+    if param(factory, params, "pixels") != "raw":
+        return read_image_file(path, in_chans, decoder)
+    channels = param(factory, params, "channels") or in_chans
+    return read_image_file(path, channels, decoder, "raw", param(factory, params, "npy_layout"))

@@ -77,12 +77,26 @@ def read_idx(path: str) -> Any:
         raise error(f"cannot read IDX file '{path}': {exc}") from None
 
 
+def _check_raw(path: str, images: Any, channels: Any) -> None:
+    """With ``pixels = "raw"``: numeric images of shape (N, H, W) or (N, H, W, C) that have the channels asked for."""
+    shape = tuple(images.shape)
+    if len(shape) not in (3, 4) or images.dtype.kind not in "uif":
+        raise error(f"IDX file '{path}' holds {images.dtype} data of shape {shape}; images must be numbers of shape "
+                    "(N, H, W) or (N, H, W, C)")
+    have = shape[3] if len(shape) == 4 else 1
+    if isinstance(channels, list) and max(channels) >= have:
+        raise error(f"IDX file '{path}' has {have} channel(s); channels = {channels} asks for index {max(channels)}")
+    if not isinstance(channels, list) and channels != have:
+        raise error(f"IDX file '{path}' has {have} channel(s) but the dataset's channels = {channels}")
+
+
 def idx(
     root: str,
     val_split: Literal["fraction", "test"] = "fraction",
     val_fraction: float = 0.2,
     class_names: list[str] | Literal["digits", "fashion"] | None = None,
-    channels: Literal[1, 3] = 1,
+    channels: int | list[int] = 1,
+    pixels: Literal["uint8", "raw"] = "uint8",
     train_images: str = "train-images-idx3-ubyte",
     train_labels: str = "train-labels-idx1-ubyte",
     test_images: str = "t10k-images-idx3-ubyte",
@@ -97,7 +111,9 @@ def idx(
     ``val_fraction`` of the training files (stratified, with the run's seed; the ``t10k`` files, when present, become
     the test split) or, with ``val_split = "test"``, the ``t10k`` files. ``class_names``: a list, ``"digits"``
     (``0``..``9``), ``"fashion"`` (Fashion-MNIST's names), or by default ``"0"`` up to the largest label.
-    ``channels = 3`` repeats the gray channel.
+    ``channels = 3`` repeats the gray channel. ``pixels = "raw"`` keeps the values as stored (any IDX type: 8/16-bit
+    integers, floats; signed and 32-bit integers and float64 become float32) and the channels as stored: ``channels``
+    is then the count of the images (1 for ``(N, H, W)``, ``C`` for ``(N, H, W, C)``) or a list of the indices to keep.
 
     A label outside the class names: ``on_error = "raise"`` stops naming the file and index, ``"skip"`` drops it
     and counts it in the split's ``skipped``.
@@ -105,9 +121,10 @@ def idx(
     import numpy as np
 
     from plugtrain.core.data import DatasetSplits
+    from plugtrain.plugins.datasets.decode import channel_count
     from plugtrain.plugins.datasets.splits import ArraySplit, split_indices
 
-    check_common(on_error, channels)
+    check_common(on_error, channels, pixels)
     if val_split not in ("fraction", "test"):
         raise error(f"idx dataset: val_split must be 'fraction' or 'test', not {val_split!r}")
     if val_split == "fraction":
@@ -125,12 +142,14 @@ def idx(
                 )
             return None
         images = read_idx(images_path)
-        if images.dtype != np.uint8 or len(images.shape) not in (3, 4):
+        if pixels == "raw":
+            _check_raw(images_path, images, channels)
+        elif images.dtype != np.uint8 or len(images.shape) not in (3, 4):
             raise error(
                 f"IDX file '{images_path}' holds {images.dtype} data of shape {images.shape}; images must be "
                 "unsigned bytes of shape (N, H, W) or (N, H, W, C)"
             )
-        if len(images.shape) == 4 and images.shape[3] not in (1, 3):
+        if pixels != "raw" and len(images.shape) == 4 and images.shape[3] not in (1, 3):
             raise error(f"IDX file '{images_path}' has {images.shape[3]} channels; 1 or 3 expected")
         labels = np.asarray(read_idx(labels_path)[:])
         if labels.ndim != 1 or labels.dtype.kind not in "iu":
@@ -177,13 +196,14 @@ def idx(
         val_keep, val_skipped, val_problems = valid(test, "val")
         tr_idx = train_keep
         val_part = ArraySplit(
-            test[0], test[1], val_keep, channels=channels, skipped=val_skipped, problems=val_problems, source=test[2]
+            test[0], test[1], val_keep, channels=channels, pixels=pixels, skipped=val_skipped, problems=val_problems,
+            source=test[2],
         )
         test_split = None
     else:
         tr, va = split_indices(train[1][train_keep], val_fraction, seed)
         tr_idx = train_keep[tr]
-        val_part = ArraySplit(train[0], train[1], train_keep[va], channels=channels, source=train[2])
+        val_part = ArraySplit(train[0], train[1], train_keep[va], channels=channels, pixels=pixels, source=train[2])
         test_split = None
         if test is not None:
             test_keep, test_skipped, test_problems = valid(test, "test")
@@ -191,18 +211,20 @@ def idx(
                 test[0],
                 test[1],
                 test_keep,
-                channels=channels,
+                channels=channels, pixels=pixels,
                 skipped=test_skipped,
                 problems=test_problems,
                 source=test[2],
             )
     train_split = ArraySplit(
-        train[0], train[1], tr_idx, channels=channels, skipped=train_skipped, problems=train_problems, source=train[2]
+        train[0], train[1], tr_idx, channels=channels, pixels=pixels, skipped=train_skipped, problems=train_problems,
+        source=train[2],
     )
     for split, name in ((train_split, "train"), (val_part, "val")):
         if len(split) == 0:
             raise error(f"idx dataset '{root}': no usable samples for the {name} split")
-    return DatasetSplits(train=train_split, val=val_part, test=test_split, class_names=names, in_chans=channels)
+    return DatasetSplits(train=train_split, val=val_part, test=test_split, class_names=names,
+                         in_chans=channel_count(channels), task="classification")
 
 
 def read_image(path: str | os.PathLike[str], *, in_chans: int, params: Mapping[str, Any] | None = None) -> Any:
@@ -210,9 +232,12 @@ def read_image(path: str | os.PathLike[str], *, in_chans: int, params: Mapping[s
     the dataset's conversion to ``in_chans`` channels (grey repeated, or colour reduced to luma)."""
     import numpy as np
 
+    from plugtrain.plugins.datasets.common import param
     from plugtrain.plugins.datasets.decode import read_image_file
     from plugtrain.plugins.datasets.splits import convert_channels
 
+    if param(idx, params, "pixels") == "raw":
+        return read_image_file(path, param(idx, params, "channels"), "pil", "raw")
     image = read_image_file(path, 3)
     if np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2]):
         image = np.ascontiguousarray(image[..., :1])

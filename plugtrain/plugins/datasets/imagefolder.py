@@ -13,7 +13,7 @@ from plugtrain.plugins.datasets.common import (
     existing_dir,
     file_splits,
     fraction_split,
-    param,
+    read_as,
     require_samples,
     subdirs,
 )
@@ -24,7 +24,9 @@ _VAL_FOLDERS = ("val", "valid", "validation")
 def imagefolder(
     root: str,
     val_fraction: float = 0.2,
-    channels: Literal[1, 3] = 3,
+    channels: int | list[int] = 3,
+    pixels: Literal["uint8", "raw"] = "uint8",
+    npy_layout: Literal["HWC", "CHW"] = "HWC",
     extensions: list[str] | None = None,
     decoder: Literal["pil", "cv2"] = "pil",
     cache: Literal["none", "memory", "disk"] = "none",
@@ -43,6 +45,11 @@ def imagefolder(
     tiff, case-insensitive); hidden files are ignored.
 
     ``channels``: 3 (RGB; grayscale images are converted) or 1 (grayscale; colour images are converted).
+    ``pixels``: ``"uint8"`` (default: every image converted to 8-bit grey or RGB as ``channels`` says) or ``"raw"``
+    (pixels as stored: 8/16-bit integer or float32, any channel count; multi-page and multi-channel TIFF, ``.npy``
+    arrays laid out as ``npy_layout`` says, ``HWC`` or ``CHW``); ``channels`` is then the count every image must have,
+    or a list of the channel indices to keep, in order (``[0, 2, 3]``). Raw images must all share one dtype and
+    channel count (the pre-flight reads the headers and names the first file that differs).
     ``decoder``: ``pil`` (strict: truncated files are errors; complete 8-bit PNGs are read by OpenCV, bit-identical)
     or ``cv2`` (OpenCV for every format: faster, but truncated files decode partially).
 
@@ -57,12 +64,13 @@ def imagefolder(
     :mod:`plugtrain.plugins.datasets.cache`.
     """
     from plugtrain.plugins.datasets.cache import check_params
-    from plugtrain.plugins.datasets.decode import IMAGE_EXTENSIONS, iter_image_files
+    from plugtrain.plugins.datasets.decode import IMAGE_EXTENSIONS, RAW_EXTENSIONS, iter_image_files
 
-    check_common(on_error, channels)
+    check_common(on_error, channels, pixels, npy_layout)
     check_params(cache, cache_dir, cache_max_gb)
     root = existing_dir(root, "dataset root")
-    exts = tuple(e if e.startswith(".") else "." + e for e in (extensions or IMAGE_EXTENSIONS))
+    default_exts = RAW_EXTENSIONS if pixels == "raw" else IMAGE_EXTENSIONS
+    exts = tuple(e if e.startswith(".") else "." + e for e in (extensions or default_exts))
     top = subdirs(root)
 
     if "train" in top:
@@ -128,14 +136,16 @@ def imagefolder(
     for name in ("train", "val"):
         require_samples(indexed[name][0], split_dirs.get(name, root), name)
     return file_splits(indexed, class_names, channels, decoder, "classification", {"train": problems}, {},
-                       cache=cache, cache_dir=cache_dir, cache_max_gb=cache_max_gb, dataset="imagefolder")
+                       cache=cache, cache_dir=cache_dir, cache_max_gb=cache_max_gb, dataset="imagefolder",
+                       pixels=pixels, npy_layout=npy_layout)
 
 
 def read_image(path: str | os.PathLike[str], *, in_chans: int, params: Mapping[str, Any] | None = None) -> Any:
-    """One image file as this dataset's samples come out: the strict decoder of its ``decoder`` parameter."""
-    from plugtrain.plugins.datasets.decode import read_image_file
+    """One image file as this dataset's samples come out: its decoder, its pixels mode and channels.
 
-    return read_image_file(path, in_chans, param(imagefolder, params, "decoder"))
+    ``decoder``: the strict decoder of that parameter; with ``pixels = "raw"`` the pixels as stored (its ``channels``
+    and ``npy_layout``)."""
+    return read_as(imagefolder, path, in_chans, params)
 
 
 imagefolder.read_image = read_image

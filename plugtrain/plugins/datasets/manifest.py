@@ -1,4 +1,4 @@
-"""``csv``: images listed in a csv manifest (``path,label`` or ``path,target``)."""
+"""``csv``: images listed in a csv manifest (``path,label``, ``path,labels`` or ``path,target``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from plugtrain.plugins.datasets.common import (
     existing_file,
     file_splits,
     fraction_split,
-    param,
+    read_as,
     require_samples,
     suggest,
 )
@@ -41,12 +41,19 @@ def _read_manifest(csv_path: str, root: str | None, task: str, target_columns: l
             header = [h.strip() for h in header]
             if "path" not in header:
                 raise error(
-                    f"{csv_path}:1: the header needs a 'path' column and a 'label' column (classification) or target "
-                    f"column(s) (regression); found: {', '.join(header) or '(nothing)'}"
+                    f"{csv_path}:1: the header needs a 'path' column and a 'label' column (classification), a "
+                    f"'labels' column (multilabel) or target column(s) (regression); found: "
+                    f"{', '.join(header) or '(nothing)'}"
                 )
             if task == "auto":
-                task = "classification" if "label" in header else "regression"
-            if task == "classification":
+                task = "classification" if "label" in header else "multilabel" if "labels" in header else "regression"
+            if task == "multilabel":
+                if "labels" not in header:
+                    raise error(
+                        f"{csv_path}:1: a multilabel manifest needs a 'labels' column; found: {', '.join(header)}"
+                    )
+                columns = ["labels"]
+            elif task == "classification":
                 if "label" not in header:
                     raise error(
                         f"{csv_path}:1: a classification manifest needs a 'label' column; found: {', '.join(header)}"
@@ -98,11 +105,14 @@ def csv_manifest(
     test_csv: str | None = None,
     val_fraction: float = 0.2,
     root: str | None = None,
-    task: Literal["auto", "classification", "regression"] = "auto",
+    task: Literal["auto", "classification", "multilabel", "regression"] = "auto",
+    separator: str = ";",
     target_columns: list[str] | None = None,
     num_classes: int | None = None,
     class_names: list[str] | None = None,
-    channels: Literal[1, 3] = 3,
+    channels: int | list[int] = 3,
+    pixels: Literal["uint8", "raw"] = "uint8",
+    npy_layout: Literal["HWC", "CHW"] = "HWC",
     check_files: bool = True,
     decoder: Literal["pil", "cv2"] = "pil",
     cache: Literal["none", "memory", "disk"] = "none",
@@ -111,7 +121,8 @@ def csv_manifest(
     seed: int = 0,
     on_error: str = "raise",
 ):
-    """Images listed in a csv manifest: a header ``path,label`` (classification) or ``path,target`` (regression).
+    """Images listed in a csv manifest: a header ``path,label`` (classification), ``path,labels`` (multilabel) or
+    ``path,target`` (regression).
 
     ``path`` is relative to the manifest's folder (or to ``root`` when given), or absolute. ``task = "auto"`` reads a
     ``label`` column as classification and otherwise every other column (or ``target_columns``) as float regression
@@ -122,8 +133,12 @@ def csv_manifest(
     to ``"0"``, ``"1"``, ...) or class names (``class_names`` defaults to the distinct names of all manifests,
     sorted). With ``class_names`` given, labels are names from it or indices into it.
 
-    Validation comes from ``val_csv``, or else ``val_fraction`` of ``csv`` (stratified for classification) with the
-    run's seed; ``test_csv`` is optional.
+    Multilabel (a ``labels`` column): each row's labels are class names (or, with ``class_names`` given, names or
+    indices into it) joined by ``separator`` (``"cat;dog"``; an empty cell: none of the classes); the class names
+    default to the sorted union of all manifests' labels. Targets are multi-hot float vectors, one value per class.
+
+    Validation comes from ``val_csv``, or else ``val_fraction`` of ``csv`` (stratified for classification, random
+    otherwise) with the run's seed; ``test_csv`` is optional.
 
     Bad rows (a file that does not exist when ``check_files``, a label out of range or not a number, a row with the
     wrong number of fields): ``on_error = "raise"`` stops with the ``csv:line`` and the path; ``"skip"`` drops them
@@ -141,10 +156,12 @@ def csv_manifest(
 
     from plugtrain.plugins.datasets.cache import check_params
 
-    check_common(on_error, channels)
+    check_common(on_error, channels, pixels, npy_layout)  # pixels, npy_layout: as imagefolder's
     check_params(cache, cache_dir, cache_max_gb)
-    if task not in ("auto", "classification", "regression"):
-        raise error(f"csv dataset: task must be 'auto', 'classification' or 'regression', not {task!r}")
+    if task not in ("auto", "classification", "multilabel", "regression"):
+        raise error(f"csv dataset: task must be 'auto', 'classification', 'multilabel' or 'regression', not {task!r}")
+    if not isinstance(separator, str) or not separator or separator.isspace() or separator == ",":
+        raise error(f"csv dataset: separator must be a character other than ',' and white space, not {separator!r}")
     if num_classes is not None and (
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     ):
@@ -198,6 +215,8 @@ def csv_manifest(
             if not 0 <= index < len(names):
                 return None, f"label {index} out of range: {len(names)} classes (0..{len(names) - 1})"
             return index, ""
+    elif task == "multilabel":
+        names, parse = _multilabel_parser(read, separator, class_names, num_classes, csv)
     else:
         names = list(columns)
 
@@ -246,7 +265,41 @@ def csv_manifest(
         indexed.update(fraction_split(paths, targets, val_fraction, seed, stratify=task == "classification"))
         require_samples(indexed["val"][0], csv, "val")
     return file_splits(indexed, names, channels, decoder, task, problems, skipped, cache=cache, cache_dir=cache_dir,
-                       cache_max_gb=cache_max_gb, dataset="csv")
+                       cache_max_gb=cache_max_gb, dataset="csv", pixels=pixels, npy_layout=npy_layout)
+
+
+def _multilabel_parser(read: dict[str, Any], separator: str, class_names: list[str] | None, num_classes: int | None,
+                       csv: str) -> tuple[list[str], Any]:
+    """The class names of a multilabel manifest and the parser of one row's ``labels`` cell to a multi-hot list."""
+    def split(cell: str) -> list[str]:
+        return [part.strip() for part in cell.split(separator) if part.strip()]
+
+    if class_names is not None:
+        names = [str(c) for c in class_names]
+    else:
+        names = sorted({label for rows, _ in read.values() for r in rows for label in split(r.values[0])})
+        if num_classes is not None and len(names) != num_classes:
+            raise error(f"csv manifest '{csv}': the labels hold {len(names)} class names but num_classes = "
+                        f"{num_classes}")
+        if not names:
+            raise error(f"csv manifest '{csv}': no row has a label (the 'labels' column is empty everywhere)")
+    by_name = {n: i for i, n in enumerate(names)}
+    by_index = class_names is not None
+
+    def parse(values: list[str]) -> tuple[Any, str]:
+        hot = [0.0] * len(names)
+        for label in split(values[0]):
+            index = by_name.get(label)
+            if index is None and by_index and _as_int(label) is not None:
+                index = _as_int(label)
+                if not 0 <= index < len(names):
+                    return None, f"label {index} out of range: {len(names)} classes (0..{len(names) - 1})"
+            if index is None:
+                return None, f"unknown class name {label!r}." + suggest(label, names)
+            hot[index] = 1.0
+        return hot, ""
+
+    return names, parse
 
 
 def _line_key(where: str) -> tuple[str, int]:
@@ -255,10 +308,8 @@ def _line_key(where: str) -> tuple[str, int]:
 
 
 def read_image(path: str | os.PathLike[str], *, in_chans: int, params: Mapping[str, Any] | None = None) -> Any:
-    """One image file as this dataset's samples come out: the strict decoder of its ``decoder`` parameter."""
-    from plugtrain.plugins.datasets.decode import read_image_file
-
-    return read_image_file(path, in_chans, param(csv_manifest, params, "decoder"))
+    """One image file as this dataset's samples come out: its decoder, its pixels mode and channels."""
+    return read_as(csv_manifest, path, in_chans, params)
 
 
 csv_manifest.read_image = read_image

@@ -47,7 +47,8 @@ def sklearn_digits(val_fraction: float = 0.2, upscale: int = 4, target: Literal[
     if target == "value":
         return DatasetSplits(train=_FloatTargets(train), val=_FloatTargets(val), class_names=["digit"], in_chans=1,
                              task="regression")
-    return DatasetSplits(train=train, val=val, class_names=[str(d) for d in range(10)], in_chans=1)
+    return DatasetSplits(train=train, val=val, class_names=[str(d) for d in range(10)], in_chans=1,
+                         task="classification")
 
 
 class _FloatTargets:

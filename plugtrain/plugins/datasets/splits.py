@@ -88,7 +88,7 @@ class _SplitBase:
 
 
 def _targets_array(targets: Any, task: str) -> np.ndarray:
-    if task == "regression":
+    if task in ("regression", "multilabel"):  # float vectors (multi-label: multi-hot)
         arr = np.asarray(targets, dtype=np.float32)
         return arr.reshape(len(arr), -1) if arr.ndim != 2 else arr
     return np.asarray(targets, dtype=np.int64).reshape(-1)
@@ -129,17 +129,20 @@ class ImageFileSplit(_SplitBase):
         task: str = "classification",
         skipped: int = 0,
         problems: Iterable[tuple[str, str]] = (),
+        pixels: str = "uint8",
+        npy_layout: str = "HWC",
     ) -> None:
         self._paths = paths if isinstance(paths, PathTable) else PathTable(paths)
         self._targets = targets if isinstance(targets, np.ndarray) else _targets_array(targets, task)
         if len(self._targets) != len(self._paths):
             raise ValueError(f"{len(self._paths)} paths but {len(self._targets)} targets")
-        self._vector = self._targets.ndim == 2 and self._targets.shape[1] > 1
+        self._vector = self._targets.ndim == 2 and (self._targets.shape[1] > 1 or task == "multilabel")
         self.channels = channels
         self.decoder = decoder
         self.task = task
         self.skipped = skipped
         self.problems = list(problems)
+        self.pixels, self.npy_layout = pixels, npy_layout  # "raw": pixels as stored (any dtype and channel count)
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -149,7 +152,7 @@ class ImageFileSplit(_SplitBase):
         cache = self.cache
         image = cache.read(i) if cache is not None else None
         if image is None:
-            image = decode_image(self._paths[i], self.channels, self.decoder)
+            image = decode_image(self._paths[i], self.channels, self.decoder, self.pixels, self.npy_layout)
             if cache is not None:
                 cache.write(i, image)
         return image, _target_at(self._targets, i, self._vector)
@@ -165,7 +168,20 @@ class ImageFileSplit(_SplitBase):
 
     def cache_shape(self, i: int) -> tuple[int, int] | None:
         """``(height, width)`` of sample ``i`` from its file's header (the cache's layout), or None."""
+        if self.pixels == "raw":
+            from plugtrain.plugins.datasets.decode import raw_size
+
+            return raw_size(self._paths[i], self.npy_layout)
         return image_size(self._paths[i])
+
+    def cache_dtype(self) -> str:
+        """The dtype of the decoded pixels (the cache's slots): uint8, or with raw pixels the first readable file's."""
+        if self.pixels == "raw":
+            for i in range(min(len(self), 16)):
+                fmt = self.pixel_format(i)
+                if fmt is not None:
+                    return fmt[0]
+        return "uint8"
 
     def path(self, i: int) -> str:
         """The file of sample ``i`` (for messages)."""
@@ -190,7 +206,18 @@ class ImageFileSplit(_SplitBase):
             task=self.task,
             skipped=self.skipped,
             problems=self.problems,
+            pixels=self.pixels,
+            npy_layout=self.npy_layout,
         )
+
+    def pixel_format(self, i: int) -> tuple[str, int] | None:
+        """``(dtype, channels)`` of sample ``i`` as decoded, from its file's header (None: unknown without decoding;
+        8-bit samples are always ``uint8`` of ``channels``)."""
+        if self.pixels != "raw":
+            return "uint8", int(self.channels)
+        from plugtrain.plugins.datasets.decode import raw_format
+
+        return raw_format(self._paths[i], self.npy_layout)
 
     def __repr__(self) -> str:
         cached = f", cache={self.cache.mode}" if self.cache is not None else ""
@@ -236,10 +263,11 @@ class ArraySplit(_SplitBase):
         targets: Any,
         indices: Iterable[int] | None = None,
         *,
-        channels: int | None = None,
+        channels: int | list[int] | None = None,
         skipped: int = 0,
         problems: Iterable[tuple[str, str]] = (),
         source: str = "",
+        pixels: str = "uint8",
     ) -> None:
         self._images = images
         self._all_targets = np.asarray(targets, dtype=np.int64).reshape(-1)
@@ -252,12 +280,19 @@ class ArraySplit(_SplitBase):
         self.skipped = skipped
         self.problems = list(problems)
         self.source = source
+        self.pixels = pixels  # "raw": values and channels as stored (decode.as_raw_dtype, decode.select_channels)
 
     def __len__(self) -> int:
         return len(self._indices)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         j = int(self._indices[_normalise_index(i, len(self._indices))])
+        if self.pixels == "raw":
+            from plugtrain.plugins.datasets.decode import as_raw_dtype, select_channels
+
+            where = f"{self.source}[{j}]"
+            image = select_channels(as_raw_dtype(np.array(self._images[j], copy=True), where), self.channels, where)
+            return image, int(self._all_targets[j])
         image = np.array(self._images[j], dtype=np.uint8, copy=True)
         return convert_channels(image, self.channels), int(self._all_targets[j])
 
@@ -274,6 +309,7 @@ class ArraySplit(_SplitBase):
             skipped=self.skipped,
             problems=self.problems,
             source=self.source,
+            pixels=self.pixels,
         )
 
     def __repr__(self) -> str:

@@ -40,8 +40,9 @@ Samples
 The image is the first member whose extension is one of png, jpg, jpeg, bmp, webp, tif, tiff (or ``image_key``,
 e.g. ``"jpg"`` or ``"jpg;png"``), decoded by the same decoder as ``imagefolder``
 (:func:`~plugtrain.plugins.datasets.decode.decode_bytes`: bitwise the pixels of the file it came from). The target
-is the ``.cls`` member (a class index, ASCII) for classification, the ``.target`` member (a JSON number or list of
-numbers) for regression (``label_key`` names another). Class names, task, channels and decoder default to what
+is the ``.cls`` member (a class index, ASCII) for classification, the ``.json`` member (a JSON list of the sample's
+class indices or names, ``[1, 4]``) for multilabel, the ``.target`` member (a JSON number or list of numbers) for
+regression (``label_key`` names another). Class names, task, channels and decoder default to what
 ``plugtrain-shards.json`` beside the first shard says, else ``"0"``, ``"1"``, ... (the largest index + 1),
 classification, 3 and ``pil``.
 """
@@ -61,8 +62,8 @@ from typing import Any, Literal
 import numpy as np
 
 from plugtrain.core.atomic import atomic_open
-from plugtrain.plugins.datasets.common import check_common, check_fraction, error, param
-from plugtrain.plugins.datasets.decode import IMAGE_EXTENSIONS, decode_bytes
+from plugtrain.plugins.datasets.common import check_common, check_fraction, error, param, read_as
+from plugtrain.plugins.datasets.decode import IMAGE_EXTENSIONS, channel_count, decode_bytes
 from plugtrain.plugins.datasets.splits import (
     PathTable,
     _normalise_index,
@@ -438,8 +439,9 @@ class ShardSplit(_SplitBase):
     def __init__(self, shards: list[str], names: list[str], shard: np.ndarray, offset: np.ndarray, size: np.ndarray,
                  ext: np.ndarray, ext_names: tuple[str, ...], keys: PathTable, targets: Any, *, channels: int = 3,
                  decoder: str = "pil", task: str = "classification", skipped: int = 0,
-                 problems: Iterable[tuple[str, str]] = ()) -> None:
+                 problems: Iterable[tuple[str, str]] = (), pixels: str = "uint8", npy_layout: str = "HWC") -> None:
         self.shards, self.names = list(shards), list(names)
+        self.pixels, self.npy_layout = pixels, npy_layout  # as imagefolder's (decode.decode_bytes)
         self._shard = np.asarray(shard, dtype=np.int32)
         self._offset = np.asarray(offset, dtype=np.int64)
         self._size = np.asarray(size, dtype=np.int64)
@@ -447,7 +449,7 @@ class ShardSplit(_SplitBase):
         self.ext_names = tuple(ext_names)
         self._keys = keys
         self._targets = targets if isinstance(targets, np.ndarray) else _targets_array(targets, task)
-        self._vector = self._targets.ndim == 2 and self._targets.shape[1] > 1
+        self._vector = self._targets.ndim == 2 and (self._targets.shape[1] > 1 or task == "multilabel")
         self.channels, self.decoder, self.task = channels, decoder, task
         self.skipped, self.problems = skipped, list(problems)
         self._fds: dict[int, int] = {}
@@ -489,7 +491,8 @@ class ShardSplit(_SplitBase):
         cache = self.cache
         image = cache.read(i) if cache is not None else None
         if image is None:
-            image = decode_bytes(self._read(i), self.path(i), self.channels, self.decoder)
+            image = decode_bytes(self._read(i), self.path(i), self.channels, self.decoder, self.pixels,
+                                 self.npy_layout)
             if cache is not None:
                 cache.write(i, image)
         return image, _target_at(self._targets, i, self._vector)
@@ -511,7 +514,7 @@ class ShardSplit(_SplitBase):
         return ShardSplit(self.shards, self.names, self._shard[idx], self._offset[idx], self._size[idx],
                           self._ext[idx], self.ext_names, self._keys.take(idx), self._targets[idx],
                           channels=self.channels, decoder=self.decoder, task=self.task, skipped=self.skipped,
-                          problems=self.problems)
+                          problems=self.problems, pixels=self.pixels, npy_layout=self.npy_layout)
 
     # the decoded-sample cache (plugtrain.plugins.datasets.cache)
     def cache_entries(self) -> Iterator[str]:
@@ -594,6 +597,15 @@ def _resolve(shards: Any, val_shards: Any, test_shards: Any) -> tuple[dict[str, 
 
 def _parse_target(data: bytes, task: str) -> tuple[Any, str]:
     text = data.decode("utf-8", "replace").strip()
+    if task == "multilabel":  # class indices or names; made multi-hot once the class names are known
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if not isinstance(value, list) or not all(
+                isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)) for v in value):
+            return None, f"labels {text[:40]!r} are not a JSON list of class indices or names"
+        return value, ""
     if task == "classification":
         try:
             return int(text), ""
@@ -668,10 +680,12 @@ def webdataset(
     test_shards: str | list[str] | None = None,
     val_fraction: float = 0.2,
     class_names: list[str] | None = None,
-    task: Literal["auto", "classification", "regression"] = "auto",
+    task: Literal["auto", "classification", "multilabel", "regression"] = "auto",
     image_key: str | None = None,
     label_key: str | None = None,
-    channels: Literal[1, 3] | None = None,
+    channels: int | list[int] | None = None,
+    pixels: Literal["uint8", "raw"] | None = None,
+    npy_layout: Literal["HWC", "CHW"] = "HWC",
     decoder: Literal["pil", "cv2"] | None = None,
     cache: Literal["none", "memory", "disk"] = "none",
     cache_dir: str | None = None,
@@ -686,8 +700,9 @@ def webdataset(
     ``plugtrain shards``: then its val/test splits too); ``val_shards`` / ``test_shards``: those splits' shards;
     without validation shards ``val_fraction`` of the train samples is held out (stratified, the run's seed).
     Per sample: the image is the first member with an image extension (or ``image_key``: ``"jpg"``,
-    ``"jpg;png"``), the target the ``.cls`` member (classification, a class index) or ``.target`` (regression, a
-    JSON number or list; ``label_key`` names another). ``class_names``, ``task``, ``channels`` and ``decoder``
+    ``"jpg;png"``), the target the ``.cls`` member (classification, a class index), ``.json`` (multilabel, a JSON
+    list of class indices or names: a multi-hot target) or ``.target`` (regression, a JSON number or list;
+    ``label_key`` names another). ``class_names``, ``task``, ``channels`` and ``decoder``
     default to the ``plugtrain-shards.json`` beside the first shard, else ``"0"``.. (the largest index + 1),
     classification, 3, ``pil``.
 
@@ -704,25 +719,28 @@ def webdataset(
     from plugtrain.core.data import DatasetSplits
     from plugtrain.plugins.datasets.cache import attach, check_params, default_cache_root
 
-    check_common(on_error, channels)
+    check_common(on_error)  # channels and pixels: below, with the shards' metadata
     check_params(cache, cache_dir, cache_max_gb)
     if decoder is not None and decoder not in ("pil", "cv2"):
         raise error(f"webdataset: decoder must be 'pil' or 'cv2', not {decoder!r}")
-    if task not in ("auto", "classification", "regression"):
-        raise error(f"webdataset: task must be 'auto', 'classification' or 'regression', not {task!r}")
+    if task not in ("auto", *_TASKS):
+        raise error(f"webdataset: task must be 'auto', 'classification', 'multilabel' or 'regression', not {task!r}")
     names, meta = _resolve(shards, val_shards, test_shards)
     meta = meta or {}
     if task == "auto":
         task = meta.get("task") or "classification"
-    if task not in ("classification", "regression"):
-        raise error(f"webdataset: task {task!r} of {META_NAME} is not 'classification' or 'regression'")
-    channels = channels or int(meta.get("channels") or 3)
+    if task not in _TASKS:
+        raise error(f"webdataset: task {task!r} of {META_NAME} is not 'classification', 'multilabel' or "
+                    "'regression'")
+    channels = channels or meta.get("channels") or 3
+    pixels = pixels or meta.get("pixels") or "uint8"  # pixels, npy_layout: as imagefolder's
     decoder = decoder or meta.get("decoder") or "pil"
-    check_common(on_error, channels)
+    check_common(on_error, channels, pixels, npy_layout)
     if class_names is None and meta.get("class_names"):
         class_names = [str(c) for c in meta["class_names"]]
-    image_exts = tuple(e.strip().lower().lstrip(".") for e in image_key.split(";")) if image_key else _IMAGE_EXTS
-    label_ext = (label_key or ("cls" if task == "classification" else "target")).lower().lstrip(".")
+    image_exts = (tuple(e.strip().lower().lstrip(".") for e in image_key.split(";")) if image_key
+                  else _IMAGE_EXTS + (("npy",) if pixels == "raw" else ()))
+    label_ext = (label_key or _LABEL_EXT[task]).lower().lstrip(".")
     if "val" not in names:
         check_fraction(val_fraction, "webdataset")
     fetch_dir = (Path(os.path.expanduser(cache_dir)) if cache_dir else default_cache_root()) / "shards"
@@ -745,6 +763,8 @@ def webdataset(
                 faults[split].append((f"{ix['names'][ix['shard'][j]]}:{ix['keys'][j]}", ix["keys"][j],
                                       f"label {ix['targets'][j]} out of range: {n} classes (0..{n - 1})"))
             _drop(ix, bad)
+    elif task == "multilabel":
+        class_names = _multi_hot(indexed, faults, class_names)
     else:
         widths = {len(t) for ix in indexed.values() for t in ix["targets"]}
         if len(widths) > 1:
@@ -768,7 +788,8 @@ def webdataset(
         splits[split] = ShardSplit(ix["shards"], ix["names"], np.asarray(ix["shard"]), np.asarray(ix["offset"]),
                                    np.asarray(ix["size"]), np.asarray(ix["ext"]), ix["ext_names"],
                                    PathTable(ix["keys"]), ix["targets"], channels=channels, decoder=decoder,
-                                   task=task, skipped=len(bad), problems=[(w, r) for w, _, r in bad])
+                                   task=task, skipped=len(bad), problems=[(w, r) for w, _, r in bad],
+                                   pixels=pixels, npy_layout=npy_layout)
     if "val" not in splits:
         train = splits["train"]
         stratify = task == "classification"
@@ -781,7 +802,46 @@ def webdataset(
         splits["val"].skipped, splits["val"].problems = 0, []
     attach(splits, cache, cache_dir, cache_max_gb, "webdataset")
     return DatasetSplits(train=splits["train"], val=splits["val"], test=splits.get("test"),
-                         class_names=list(class_names), in_chans=channels, task=task)
+                         class_names=list(class_names), in_chans=channel_count(channels), task=task)
+
+
+#: The target kinds the shards can hold, and the member each reads its target from by default.
+_LABEL_EXT = {"classification": "cls", "multilabel": "json", "regression": "target"}
+_TASKS = tuple(_LABEL_EXT)
+
+
+def _multi_hot(indexed: dict[str, dict[str, Any]], faults: dict[str, list[tuple[str, str, str]]],
+               class_names: list[str] | None) -> list[str]:
+    """Multilabel targets (lists of class indices or names) made multi-hot in place; the class names (given, else
+    the sorted names of the labels, else ``"0"``.. up to the largest index); a label out of range or unknown is a
+    fault of its sample."""
+    from plugtrain.core.errors import did_you_mean
+
+    labels = [v for ix in indexed.values() for t in ix["targets"] for v in t]
+    if class_names is None:
+        if any(isinstance(v, str) for v in labels):
+            class_names = sorted({str(v) for v in labels})
+        else:
+            class_names = [str(i) for i in range(max(labels, default=-1) + 1)]
+    by_name = {n: i for i, n in enumerate(class_names)}
+    n = len(class_names)
+    for split, ix in indexed.items():
+        bad, hot = [], []
+        for j, t in enumerate(ix["targets"]):
+            row = np.zeros(n, dtype=np.float32)
+            for v in t:
+                k = by_name.get(v, -1) if isinstance(v, str) else v
+                if not 0 <= k < n:
+                    why = (f"unknown class name {v!r}.{did_you_mean(v, class_names)}" if isinstance(v, str)
+                           else f"label {v} out of range: {n} classes (0..{n - 1})")
+                    faults[split].append((f"{ix['names'][ix['shard'][j]]}:{ix['keys'][j]}", ix["keys"][j], why))
+                    bad.append(j)
+                    break
+                row[k] = 1.0
+            hot.append(row)
+        ix["targets"] = hot
+        _drop(ix, bad)
+    return class_names
 
 
 def _drop(ix: dict[str, Any], bad: list[int]) -> None:
@@ -794,14 +854,13 @@ def _drop(ix: dict[str, Any], bad: list[int]) -> None:
 
 def read_image(path: str | os.PathLike[str], *, in_chans: int, params: Mapping[str, Any] | None = None) -> Any:
     """One image file as this dataset's samples come out: the decoder of ``decoder`` (or of the shards' metadata)."""
-    from plugtrain.plugins.datasets.decode import read_image_file
-
     decoder = param(webdataset, params, "decoder")
-    if decoder is None and params and params.get("shards") is not None:
+    meta: dict[str, Any] = {}
+    if params and params.get("shards") is not None:
         with contextlib.suppress(Exception):
-            _, meta = _resolve(params["shards"], None, None)
-            decoder = (meta or {}).get("decoder")
-    return read_image_file(path, in_chans, decoder or "pil")
+            meta = _resolve(params["shards"], None, None)[1] or {}
+    given = {k: v for k, v in (params or {}).items() if v is not None}
+    return read_as(webdataset, path, in_chans, {**meta, **given}, decoder or meta.get("decoder"))
 
 
 webdataset.read_image = read_image

@@ -1,12 +1,9 @@
 """The plugtrain plugin of this package: the logger ``mlflow``.
 
-plugtrain finds this module through the entry point in ``pyproject.toml``::
-
-    [project.entry-points.plugtrain]
-    mlflow = "plugtrain_mlflow.plugin"
-
-Importing it is cheap: ``mlflow`` itself is imported only when the logger is built (rank 0, at the start of a run),
-so ``plugtrain list`` stays as fast as without this package.
+Its entry point (``pyproject.toml``: ``[project.entry-points.plugtrain] mlflow = "plugtrain_mlflow.plugin"``) is how
+plugtrain finds it. The ``mlflow`` package loads only when the logger is built (on rank 0, when a run starts):
+``plugtrain list`` costs what it costs without this package. What every tracker logger needs (closing once, the
+state file, numbers) comes from :mod:`plugtrain.plugins.tracking`.
 """
 
 from __future__ import annotations
@@ -23,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from plugtrain import Component, hookimpl
+from plugtrain.core.errors import first_line as _first_line
+from plugtrain.plugins.tracking import ClosedOnce, embedding_matrix
+from plugtrain.plugins.tracking import number as _number
+from plugtrain.plugins.tracking import read_state as _read_json
+from plugtrain.plugins.tracking import write_state as _write_json
 
 #: The file in the run directory that names the MLflow run, so that a resumed run continues it.
 STATE_FILE = "mlflow.json"
@@ -31,7 +33,11 @@ _PREFIX = "plugtrain-mlflow"
 _MAX_PENDING = 100_000  # metric values kept for a retry while the tracking store cannot be written
 
 
-class MlflowLogger:
+def _warn(message: str) -> None:
+    print(f"{_PREFIX}: warning: {message}", file=sys.stderr, flush=True)
+
+
+class MlflowLogger(ClosedOnce):
     """Logs the run to MLflow: the spec as params, every metric with its step (the per-step ``step/*`` ones too),
     spec.toml/env.json, images.
 
@@ -64,7 +70,6 @@ class MlflowLogger:
         self.client: Any = None
         self.run_id: str | None = None
         self.log_checkpoint = log_checkpoint
-        self._closed = False
         self._completed = False
         self._created = False  # this process created the MLflow run (not a resumed one)
         self._logged_any = False
@@ -126,9 +131,7 @@ class MlflowLogger:
             self._open_run(experiment_id, experiment, run_name, dict(tags or {}), spec)
             # a logger the runtime never closes (another logger's factory failed after this one was built) still
             # ends its MLflow run, at exit
-            import atexit
-
-            atexit.register(self._at_exit)
+            self.arm()
         except BaseException as exc:
             if self._created and self.run_id is not None:  # set up half-way: leave no orphan run behind
                 self._try("run deletion", lambda: self.client.delete_run(self.run_id))
@@ -248,9 +251,7 @@ class MlflowLogger:
 
         import numpy as np
 
-        if hasattr(embeddings, "detach"):
-            embeddings = embeddings.detach().float().cpu().numpy()
-        vectors = np.asarray(embeddings, dtype=np.float32).reshape(len(embeddings), -1)
+        vectors = embedding_matrix(embeddings)
         with tempfile.TemporaryDirectory(prefix="plugtrain-mlflow-") as tmp:
             np.savetxt(Path(tmp) / "vectors.tsv", vectors, delimiter="\t", fmt="%.6g")
             (Path(tmp) / "metadata.tsv").write_text("".join(f"{_plain_label(x)}\n" for x in labels), encoding="utf-8")
@@ -268,21 +269,12 @@ class MlflowLogger:
             self.log_metrics(final, self._last_step)
         self._completed = True
 
-    def close(self) -> None:
-        self._close(sys.exc_info()[1])  # close() runs in the runtime's ``finally``: the exception that ends the run
-
-    def _at_exit(self) -> None:
-        self._close(RuntimeError("the logger was never closed"))
-
-    def _close(self, exc: BaseException | None) -> None:
+    def finish(self, exc: BaseException | None) -> None:
+        """Send what is pending, log ``best.pt`` when asked, and end the MLflow run with its status."""
         from plugtrain.core.errors import Stopped
 
-        if self.client is None or self._closed:
+        if self.client is None:
             return
-        self._closed = True
-        import atexit
-
-        atexit.unregister(self._at_exit)
         if self._pending:
             self._send([])
         if self._pending:
@@ -301,6 +293,8 @@ class MlflowLogger:
             # perhaps the plugtrain run never started (another logger's factory failed, say): then the runtime removes
             # its fresh run directory, and this MLflow run goes too
             if self.run_dir.exists():
+                import atexit
+
                 atexit.register(self._delete_if_discarded)
             else:
                 self._delete_if_discarded()
@@ -516,19 +510,6 @@ def metric_key(key: str) -> str:
     return re.sub(r"/{2,}", "/", clean).replace("/./", "/")[:250]
 
 
-def _number(value: Any) -> float | None:
-    if hasattr(value, "item") and callable(value.item):
-        try:
-            value = value.item()
-        except (TypeError, ValueError):
-            return None
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        return float(value)
-    return None
-
-
 def _plain_label(x: Any) -> str:
     if hasattr(x, "item") and callable(x.item):
         x = x.item()
@@ -575,20 +556,6 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _unreachable(exc: BaseException) -> str | None:
     """``"connection refused"``, ``"timed out"``, ...: why a server could not be reached, or None for other errors."""
     text = str(exc)
@@ -600,15 +567,6 @@ def _unreachable(exc: BaseException) -> str | None:
         if pattern in text:
             return reason
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""
-
-
-def _warn(message: str) -> None:
-    print(f"{_PREFIX}: warning: {message}", file=sys.stderr, flush=True)
 
 
 @hookimpl

@@ -11,7 +11,6 @@ so ``plugtrain list`` stays as fast as without this package.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import sys
@@ -20,6 +19,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from plugtrain import Component, hookimpl
+from plugtrain.core.errors import first_line as _first_line
+from plugtrain.plugins.tracking import ClosedOnce, embedding_matrix
+from plugtrain.plugins.tracking import number as _number
+from plugtrain.plugins.tracking import read_state as _read_json
+from plugtrain.plugins.tracking import write_state as _write_json
 
 #: The file in the run directory that names the W&B run, so that a resumed run continues it.
 STATE_FILE = "wandb.json"
@@ -27,7 +31,11 @@ DEFAULT_PROJECT = "plugtrain"
 _PREFIX = "plugtrain-wandb"
 
 
-class WandbLogger:
+def _warn(message: str) -> None:
+    print(f"{_PREFIX}: warning: {message}", file=sys.stderr, flush=True)
+
+
+class WandbLogger(ClosedOnce):
     """Logs the run to Weights & Biases: the resolved spec as config, every metric at its step (the per-step
     ``step/*`` ones too), images.
 
@@ -50,7 +58,6 @@ class WandbLogger:
 
         self.run_dir = Path(run_dir)
         self.run: Any = None
-        self._closed = False
         self._completed = False
         self._floor = -1  # the last step a resumed run already has ...
         self._floor_keys: set[str] = set()  # ... and the keys it has at that step
@@ -98,9 +105,7 @@ class WandbLogger:
             self._min_step = int(getattr(self.run, "step", 0) or 0)
         # a logger the runtime never closes (another logger's factory failed after this one was built) still
         # finishes its W&B run, at exit
-        import atexit
-
-        atexit.register(self._at_exit)
+        self.arm()
         _write_json(self.run_dir / STATE_FILE, {"run_id": run_id, "mode": mode, "project": self.run.project,
                                                 "entity": self.run.entity or None})
 
@@ -129,11 +134,8 @@ class WandbLogger:
         """A table of (label, embedding) rows; W&B's 2D projection panel plots it."""
         if self.run is None:
             return
-        import numpy as np
 
-        if hasattr(embeddings, "detach"):
-            embeddings = embeddings.detach().float().cpu().numpy()
-        vectors = np.asarray(embeddings, dtype=np.float32).reshape(len(embeddings), -1)
+        vectors = embedding_matrix(embeddings)
         rows = [[_plain(label), vec.tolist()] for label, vec in zip(labels, vectors, strict=False)]
         self._log({tag: self._wandb.Table(columns=["label", "embedding"], data=rows)}, step)
 
@@ -149,19 +151,10 @@ class WandbLogger:
                 _warn(f"could not update the run summary: {type(exc).__name__}: {_first_line(exc)}")
         self._completed = True
 
-    def close(self) -> None:
-        self._close(sys.exc_info()[1])  # close() runs in the runtime's ``finally``: the exception that ends the run
-
-    def _at_exit(self) -> None:
-        self._close(RuntimeError("the logger was never closed"))
-
-    def _close(self, exc: BaseException | None) -> None:
-        if self.run is None or self._closed:
+    def finish(self, exc: BaseException | None) -> None:
+        """End the W&B run: preempted when a signal stopped training, failed on an error, else finished."""
+        if self.run is None:
             return
-        self._closed = True
-        import atexit
-
-        atexit.unregister(self._at_exit)
         from plugtrain.core.errors import Stopped
 
         interrupted = isinstance(exc, (KeyboardInterrupt, Stopped))
@@ -274,46 +267,10 @@ def _teardown(wandb: Any) -> None:
         pass
 
 
-def _number(value: Any) -> float | None:
-    if hasattr(value, "item") and callable(value.item):
-        try:
-            value = value.item()
-        except (TypeError, ValueError):
-            return None
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        return value
-    return None
-
-
 def _plain(x: Any) -> Any:
     if hasattr(x, "item") and callable(x.item):
         x = x.item()
     return x if isinstance(x, (int, float, str, bool)) else str(x)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""
-
-
-def _warn(message: str) -> None:
-    print(f"{_PREFIX}: warning: {message}", file=sys.stderr, flush=True)
 
 
 @hookimpl

@@ -1,5 +1,9 @@
-"""``plugtrain sweep SWEEP_FILE [--trials N] [--storage URL] [--set K=V] [--check]`` and
-``plugtrain sweep status SWEEP_DIR [--storage URL] [--json]``: hyperparameter sweeps on Optuna.
+"""The built-in plugin of the sweeps' own commands: ``plugtrain sweep SWEEP_FILE [--trials N] [--storage URL]
+[--set K=V] [--check]`` and ``plugtrain sweep status SWEEP_DIR [--storage URL] [--json]``: hyperparameter sweeps on
+Optuna.
+
+The command comes in through the ``plugtrain_commands`` hook (entry point ``sweep`` in ``pyproject.toml``), as a
+third-party plugin's would: the command line names no sweep, and ``plugtrain --help`` lists it with its plugin.
 
 The sweep file (:mod:`plugtrain.sweep.space`) names a run spec and holds the search space, the objective, the
 sampler and the pruner. Before any trial, the run spec and every choice and both ends of every range are checked
@@ -9,16 +13,18 @@ like any spec (``--check`` stops there); then this process is one worker of the 
 
 Exit codes: 0 the study is done (or the check passed); 2 a bad sweep file, spec or storage URL, a sweep that differs
 from the study it would continue, or more folds than the smallest class has samples (all before anything is written);
-128 + signal number for a
-worker stopped by SIGTERM / SIGINT (its trial is queued again; run the same command to continue).
+128 + signal number for a worker stopped by SIGTERM / SIGINT (its trial is queued again; run the same command to
+continue).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from plugtrain import Command, hookimpl
 from plugtrain.core.errors import PlugtrainError
 
 #: The storage URL when --storage is not given (keeps a database password off the command line).
@@ -79,3 +85,37 @@ def status(sweep_dir: str, *, storage: str | None = None, as_json: bool = False)
     if not as_json:
         results.write_all(st, where, meta)
     return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``plugtrain sweep`` (a sweep file, or ``status SWEEP_DIR``)."""
+    parser.usage = ("plugtrain sweep SWEEP_FILE [--trials N] [--storage URL] [--set KEY.PATH=VALUE] [--check]"
+                    "\n       plugtrain sweep status SWEEP_DIR [--storage URL] [--json]")
+    parser.add_argument("target", nargs="+", metavar="SWEEP_FILE | status SWEEP_DIR",
+                        help="a sweep file (it names the run spec and holds the search space), or `status SWEEP_DIR`")
+    parser.add_argument("--trials", type=int, metavar="N",
+                        help="the study's total number of trials, over all workers")
+    parser.add_argument("--storage", metavar="URL",
+                        help="the Optuna storage (database URL; default sqlite:///<sweep_dir>/study.db)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a value of the run spec for every trial (TOML value syntax); repeatable")
+    parser.add_argument("--check", action="store_true",
+                        help="check the sweep file, the spec and every value of the search space, then exit")
+    parser.add_argument("--json", action="store_true", help="status: print the trials as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    """``plugtrain sweep``: ``status SWEEP_DIR``, or run a worker of the sweep file."""
+    if args.target[0] == "status":
+        if len(args.target) != 2:
+            raise PlugtrainError("plugtrain sweep status: give one SWEEP_DIR")
+        return status(args.target[1], storage=args.storage, as_json=args.json)
+    if len(args.target) != 1:
+        raise PlugtrainError("plugtrain sweep: give one SWEEP_FILE (or: status SWEEP_DIR)")
+    return run(args.target[0], args.overrides, trials=args.trials, storage=args.storage, check=args.check)
+
+
+@hookimpl
+def plugtrain_commands() -> list[Command]:
+    return [Command("sweep", main, help="a hyperparameter sweep on Optuna (one worker per process); or: sweep "
+                    "status DIR", arguments=add_arguments)]

@@ -1,0 +1,202 @@
+"""The built-in tasks: ``classification``, ``regression`` and ``metric_learning`` (contract:
+:class:`plugtrain.core.hookspecs.Task`).
+
+A task is the shape of the problem: what a dataset's targets are and how a batch of them is made, what the backbone's
+head is, what the model outputs, the default loss, metrics and primary metric, whether ``[mixup]`` applies, and what
+predict, export and shards make of an output or a target. Core asks the task of the spec's ``run.task`` and never
+names one. ``classification`` claims the role ``default``: the task of a spec without ``run.task``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from plugtrain.core.errors import PlugtrainError
+from plugtrain.core.hookspecs import hookimpl
+
+
+class ImageOnly:
+    """What every built-in task shares: augmentations change the image only, and the target is a class index."""
+
+    outputs = "logits"
+    dataset_tasks: tuple[Any, ...] = (None, "classification")
+    batch_mix = False
+    #: The dtype of a batch of targets (a numpy dtype name).
+    target_dtype = "int64"
+
+    def augment(self, transform: Any, image: Any, target: Any) -> tuple[Any, Any]:
+        """The image through ``transform``; the target as it is."""
+        return transform(image=image)["image"], target
+
+    def collate(self, targets: list[Any]) -> Any:
+        """The targets as one tensor: integers as ``int64``, anything else as ``float32``."""
+        import numpy as np
+        import torch
+
+        first = targets[0]
+        dtype = np.int64 if isinstance(first, (bool, int, np.integer)) else np.float32
+        return torch.as_tensor(np.asarray(targets, dtype=dtype))
+
+    def placeholder_target(self, input_shape: tuple[int, ...]) -> Any:
+        """Class 0."""
+        return 0
+
+    def backbone_classes(self, num_classes: int) -> int:
+        """A classifier head of ``num_classes``."""
+        return num_classes
+
+    def shard_target(self, target: Any) -> tuple[str, bytes]:
+        """The class index as text, in ``.cls``."""
+        return "cls", str(int(target)).encode()
+
+
+class Classification(ImageOnly):
+    """One class per image: softmax over ``num_classes`` logits, cross-entropy, accuracy."""
+
+    primary = ("val/accuracy", "max")
+    default_loss = "CrossEntropy"
+    default_metrics = ("accuracy", "top5", "f1_macro", "confusion_matrix")
+    required_metrics = ("accuracy",)
+    batch_mix = True
+
+    def num_classes(self, class_names: list[str]) -> int:
+        """Every class; at least two."""
+        n = len(class_names)
+        if n < 2:
+            raise ValueError(f"has {n} class(es); classification needs >= 2")
+        return n
+
+    def check_output(self, shape: tuple[int, ...], num_classes: int) -> str | None:
+        """``(N, num_classes)`` logits."""
+        if len(shape) != 2:
+            return f"{tuple(shape)}; expected (N, {num_classes}) logits"
+        if shape[1] != num_classes:
+            return f"{shape[1]} values per image but the dataset has {num_classes} classes"
+        return None
+
+    def describe_outputs(self, num_classes: int, embedding_dim: int) -> str:
+        return f"{num_classes} classes"
+
+    def predict(self, output: Any, class_names: list[str], top_k: int) -> dict[str, Any]:
+        """The top ``top_k`` classes by softmax probability, the first also at the top level."""
+        probs = output.float().softmax(-1)
+        p, idx = probs.topk(min(top_k, probs.numel()))
+        top = [{"class": class_names[j] if j < len(class_names) else str(j), "index": int(j), "probability": float(q)}
+               for q, j in zip(p.tolist(), idx.tolist(), strict=True)]
+        return {**top[0], "top_k": top}
+
+    def predict_text(self, result: dict[str, Any]) -> str:
+        return "  ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top_k"])
+
+    def export_output(self, num_classes: int, embedding_dim: int) -> dict[str, Any]:
+        return {"name": "logits", "shape": ["batch", int(embedding_dim)],
+                "meaning": "logits (apply softmax for probabilities)"}
+
+
+class Regression(ImageOnly):
+    """One or more real values per image (the dataset's target columns): regression losses on the outputs."""
+
+    outputs = "values"
+    dataset_tasks = ("regression",)
+    primary = ("val/mae", "min")
+    default_loss = "MSE"
+    default_metrics = ("mae", "rmse", "r2", "parity_plot")
+    required_metrics = ()
+
+    def num_classes(self, class_names: list[str]) -> int:
+        """One output per target column (named by ``class_names``; one when unnamed)."""
+        return max(len(class_names), 1)
+
+    def check_output(self, shape: tuple[int, ...], num_classes: int) -> str | None:
+        return None if len(shape) == 2 else f"{tuple(shape)}; expected (N, features)"
+
+    def collate(self, targets: list[Any]) -> Any:
+        """The targets as one ``float32`` tensor."""
+        import numpy as np
+        import torch
+
+        return torch.as_tensor(np.asarray(targets, dtype=np.float32))
+
+    def placeholder_target(self, input_shape: tuple[int, ...]) -> Any:
+        return 0.0
+
+    def describe_outputs(self, num_classes: int, embedding_dim: int) -> str:
+        return f"{num_classes} target value(s)"
+
+    def predict(self, output: Any, class_names: list[str], top_k: int) -> dict[str, Any]:
+        """The predicted values (one number for one target)."""
+        values = output.tolist()
+        return {"prediction": values[0] if len(values) == 1 else values}
+
+    def predict_text(self, result: dict[str, Any]) -> str:
+        return str(result["prediction"])
+
+    def export_output(self, num_classes: int, embedding_dim: int) -> dict[str, Any]:
+        return {"name": "values", "shape": ["batch", int(embedding_dim)], "meaning": "predicted values"}
+
+    def shard_target(self, target: Any) -> tuple[str, bytes]:
+        """The values as a JSON list, in ``.target``."""
+        import numpy as np
+
+        return "target", json.dumps(np.asarray(target, dtype=np.float64).reshape(-1).tolist()).encode()
+
+
+class MetricLearning(ImageOnly):
+    """An embedding per image, learnt from class labels (ArcFace, SupCon, triplets): retrieval metrics."""
+
+    outputs = "embeddings"
+    primary = ("val/precision_at_1", "max")
+    default_loss = "ArcFace"
+    default_metrics = ("precision_at_1", "map_at_r", "embeddings")
+    required_metrics = ()
+
+    def num_classes(self, class_names: list[str]) -> int:
+        return len(class_names)
+
+    def backbone_classes(self, num_classes: int) -> int:
+        """No classifier: the backbone's features are the embedding."""
+        return 0
+
+    def check_output(self, shape: tuple[int, ...], num_classes: int) -> str | None:
+        return None if len(shape) == 2 else f"{tuple(shape)}; expected (N, features)"
+
+    def describe_outputs(self, num_classes: int, embedding_dim: int) -> str:
+        return f"{num_classes} classes, {embedding_dim}-d embeddings"
+
+    def predict(self, output: Any, class_names: list[str], top_k: int) -> dict[str, Any]:
+        raise PlugtrainError("predict gives class probabilities; a metric-learning run has none (use evaluate)")
+
+    def predict_text(self, result: dict[str, Any]) -> str:
+        return str(result)
+
+    def export_output(self, num_classes: int, embedding_dim: int) -> dict[str, Any]:
+        return {"name": "embeddings", "shape": ["batch", int(embedding_dim)], "meaning": "embeddings"}
+
+
+def classification() -> Classification:
+    """One class per image (softmax over the classes): the default task."""
+    return Classification()
+
+
+def regression() -> Regression:
+    """One or more real values per image."""
+    return Regression()
+
+
+def metric_learning() -> MetricLearning:
+    """An embedding per image, learnt from class labels; evaluated by retrieval."""
+    return MetricLearning()
+
+
+@hookimpl
+def plugtrain_tasks():
+    from plugtrain import Component
+    from plugtrain.plugins.tasks_multilabel import multilabel
+
+    return [
+        Component("classification", classification, roles=("default",)),
+        Component("regression", regression),
+        Component("metric_learning", metric_learning),
+        Component("multilabel", multilabel),  # plugtrain/plugins/tasks_multilabel.py
+    ]
