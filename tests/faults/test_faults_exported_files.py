@@ -83,7 +83,7 @@ SIDECAR_EDITS = [
     ("no-class-names", _del("class_names"), "'class_names'"),
     ("no-format", _del("format"), "not a plugtrain export sidecar"),
     ("task-number", _set("task", 3), "task"),
-    ("task-unknown", _set("task", "segmentation"), "task"),
+    ("task-unknown", _set("task", "clustering"), "task"),  # no registered task has this name
     ("class-names-string", _set("class_names", "0123456789"), "class_names"),
     ("class-names-numbers", _set("class_names", list(range(10))), "class_names"),
     ("too-few-class-names", _set("class_names", ["a", "b"]), "class_names"),

@@ -69,9 +69,10 @@ class CrossRules:
     def sampler_checks(self, run: dict[str, Any], data: dict[str, Any]) -> None:
         """``data.class_weights``: only with ``sampler = "weighted"``, non-negative, not all zero, one per class of
         ``class_subset`` when that names the classes (else the build checks the count against the dataset's)."""
-        if data.get("sampler") == "weighted" and run.get("task") == "regression":
-            self.add(("data", "sampler"), "data.sampler = \"weighted\" draws by class; a regression run has no "
-                     "classes (use \"random\")", related=(("run", "task"),))
+        task = self._task(run) if data.get("sampler") == "weighted" else None
+        if task is not None and None not in task.dataset_tasks:  # its targets are not one class index per sample
+            self.add(("data", "sampler"), f"data.sampler = \"weighted\" draws by class; a {run.get('task')} run has "
+                     "no classes (use \"random\")", related=(("run", "task"),))
         weights = data.get("class_weights")
         if not isinstance(weights, list) or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
                                                     for w in weights):
