@@ -13,14 +13,14 @@ and the file against the sidecar.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from plugtrain.core.console import quiet_logger
 from plugtrain.core.errors import PlugtrainError, first_line
 from plugtrain.core.runtime import distributed, rundir
 from plugtrain.core.spec import load_spec
@@ -553,7 +553,7 @@ def _load_model(path: Path) -> tuple[Any, tuple[int, ...] | None, int | None]:
             shapes = [i.shape for i in session.get_inputs()], [o.shape for o in session.get_outputs()]
             model: Any = session
         else:
-            with _quiet_logger("torch.export"):  # it logs the traceback of its first try at a file it cannot read
+            with quiet_logger("torch.export"):  # it logs the traceback of its first try at a file it cannot read
                 program = torch.export.load(str(path))
             inputs = set(program.graph_signature.user_inputs)
             nodes = list(program.graph.nodes)
@@ -572,19 +572,6 @@ def _load_model(path: Path) -> tuple[Any, tuple[int, ...] | None, int | None]:
     took = tuple(dims) if all(isinstance(d, int) for d in dims) else None
     gives = shapes[1][0][-1] if len(shapes[1]) == 1 and len(shapes[1][0]) == 2 else None
     return model, took, gives if isinstance(gives, int) else None
-
-
-@contextlib.contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
-    import logging
-
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 class ExportedModel(Predictor):

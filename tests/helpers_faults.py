@@ -70,10 +70,14 @@ def write_spec(path: Path, output_dir: Path, **sections: Any) -> Path:
     return path
 
 
+#: The suite's own cache folder (conftest.py), shared by every child: the component catalog is built once.
+_KEPT = ("PLUGTRAIN_CACHE_DIR", "PLUGTRAIN_TEST_CACHE")
+
+
 def child_env(paths: Iterable[Path | str] = (), **extra: str) -> dict[str, str]:
     """One thread per process, plain unbuffered output, no inherited torchrun or plugin switches."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in _DIST_ENV and not k.startswith(("PLUGTRAIN_", "TORCHELASTIC_"))}
+    env = {k: v for k, v in os.environ.items()  # the session's cache folder is kept: never the user's cache
+           if k not in _DIST_ENV and (not k.startswith(("PLUGTRAIN_", "TORCHELASTIC_")) or k in _KEPT)}
     pythonpath = [str(p) for p in paths] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(pythonpath)

@@ -1,8 +1,8 @@
 """``plugtrain shards SOURCE --out DIR [--shard-size N] [--set K=V] [--val-fraction F] [--seed S] [--overwrite]``.
 
 Writes WebDataset ``.tar`` shards of a data set, one set per split: ``DIR/train-000000.tar``, ...,
-``DIR/val-000000.tar``, ... and ``DIR/plugtrain-shards.json`` (class names, task, channels, decoder, the shards and
-sample counts of each split), which the ``webdataset`` dataset reads (``shards = "DIR"``).
+``DIR/val-000000.tar``, ... and ``DIR/plugtrain-shards.json`` (class names, task, channels, decoder, pixels and
+``npy_layout`` of raw-pixel sources, the shards and sample counts of each split), which the ``webdataset`` dataset reads (``shards = "DIR"``).
 
 ``SOURCE`` is a run spec (its ``[data]`` dataset, built as training builds it, with its seed: a held-out
 validation split comes out the same), an image folder (``imagefolder`` with ``--val-fraction`` and ``--seed``) or a
@@ -59,6 +59,14 @@ def _source(source: str, overrides: Sequence[str], val_fraction: float, seed: in
         spec.data.dataset.params["cache"] = "none"  # the files are copied, not decoded: no cache to fill
     splits = build.build_dataset(spec)
     return splits, str(spec.data.dataset.params.get("decoder") or "pil"), spec.data.on_error, spec.task_object
+
+
+def _pixels(split: Any) -> dict[str, Any]:
+    """How the shards' image members decode as the source's samples did: ``pixels`` (``"raw"``: 16-bit, float, any
+    channel count, as stored) and ``npy_layout`` of the source's files, for ``webdataset`` to read them back."""
+    pixels = getattr(split, "pixels", None) or "uint8"
+    return {"pixels": pixels, "npy_layout": getattr(split, "npy_layout", None) or "HWC"} if pixels == "raw" else {
+        "pixels": pixels}
 
 
 def _encode_png(image: Any) -> bytes:
@@ -175,9 +183,11 @@ def run(source: str, *, out: str, shard_size: int = 1000, overrides: Sequence[st
         raise PlugtrainError(f"shards: --out '{out}' is a file, not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear(out_dir, overwrite)
-    channels = int(getattr(splits.train, "channels", None) or splits.in_chans)
+    channels = getattr(splits.train, "channels", None) or splits.in_chans
+    channels = [int(c) for c in channels] if isinstance(channels, (list, tuple)) else int(channels)  # [0, 3]: kept
     meta: dict[str, Any] = {"format": META_FORMAT, "version": 1, "task": splits.task, "class_names": list(splits.class_names),
-                            "channels": channels, "decoder": decoder, "source": str(source), "splits": {}}
+                            "channels": channels, "decoder": decoder, **_pixels(splits.train), "source": str(source),
+                            "splits": {}}
     t0 = time.monotonic()
     for name in SPLITS:
         split = getattr(splits, name)

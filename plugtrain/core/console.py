@@ -8,10 +8,12 @@ user's files may hold are printed as escapes, never sent to the terminal raw. Th
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from plugtrain.core.errors import printable
@@ -27,6 +29,19 @@ def is_tty() -> bool:
     if os.environ.get("PLUGTRAIN_PLAIN", "") not in ("", "0"):
         return False
     return sys.stdout.isatty()
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """Silence the standard-library logger ``name`` (below CRITICAL) in the block: a library that logs what it finds
+    wrong in a file would print it beside the one message plugtrain gives for it."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def echo(text: str = "") -> None:

@@ -48,8 +48,11 @@ class Lookup:
             comps = [c for c in comps if fnmatch.fnmatchcase(c.name.lower(), pat)]
         return sorted(comps, key=lambda c: (c.name.lower(), c.plugin))
 
-    def get(self, kind: str, name: str) -> Any:
-        """The component ``name`` of ``kind``; ``PLUGIN:name`` picks one plugin's when two provide the name."""
+    def get(self, kind: str, name: str, task: str | None = None) -> Any:
+        """The component ``name`` of ``kind``; ``PLUGIN:name`` picks one plugin's when two provide the name.
+
+        ``task``: the ``run.task`` the name is for, when known: an unknown name's did-you-mean then suggests the
+        components that fit it (:meth:`suggest`)."""
         kind = check_kind(kind)
         comps = self.components(kind)
         kind_label = SINGULAR[kind]
@@ -80,7 +83,7 @@ class Lookup:
                     + "."
                 )
             where = f" in plugin {plugin!r}" if plugin is not None else ""
-            candidates = sorted({c.name for c in comps if plugin is None or c.plugin == plugin}, key=str.lower)
+            candidates = [c for c in comps if plugin is None or c.plugin == plugin]
             broken = [p for p in self.plugins if p.error and not p.disabled and (plugin is None or p.name == plugin)
                       and (p.module is None or not p.hooks or hook_name(kind) in p.error)]
             if broken:  # the name may well be theirs: say so first, with what went wrong
@@ -90,11 +93,11 @@ class Lookup:
                     for p in broken)
                 raise PlugtrainError(
                     f"unknown {kind_label} {name!r}{where}: {said}, so its components are missing; fix or "
-                    f"uninstall it (see `plugtrain plugins`).{did_you_mean(name, candidates)}"
+                    f"uninstall it (see `plugtrain plugins`).{self.suggest(name, candidates, task)}"
                 )
             raise PlugtrainError(
                 f"unknown {kind_label} {name!r}{where}."
-                + did_you_mean(name, candidates)
+                + self.suggest(name, candidates, task)
                 + f" Run `plugtrain list {kind}` to see them all."
             )
         if len(matches) > 1:
@@ -105,6 +108,17 @@ class Lookup:
                 f"Write {choices} to choose one."
             )
         return matches[0]
+
+    @staticmethod
+    def suggest(name: str, comps: list[Any], task: str | None = None) -> str:
+        """The did-you-mean for the unknown ``name`` among ``comps``: with a ``task``, only those whose ``fits``
+        allows it when any of them is close (a typo in a classification spec is not answered with a segmentation
+        loss, whatever extras are installed); else every close one."""
+        if task is not None:
+            hint = did_you_mean(name, sorted({c.name for c in comps if c.fits.fits_task(task)}, key=str.lower))
+            if hint:
+                return hint
+        return did_you_mean(name, sorted({c.name for c in comps}, key=str.lower))
 
     # -- roles -----------------------------------------------------------------------------------------------------
     def role_components(self, kind: str, role: str) -> list[Any]:

@@ -58,7 +58,8 @@ def _task_outputs(task: str) -> str | None:
 class Fits:
     """What a component declares it fits (``Component(..., fits={...})``); anything left out is not checked.
 
-    ``tasks``: the ``run.task`` values (task components) it works for. ``consumes``: what it takes from the model,
+    ``tasks``: the ``run.task`` values (task components) it works for; for a dataset, the targets it yields, in the
+    words of ``DatasetSplits.task`` (matched against the task's ``dataset_tasks``, and its name). ``consumes``: what it takes from the model,
     matched against each task's ``outputs`` (``"logits"``, ``"values"``, ``"embeddings"``, ...). ``views``: a loss that
     learns from several views of each sample (``data.num_views > 1``) says ``True``, one that ignores them ``False``.
     ``parameters``: a loss that owns trainable parameters (class centres) says ``True``, one without ``False`` (a

@@ -142,6 +142,8 @@ def _parser(plugins: bool = False) -> argparse.ArgumentParser:
                    help="the trained model, its EMA or its SWA average (default: what best.pt was chosen by)")
     s.add_argument("--top-k", type=int, default=5)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--out", metavar="DIR", help="write the files the task makes of each prediction (a mask PNG) here")
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing same-named files")
 
     s = sub.add_parser("export", help="export a finished run's model (ONNX, pt2, safetensors), checked against it")
     s.add_argument("run_dir", metavar="RUN_DIR")
@@ -240,7 +242,7 @@ def _run(args: argparse.Namespace) -> int:
         from plugtrain.commands import predict
 
         return predict.run(args.run_dir, args.images, checkpoint=args.checkpoint, weights=args.weights,
-                           top_k=args.top_k, as_json=args.json)
+                           top_k=args.top_k, as_json=args.json, out=args.out, overwrite=args.overwrite)
     if args.command == "export":
         from plugtrain.commands import export
 

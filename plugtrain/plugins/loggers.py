@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from plugtrain import Component, hookimpl
+from plugtrain.core.atomic import atomic_open
 from plugtrain.core.runtime.rundir import RunPath, run_path
 
 
@@ -72,12 +73,10 @@ class CSVLogger:
         columns: list[str] = []
         for r in self.rows:
             columns += [c for c in r if c not in columns]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_open(self.path, "w", newline="", fsync=False) as f:  # rewritten every epoch: no fsync
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(self.rows)
-        tmp.replace(self.path)
 
     def close(self) -> None:
         pass

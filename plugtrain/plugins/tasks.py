@@ -51,6 +51,15 @@ class ImageOnly:
         return "cls", str(int(target)).encode()
 
 
+def logits_problem(shape: tuple[int, ...], num_classes: int) -> str | None:
+    """What is wrong with a model output of ``shape`` where ``(N, num_classes)`` logits are due, or None."""
+    if len(shape) != 2:
+        return f"{tuple(shape)}; expected (N, {num_classes}) logits"
+    if shape[1] != num_classes:
+        return f"{shape[1]} values per image but the dataset has {num_classes} classes"
+    return None
+
+
 class Classification(ImageOnly):
     """One class per image: softmax over ``num_classes`` logits, cross-entropy, accuracy."""
 
@@ -69,11 +78,7 @@ class Classification(ImageOnly):
 
     def check_output(self, shape: tuple[int, ...], num_classes: int) -> str | None:
         """``(N, num_classes)`` logits."""
-        if len(shape) != 2:
-            return f"{tuple(shape)}; expected (N, {num_classes}) logits"
-        if shape[1] != num_classes:
-            return f"{shape[1]} values per image but the dataset has {num_classes} classes"
-        return None
+        return logits_problem(shape, num_classes)
 
     def describe_outputs(self, num_classes: int, embedding_dim: int) -> str:
         return f"{num_classes} classes"

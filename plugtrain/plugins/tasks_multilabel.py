@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from annotated_types import Interval
 
-from plugtrain.plugins.tasks import ImageOnly
+from plugtrain.plugins.tasks import ImageOnly, logits_problem
 
 _PER_CLASS_AP = re.compile(r"/per_class_ap/(\d+)$")
 
@@ -48,11 +48,7 @@ class Multilabel(ImageOnly):
 
     def check_output(self, shape: tuple[int, ...], num_classes: int) -> str | None:
         """``(N, num_classes)`` logits."""
-        if len(shape) != 2:
-            return f"{tuple(shape)}; expected (N, {num_classes}) logits"
-        if shape[1] != num_classes:
-            return f"{shape[1]} values per image but the dataset has {num_classes} classes"
-        return None
+        return logits_problem(shape, num_classes)
 
     def collate(self, targets: list[Any]) -> Any:
         """The multi-hot targets as one ``float32 (N, C)`` tensor."""

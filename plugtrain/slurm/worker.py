@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 
 from plugtrain.core import console
+from plugtrain.core.atomic import write_atomic
 from plugtrain.core.errors import PlugtrainError, Stopped, debug, first_line
 from plugtrain.slurm.job import DEFAULT_MAX_REQUEUES, STALL_LIMIT
 
@@ -153,10 +154,8 @@ def _record_stop(run_dir: Path, job: str, restart: int, step: int) -> int:
         data = {}
     stops = data.get("stops", []) if isinstance(data, dict) and data.get("job") == job else []
     stops.append([restart, step])
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps({"job": job, "stops": stops}), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({"job": job, "stops": stops}))
     except OSError as exc:
         console.echo(f"slurm: cannot record the stop in {path}: {exc.strerror or exc}")
     same = 0

@@ -594,10 +594,10 @@ def metric_names(spec: Any) -> list[str] | None:
         from plugtrain.core.registry import get_registry
         from plugtrain.core.runtime.build import metric_keys
         from plugtrain.core.spec.model import ComponentSpec
+        from plugtrain.core.task import required_metrics
 
         specs = list(spec.metric_specs)
-        reg = get_registry()
-        always = [reg.spec_name(c) for c in reg.role_components("metrics", f"always:{spec.run.task}")]
+        always = required_metrics(spec.run.task, spec.task_object, get_registry())  # as build_metrics puts first
         specs[:0] = [ComponentSpec(n) for n in always if not any(m.name == n for m in specs)]
         names: list[str] = []
         for m in specs:

@@ -75,7 +75,8 @@ def test_onnx_export_checks_itself_and_the_file_runs_alone(ema_run, onnx_export)
     assert record["data_file"] is None
     assert record["task"] == "classification" and record["class_names"] == [str(i) for i in range(10)]
     assert record["input"] == {"name": "images", "shape": ["batch", 1, 16, 16], "channels": 1, "height": 16,
-                               "width": 16, "layout": "NCHW", "dtype": "float32", "range": [0, 255]}
+                               "width": 16, "layout": "NCHW", "dtype": "float32",
+                               "pixel_dtype": "uint8", "range": [0, 255]}  # the file's pixels: uint8 (raw: 16-bit, float)
     assert record["output"]["name"] == "logits" and record["output"]["shape"] == ["batch", 10]
     assert record["normalization"]["included"] is True and record["normalization"]["mean"] == [0.5]
     assert record["versions"]["plugtrain"] == __version__ and record["versions"]["onnxruntime"]

@@ -117,14 +117,60 @@ def test_a_file_unreadable_mid_epoch_stops_resumably_and_the_fixed_run_equals_an
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_loss_that_does_not_fit_the_data_is_refused_before_the_run_directory_exists(tmp_path, capfd):
-    """A class weight for 2 classes on the 10 digits: knowable only with the data, found by the pre-flight's
-    forward (today: a RuntimeError at the first step, exit 1, a run directory left behind)."""
+def test_a_class_weight_that_does_not_fit_the_data_is_refused_before_the_run_directory_exists(tmp_path, capfd):
+    """A class weight for 2 classes on the 10 digits: knowable only with the data; the loss's weight is resolved
+    against the dataset's classes when the run is built (``weight = "balanced"`` is filled in there too), before
+    the pre-flight's forward (once: a RuntimeError at the first step, exit 1, a run directory left behind)."""
     spec = tiny_spec(tmp_path, epochs=1, steps=1)
     capfd.readouterr()
     assert cli("train", spec, "--set", "loss.weight=[1.0, 2.0]") == 2
     err = capfd.readouterr().err
-    assert "Traceback" not in err and "[loss] 'CrossEntropy' fails on the model's outputs (4, 10)" in err, err
+    assert "Traceback" not in err and err.count("plugtrain: error:") == 1, err
+    assert "[loss] weight has 2 values but the dataset has 10 classes" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+MISFIT_LOSS_PLUGIN = """
+import torch.nn.functional as F
+from plugtrain import Component, hookimpl
+
+
+def binary_loss():
+    return lambda outputs, targets: F.binary_cross_entropy_with_logits(outputs, targets.float())
+
+
+@hookimpl
+def plugtrain_losses():
+    return [Component("pt-binary-loss", binary_loss, summary="one logit per sample (declares no fits)")]
+"""
+
+
+def test_a_loss_that_does_not_fit_the_outputs_is_refused_before_the_run_directory_exists(tmp_path, capfd,
+                                                                                         monkeypatch):
+    """A plugin's loss that declares nothing it fits (so ``check`` lets it through) but takes one logit per sample,
+    not 10-class logits: found by the pre-flight's forward (once: a RuntimeError at the first step, exit 1, a run
+    directory left behind)."""
+    import importlib.metadata
+
+    from helpers_plugins import make_dist
+
+    from plugtrain.core import catalog, hookspecs, registry
+
+    root = make_dist(tmp_path / "plugin", "pt-misfit", {"ptmisfit": "pt_misfit_loss"},
+                     {"pt_misfit_loss": MISFIT_LOSS_PLUGIN})
+    monkeypatch.syspath_prepend(str(root))
+    eps = [ep for dist in (importlib.metadata.distribution("plugtrain"),
+                           *importlib.metadata.distributions(path=[str(root)]))
+           for ep in dist.entry_points if ep.group == hookspecs.ENTRY_POINT_GROUP]
+    monkeypatch.setattr(registry, "_registry", registry.Registry(entry_points=eps, disabled=[], warn=lambda _: None))
+    monkeypatch.setattr(catalog, "_catalog", None)  # the spec checks ask this registry, not the session's catalog
+    monkeypatch.setenv(catalog.NO_CATALOG_ENV, "1")
+    spec = tiny_spec(tmp_path, epochs=1, steps=1)
+    capfd.readouterr()
+    assert cli("train", spec, "--set", 'loss.name="pt-binary-loss"') == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and err.count("plugtrain: error:") == 1, err
+    assert "[loss] 'pt-binary-loss' fails on the model's outputs (4, 10) and the targets (4,) (int64)" in err, err
     assert not (tmp_path / "runs").exists()
 
 

@@ -17,7 +17,7 @@ import torch
 from conftest import tiny_spec
 from helpers_plugins import EXAMPLE_PLUGIN_SRC, make_dist
 
-from plugtrain.core import hookspecs, registry
+from plugtrain.core import catalog, hookspecs, registry
 from plugtrain.core.registry import Registry, get_registry
 from plugtrain.core.runtime.build import contract_problem, protocol_problem
 
@@ -233,6 +233,10 @@ def bad_registry(tmp_path, monkeypatch):
     for dist in importlib.metadata.distributions(path=[str(root)]):
         eps += [ep for ep in dist.entry_points if ep.group == hookspecs.ENTRY_POINT_GROUP]
     monkeypatch.setattr(registry, "_registry", Registry(entry_points=eps, disabled=[], warn=lambda _: None))
+    # Spec checks read the component catalog, not the registry: make them ask this one (a catalog an earlier test
+    # of this process loaded would not know the plugin), and leave the shared catalog file alone.
+    monkeypatch.setattr(catalog, "_catalog", None)
+    monkeypatch.setenv(catalog.NO_CATALOG_ENV, "1")
     yield
     sys.modules.pop("pt_badkinds", None)
 

@@ -93,10 +93,12 @@ def test_builtins_load_through_entry_points_as_plugins(registry):
     reg, warnings = registry()
     assert warnings == []
     builtins = {p.name: p for p in reg.plugins if p.distribution == "plugtrain"}
-    assert set(builtins) == set(hookspecs.KINDS)
-    for kind, info in builtins.items():
+    # one plugin per component kind, plus `sweep`: the built-in commands a plugin could add just the same
+    assert set(builtins) == {*hookspecs.KINDS, "sweep"}
+    for name, info in builtins.items():
         assert isinstance(info, PluginInfo)
-        assert info.hooks == [f"plugtrain_{kind}"] and info.error is None
+        hook = hookspecs.COMMANDS_HOOK if name == "sweep" else f"plugtrain_{name}"
+        assert info.hooks == [hook] and info.error is None
         assert info.version == importlib.metadata.version("plugtrain")
     losses = reg.components("losses")
     assert {"CrossEntropy", "MSE"} <= {c.name for c in losses}

@@ -10,7 +10,8 @@ import pytest
 from plugtrain.core.atomic import atomic_open, temp_path, write_atomic
 from plugtrain.core.runtime.checkpoint import remove_stale_temporaries, save_atomic
 
-PACKAGE = Path(__file__).resolve().parents[2] / "plugtrain"
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = REPO / "plugtrain"
 
 
 def test_write_atomic_replaces_text_and_bytes(tmp_path: Path) -> None:
@@ -64,6 +65,9 @@ def test_every_atomic_file_write_goes_through_the_helper() -> None:
                "core/runtime/checkpoint.py",  # copy_atomic: a hard link renamed into place, not a write
                "commands/export.py",  # moves checked files out of a temporary folder
                "plugins/datasets/cache.py"}  # a preallocated (posix_fallocate) file, filled later
-    offenders = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
-                 if "os.replace(" in p.read_text(encoding="utf-8") and str(p.relative_to(PACKAGE)) not in allowed]
+    # os.replace(tmp, path), or pathlib's tmp.replace(path) / tmp.rename(path) of a temporary file
+    by_hand = re.compile(r"os\.replace\(|\b\w*(tmp|temp)\w*\.(replace|rename)\(", re.IGNORECASE)
+    sources = [(str(p.relative_to(PACKAGE)), p) for p in PACKAGE.rglob("*.py")]
+    sources += [(str(p.relative_to(REPO)), p) for p in (REPO / "extras").glob("*/src/**/*.py")]
+    offenders = [name for name, p in sources if by_hand.search(p.read_text(encoding="utf-8")) and name not in allowed]
     assert offenders == []

@@ -335,7 +335,9 @@ VALID: dict[str, st.SearchStrategy] = {
     "trainer.precision": st.sampled_from(PRECISIONS),
     "trainer.clip_grad_norm": _positive,
     "trainer.grad_accum": st.integers(1, 64),
-    "augmentations.mean": st.lists(_unit, min_size=1, max_size=3),
+    # one value per image channel or one for all: full.toml's images have backbone.in_chans = 1 channel
+    "augmentations.mean": st.lists(_unit, min_size=1, max_size=1),
+    "augmentations.std": st.lists(_positive, min_size=1, max_size=1),
     "augmentations.val": st.lists(_simple_aug, max_size=3),
     "augmentations.train[0].n": st.integers(1, 3),
     "augmentations.train[0].transforms[0].transforms[1].p": _unit,

@@ -185,25 +185,18 @@ def test_dry_run_shows_class_counts_and_check_refuses_bad_values(fmnist, tmp_pat
 
     r = cli_run("check", spec, "--set", 'run.task="regression"')
     assert r.returncode == 2 and 'sampler = "weighted" draws by class; a regression run has no classes' in r.stderr
-    bad = _spec(tmp_path / "b1.toml", fmnist["root"], "b1", data='sampler = "weigthed"')
-    r = cli_run("check", bad)
-    assert r.returncode == 2 and "weighted" in r.stderr and "Traceback" not in r.stderr
-    bad = _spec(tmp_path / "b2.toml", fmnist["root"], "b2", loss='weight = "balance"')
-    r = cli_run("check", bad)
-    assert r.returncode == 2 and "balanced" in r.stderr, r.stderr
-    bad = _spec(tmp_path / "b3.toml", fmnist["root"], "b3", data='sampler = "weighted"\nclass_weights = [1, 2]')
-    r = cli_run("train", bad)
-    assert r.returncode == 2 and "class_weights has 2 values but the dataset has 4 classes" in r.stderr, r.stderr
-    assert not (tmp_path / "runs" / "b3").exists()
-    bad = _spec(tmp_path / "b4.toml", fmnist["root"], "b4", loss="weight = [1.0, 2.0, 3.0]")
-    r = cli_run("train", bad)
-    assert r.returncode == 2 and "[loss] weight has 3 values but the dataset has 4 classes" in r.stderr, r.stderr
-    bad = _spec(tmp_path / "b5.toml", fmnist["root"], "b5", data="class_weights = [1, 1, 1, 1]")
-    r = cli_run("check", bad)
-    assert r.returncode == 2 and "sampler" in r.stderr, r.stderr
-    bad = _spec(tmp_path / "b6.toml", fmnist["root"], "b6", data='sampler = "weighted"\nclass_weights = [1, -1, 1, 1]')
-    r = cli_run("check", bad)
-    assert r.returncode == 2 and "class_weights" in r.stderr, r.stderr
+    for name, command, data, loss, message in [
+        ("b1", "check", 'sampler = "weigthed"', "", "weighted"),
+        ("b2", "check", "", 'weight = "balance"', "balanced"),
+        ("b3", "train", 'sampler = "weighted"\nclass_weights = [1, 2]', "",
+         "class_weights has 2 values but the dataset has 4 classes"),
+        ("b4", "train", "", "weight = [1.0, 2.0, 3.0]", "[loss] weight has 3 values but the dataset has 4 classes"),
+        ("b5", "check", "class_weights = [1, 1, 1, 1]", "", "sampler"),
+        ("b6", "check", 'sampler = "weighted"\nclass_weights = [1, -1, 1, 1]', "", "class_weights"),
+    ]:
+        r = cli_run(command, _spec(tmp_path / f"{name}.toml", fmnist["root"], name, data=data, loss=loss))
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (name, r.stderr)
+        assert not (tmp_path / "runs" / name).exists()
 
 
 def test_a_balanced_loss_run_resumes_with_the_same_spec(tmp_path, cli_run):

@@ -5,13 +5,13 @@ training), log to the default local SQLite store ``<output_dir>/mlflow.db``, and
 histories, artifacts and images back from that store. Nothing is mocked and nothing leaves this machine: the
 "unreachable server" is a closed port on 127.0.0.1.
 
-This file is self-contained (no conftest.py: the core suite's ``tests/conftest.py`` is imported by name, so a second
-``conftest`` module here would shadow it when both suites run in one pytest session).
+No conftest.py here (the core suite's ``tests/conftest.py`` is imported by name, so a second ``conftest`` module
+would shadow it when both suites run in one pytest session): the spec, the stopper plugin and the child environment
+come from the core suite's ``tests/helpers_trackers.py``, shared with plugtrain-wandb's tests.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -26,130 +26,30 @@ from typing import Any
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))  # the core suite's helpers, run alone too
+import conftest  # noqa: E402
+import helpers_trackers as trackers  # noqa: E402
+from conftest import cli, free_port  # noqa: E402
+from helpers_faults import torchrun_cmd  # noqa: E402
+from helpers_trackers import csv_rows, stopper_path  # noqa: E402
+
 # MLflow 3.17 with SQLAlchemy 2.1 warns about its own use of `noload`: not ours to fix
 pytestmark = [pytest.mark.timeout(300), pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow")]
+one_torch_thread = conftest.one_torch_thread  # the core suite's fixture, for this module's tests
 
-TINY_SPEC = """\
-[run]
-name = "{name}"
-output_dir = "{output_dir}"
-seed = 0
-epochs = {epochs}
-
-[data]
-dataset = "sklearn-digits"
-image_size = 16
-batch_size = 16
-num_workers = 0
-
-[backbone]
-name = "test_efficientnet"
-in_chans = 1
-
-[loss]
-name = "CrossEntropy"
-
-[optimizer]
-name = "AdamW"
-lr = 3e-3
-weight_decay = 0.05
-
-[scheduler]
-name = "CosineAnnealingLR"
-warmup_steps = 2
-
-[augmentations]
-train = [{{ name = "Affine", rotate = [-10, 10], p = 0.8 }}]
-
-[trainer]
-max_steps_per_epoch = 3
-log_every_steps = 1
-
-[[metrics]]
-name = "accuracy"
-
-[[metrics]]
-name = "confusion_matrix"
-
-{loggers}
-"""
-
-#: A test-only plugin whose logger signals its own process once, at the end of epoch ``at_epoch``, right after the
-#: loggers listed before it (mlflow) have logged that epoch: ``how = "kill"`` SIGKILL (before ``last.pt`` of that epoch
-#: is written; nobody closes anything), ``how = "term"`` SIGTERM (what a preemption sends: plugtrain writes
-#: ``last.pt``, closes the loggers and exits 143), ``how = "raise"`` an exception (the run fails, exit 1).
-STOPPER = '''
-import os, signal
-from pathlib import Path
-from plugtrain import Component, hookimpl
-
-class Stopper:
-    def __init__(self, run_dir: Path, at_epoch: int = 2, how: str = "kill") -> None:
-        self.marker = Path(run_dir) / f"stopped-{how}-{at_epoch}"
-        self.at_epoch, self.how = at_epoch, how
-
-    def log_metrics(self, metrics, step):
-        if metrics.get("epoch") == self.at_epoch and not self.marker.exists():
-            self.marker.write_text(str(os.getpid()))
-            if self.how == "raise":
-                raise RuntimeError("stopped by the test")
-            os.kill(os.getpid(), signal.SIGKILL if self.how == "kill" else signal.SIGTERM)
-
-    def close(self):
-        pass
-
-@hookimpl
-def plugtrain_loggers():
-    return [Component("test-stopper", Stopper)]
-'''
+MLFLOW = '[[loggers]]\nname = "mlflow"\n'
 
 
-def write_spec(folder: Path, name: str = "tiny", epochs: int = 2, loggers: str = '[[loggers]]\nname = "mlflow"\n',
-               output_dir: Path | None = None) -> Path:
-    path = folder / f"{name}.toml"
-    out = output_dir or folder / "runs"
-    path.write_text(TINY_SPEC.format(name=name, output_dir=out.as_posix(), epochs=epochs, loggers=loggers),
-                    encoding="utf-8")
-    return path
-
-
-def stopper_path(root: Path) -> Path:
-    """The stopper plugin as ``pip install`` would leave it: a dist-info with a ``[plugtrain]`` entry point."""
-    info = root / "plugtrain_test_stopper-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugtrain-test-stopper\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[plugtrain]\nstopper = pt_mlflow_test_stopper\n")
-    (root / "pt_mlflow_test_stopper.py").write_text(textwrap.dedent(STOPPER))
-    return root
+def write_spec(folder: Path, name: str = "tiny", epochs: int = 2, loggers: str = MLFLOW) -> Path:
+    return trackers.write_spec(folder, loggers, name, epochs)
 
 
 def child_env(paths: list[Path] = (), **extra: str) -> dict[str, str]:
-    """One thread, plain output, no torchrun/plugtrain/MLflow variables inherited from the caller."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "PLUGTRAIN_", "TORCHELASTIC_"))
-           and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    if paths:
-        env["PYTHONPATH"] = os.pathsep.join([*map(str, paths), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", PLUGTRAIN_PLAIN="1", **extra)
-    return env
+    return trackers.tracker_env("MLFLOW_", paths, **extra)
 
 
 def plugtrain(*args: Any, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "plugtrain", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env or child_env())
-
-
-def cli(*args: Any) -> int:
-    """The real command line in this process."""
-    from plugtrain.entrypoints.cli import main
-
-    return main([str(a) for a in args])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return trackers.plugtrain(*args, env=env or child_env(), timeout=timeout)
 
 
 @pytest.fixture
@@ -157,16 +57,6 @@ def clean_mlflow_env(monkeypatch):
     for key in list(os.environ):
         if key.startswith("MLFLOW_"):
             monkeypatch.delenv(key)
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def client_for(output_dir: Path):
@@ -195,24 +85,11 @@ def image_steps(paths: list[str], key: str) -> list[int]:
                   if (m := re.match(rf"^images/{re.escape(name)}\+step\+(\d+)\+.*(?<!compressed)\.png$", p)))
 
 
-def csv_rows(run_dir: Path) -> list[dict[str, str]]:
-    with (run_dir / "metrics.csv").open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 # -- the registry: listed, shown, in the schema; mlflow not imported to list ------------------------------------------
 
 
 def test_listed_with_its_distribution_without_importing_mlflow():
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "plugtrain", "list", "loggers", "--json"],
-                          capture_output=True, text=True, timeout=60, env=child_env())
-    assert proc.returncode == 0, proc.stderr
-    rows = {r["name"]: r for r in json.loads(proc.stdout)}
-    assert rows["mlflow"]["plugin"] == "mlflow"
-    assert (rows["mlflow"]["distribution"], rows["mlflow"]["version"]) == ("plugtrain-mlflow", "0.1.0")
-    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    # listing may or may not import plugtrain_mlflow.plugin (the registry can cache summaries), never mlflow
-    assert not {m for m in imported if m == "mlflow" or m.startswith("mlflow.")}
+    trackers.assert_listed_without_importing("mlflow", child_env())
 
 
 def test_show_and_schema(capsys):
@@ -333,7 +210,7 @@ def test_spec_flattened_to_params_within_mlflows_limits():
 # -- a run, read back ----------------------------------------------------------------------------------------------------
 
 
-def test_run_params_metrics_artifacts_images_then_resume_after_completion(tmp_path, clean_mlflow_env, one_thread):
+def test_run_params_metrics_artifacts_images_then_resume_after_completion(tmp_path, clean_mlflow_env, one_torch_thread):
     long_tag = "v" * 7000  # the loggers array param (which holds the tags) exceeds MLflow's param value limit
     spec = write_spec(tmp_path, loggers=textwrap.dedent(f'''\
         [[loggers]]
@@ -471,10 +348,7 @@ def test_torchrun_two_processes_with_an_elastic_restart_make_one_mlflow_run(tmp_
     spec = write_spec(tmp_path, epochs=3, loggers='[[loggers]]\nname = "mlflow"\nexperiment = "ddp"\n\n'
                                                   '[[loggers]]\nname = "test-stopper"\nat_epoch = 2\n')
     env = child_env([stopper_path(tmp_path / "plugins")])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--rdzv-backend=c10d",
-           f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--max-restarts=1", "--monitor-interval=0.2",
-           "-m", "plugtrain", "train", str(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280, env=env)
+    proc = subprocess.run(torchrun_cmd("train", spec, max_restarts=1), capture_output=True, text=True, timeout=280, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = tmp_path / "runs" / "tiny"
     assert (run_dir / "stopped-kill-2").is_file()  # the restart did happen
@@ -493,7 +367,7 @@ def test_torchrun_two_processes_with_an_elastic_restart_make_one_mlflow_run(tmp_
 # -- failures before training ---------------------------------------------------------------------------------------------
 
 
-def test_unreachable_server_exits_2_with_one_message_and_no_run_dir(tmp_path, clean_mlflow_env, one_thread, capfd):
+def test_unreachable_server_exits_2_with_one_message_and_no_run_dir(tmp_path, clean_mlflow_env, one_torch_thread, capfd):
     port = free_port()  # bound and released: nothing listens there
     spec = write_spec(tmp_path, loggers=f'[[loggers]]\nname = "mlflow"\ntracking_uri = "http://127.0.0.1:{port}"\n'
                                         'connect_timeout = 2\n')

@@ -198,6 +198,30 @@ def test_predict_writes_a_mask_png_per_image(trained, data, tmp_path, cli):
     assert len(lines) == 2 and all(re.match(r".+\t32x32 mask: background \d+\.\d%", line) for line in lines), lines
 
 
+def test_predict_out_on_the_command_line_writes_masks_and_never_overwrites_unasked(trained, data, tmp_path, cli):
+    images = sorted((data / "val" / "images").glob("*.png"))[:2]
+    out = tmp_path / "masks"
+    proc = cli("predict", trained, *images, "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = [out / f"{p.stem}.mask.png" for p in images]
+    assert [r["mask_file"] for r in json.loads(proc.stdout)] == [str(f) for f in files]
+    assert all(f.stat().st_size > 0 for f in files) and sorted(out.iterdir()) == sorted(files)
+    files[0].write_bytes(b"mine")  # a user's file: a second predict into the folder must not replace it unasked
+    proc = cli("predict", trained, *images, "--out", out)
+    assert proc.returncode == 2 and "not empty" in proc.stderr and "--overwrite" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and files[0].read_bytes() == b"mine"
+    proc = cli("predict", trained, *images, "--out", out, "--overwrite")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert files[0].read_bytes()[:4] == b"\x89PNG" and len(proc.stdout.strip().splitlines()) == 2
+    twin = tmp_path / "other" / images[0].name  # two images of one name would write one mask file
+    twin.parent.mkdir()
+    twin.write_bytes(images[0].read_bytes())
+    proc = cli("predict", trained, images[0], twin, "--out", tmp_path / "new")
+    assert proc.returncode == 2 and "same name" in proc.stderr and not (tmp_path / "new").exists(), proc.stderr
+    proc = cli("predict", trained, images[0], "--out", images[1])  # a file, not a folder
+    assert proc.returncode == 2 and "is a file" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_onnx_export_matches_the_eager_model(trained, data, tmp_path, cli):
     import onnxruntime as ort
     import torch
@@ -377,6 +401,11 @@ name = "DiceCE"
 [optimizer]
 name = "AdamW"
 """, encoding="utf-8")
+    proc = cli("check", no_masks)  # the datasets declare their targets: check knows before anything is built
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert (f"{no_masks}:12:11: data.dataset: dataset 'sklearn-digits' yields classification or regression targets, "
+            "but run.task = 'segmentation' needs segmentation targets. Datasets that fit: segmentation-pairs."
+            ) in proc.stderr
     proc = cli("train", no_masks)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "sklearn-digits" in proc.stderr and "segmentation" in proc.stderr and "Traceback" not in proc.stderr

@@ -7,17 +7,16 @@ record: run, config, history rows with their step, exit). Nothing is mocked and 
 "unreachable server" is a closed port on 127.0.0.1. wandb's config/cache/data folders are put under each test's
 temporary directory.
 
-This file is self-contained (no conftest.py: the core suite's ``tests/conftest.py`` is imported by name, so a second
-``conftest`` module here would shadow it when both suites run in one pytest session).
+No conftest.py here (the core suite's ``tests/conftest.py`` is imported by name, so a second ``conftest`` module
+would shadow it when both suites run in one pytest session): the spec, the stopper plugin and the child environment
+come from the core suite's ``tests/helpers_trackers.py``, shared with plugtrain-mlflow's tests.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -32,101 +31,21 @@ from typing import Any
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))  # the core suite's helpers, run alone too
+import conftest  # noqa: E402
+import helpers_trackers as trackers  # noqa: E402
+from conftest import cli, free_port  # noqa: E402
+from helpers_faults import torchrun_cmd  # noqa: E402
+from helpers_trackers import csv_rows, plugtrain, stopper_path  # noqa: E402
+
 pytestmark = pytest.mark.timeout(300)
-
-TINY_SPEC = """\
-[run]
-name = "{name}"
-output_dir = "{output_dir}"
-seed = 0
-epochs = {epochs}
-
-[data]
-dataset = "sklearn-digits"
-image_size = 16
-batch_size = 16
-num_workers = 0
-
-[backbone]
-name = "test_efficientnet"
-in_chans = 1
-
-[loss]
-name = "CrossEntropy"
-
-[optimizer]
-name = "AdamW"
-lr = 3e-3
-weight_decay = 0.05
-
-[scheduler]
-name = "CosineAnnealingLR"
-warmup_steps = 2
-
-[augmentations]
-train = [{{ name = "Affine", rotate = [-10, 10], p = 0.8 }}]
-
-[trainer]
-max_steps_per_epoch = 3
-log_every_steps = 1
-
-[[metrics]]
-name = "accuracy"
-
-[[metrics]]
-name = "confusion_matrix"
-
-{loggers}
-"""
+one_torch_thread = conftest.one_torch_thread  # the core suite's fixture, for this module's tests
 
 WANDB_OFFLINE = '[[loggers]]\nname = "wandb"\nmode = "offline"\n'
 
-#: A test-only plugin whose logger stops its own process once, at the end of epoch ``at_epoch``, right after the
-#: loggers listed before it (wandb) have logged that epoch and before ``last.pt`` of that epoch is written: with
-#: ``how = "raise"`` an exception (the runtime closes the loggers: W&B finishes and writes everything), with
-#: ``how = "kill"`` SIGKILL (nobody closes anything), ``sleep`` seconds after the epoch was logged.
-STOPPER = '''
-import os, signal, time
-from pathlib import Path
-from plugtrain import Component, hookimpl
-
-class Stopper:
-    def __init__(self, run_dir: Path, at_epoch: int = 2, how: str = "kill", sleep: float = 0.0) -> None:
-        self.marker = Path(run_dir) / f"stopped-{how}-{at_epoch}"
-        self.at_epoch, self.how, self.sleep = at_epoch, how, sleep
-
-    def log_metrics(self, metrics, step):
-        if metrics.get("epoch") == self.at_epoch and not self.marker.exists():
-            self.marker.write_text(str(os.getpid()))
-            time.sleep(self.sleep)
-            if self.how == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
-            raise RuntimeError("stopped by the test")
-
-    def close(self):
-        pass
-
-@hookimpl
-def plugtrain_loggers():
-    return [Component("test-stopper", Stopper)]
-'''
-
 
 def write_spec(folder: Path, name: str = "tiny", epochs: int = 2, loggers: str = WANDB_OFFLINE) -> Path:
-    path = folder / f"{name}.toml"
-    path.write_text(TINY_SPEC.format(name=name, output_dir=(folder / "runs").as_posix(), epochs=epochs,
-                                     loggers=loggers), encoding="utf-8")
-    return path
-
-
-def stopper_path(root: Path) -> Path:
-    """The stopper plugin as ``pip install`` would leave it: a dist-info with a ``[plugtrain]`` entry point."""
-    info = root / "plugtrain_test_stopper-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugtrain-test-stopper\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[plugtrain]\nstopper = pt_wandb_test_stopper\n")
-    (root / "pt_wandb_test_stopper.py").write_text(textwrap.dedent(STOPPER))
-    return root
+    return trackers.write_spec(folder, loggers, name, epochs)
 
 
 def wandb_env(home: Path) -> dict[str, str]:
@@ -136,33 +55,9 @@ def wandb_env(home: Path) -> dict[str, str]:
 
 
 def child_env(home: Path, paths: list[Path] = (), **extra: str) -> dict[str, str]:
-    """One thread, plain output, no torchrun/plugtrain/W&B variables inherited from the caller."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("WANDB_", "PLUGTRAIN_", "TORCHELASTIC_"))
-           and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    if paths:
-        env["PYTHONPATH"] = os.pathsep.join([*map(str, paths), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", PLUGTRAIN_PLAIN="1",
-               **wandb_env(home), **extra)
-    return env
-
-
-def plugtrain(*args: Any, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "plugtrain", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-def cli(*args: Any) -> int:
-    """The real command line in this process."""
-    from plugtrain.entrypoints.cli import main
-
-    return main([str(a) for a in args])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """One thread, plain output, no torchrun/plugtrain/W&B variables inherited from the caller; W&B's folders under
+    ``home``."""
+    return trackers.tracker_env("WANDB_", paths, **wandb_env(home), **extra)
 
 
 @pytest.fixture
@@ -174,16 +69,6 @@ def wandb_home(tmp_path, monkeypatch) -> Path:
     for key, value in wandb_env(tmp_path / "wandb-home").items():
         monkeypatch.setenv(key, value)
     return tmp_path / "wandb-home"
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def inspect(run_file: Path) -> list[dict[str, Any]]:
@@ -202,11 +87,6 @@ def attempts(run_dir: Path) -> list[Path]:
 
 def history(records: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
     return [(int(r["history"]["step"]["num"]), r["history"]["item"]) for r in records if r["type"] == "history"]
-
-
-def csv_rows(run_dir: Path) -> list[dict[str, str]]:
-    with (run_dir / "metrics.csv").open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def wandb_core_of(pid: int) -> list[int]:
@@ -237,14 +117,7 @@ def wait_gone(pid: int, seconds: float = 20) -> list[int]:
 
 
 def test_listed_with_its_distribution_without_importing_wandb(tmp_path):
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "plugtrain", "list", "loggers", "--json"],
-                          capture_output=True, text=True, timeout=60, env=child_env(tmp_path))
-    assert proc.returncode == 0, proc.stderr
-    rows = {r["name"]: r for r in json.loads(proc.stdout)}
-    assert rows["wandb"]["plugin"] == "wandb"
-    assert (rows["wandb"]["distribution"], rows["wandb"]["version"]) == ("plugtrain-wandb", "0.1.0")
-    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert not {m for m in imported if m == "wandb" or m.startswith("wandb.")}
+    trackers.assert_listed_without_importing("wandb", child_env(tmp_path))
 
 
 def test_show_and_schema(capsys):
@@ -271,7 +144,7 @@ def test_check_rejects_a_bad_mode(tmp_path, capsys):
 # -- a run, read back ----------------------------------------------------------------------------------------------------
 
 
-def test_offline_run_config_history_images_then_resume_after_completion(tmp_path, wandb_home, one_thread, capfd):
+def test_offline_run_config_history_images_then_resume_after_completion(tmp_path, wandb_home, one_torch_thread, capfd):
     spec = write_spec(tmp_path, loggers=WANDB_OFFLINE + 'project = "digits"\ntags = ["tiny", "test"]\n'
                                                        'group = "g1"\n\n[[metrics]]\nname = "embeddings"\n')
     spec.write_text(spec.read_text().replace("[augmentations]\n", "[augmentations]\nsave_samples = 4\n"))
@@ -380,10 +253,7 @@ def test_crash_and_kill_then_resume_keep_one_run_without_duplicated_steps(tmp_pa
 def test_torchrun_two_processes_make_one_wandb_run(tmp_path):
     spec = write_spec(tmp_path, loggers=WANDB_OFFLINE)
     env = child_env(tmp_path / "wandb-home")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--rdzv-backend=c10d",
-           f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--max-restarts=0", "--monitor-interval=0.2",
-           "-m", "plugtrain", "train", str(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280, env=env)
+    proc = subprocess.run(torchrun_cmd("train", spec), capture_output=True, text=True, timeout=280, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = tmp_path / "runs" / "tiny"
     assert json.loads((run_dir / "env.json").read_text())["world_size"] == 2
@@ -396,7 +266,7 @@ def test_torchrun_two_processes_make_one_wandb_run(tmp_path):
 # -- failures before training ---------------------------------------------------------------------------------------------
 
 
-def test_online_without_a_reachable_server_exits_2_with_one_message_and_no_run_dir(tmp_path, wandb_home, one_thread,
+def test_online_without_a_reachable_server_exits_2_with_one_message_and_no_run_dir(tmp_path, wandb_home, one_torch_thread,
                                                                                    capfd, monkeypatch):
     spec = write_spec(tmp_path, loggers='[[loggers]]\nname = "wandb"\n')  # mode "online", the default
     # not logged in: refused at once
@@ -419,7 +289,7 @@ def test_online_without_a_reachable_server_exits_2_with_one_message_and_no_run_d
     assert wandb_core_of(os.getpid()) == []
 
 
-def test_disabled_mode_writes_nothing(tmp_path, wandb_home, one_thread):
+def test_disabled_mode_writes_nothing(tmp_path, wandb_home, one_torch_thread):
     spec = write_spec(tmp_path, loggers='[[loggers]]\nname = "wandb"\nmode = "disabled"\n')
     assert cli("train", spec) == 0
     run_dir = tmp_path / "runs" / "tiny"

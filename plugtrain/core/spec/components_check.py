@@ -35,6 +35,7 @@ class ComponentChecks:
 
     def __init__(self, validator: Validator) -> None:
         self.validator = validator
+        self.task: str | None = None  # the spec's run.task when it names a known task: what did-you-means prefer
         self.registry = validator.registry
         self.problems = validator.problems  # the validator's own list: one order for every problem
         self.add = validator.add
@@ -169,9 +170,26 @@ class ComponentChecks:
                                     f"{inner_name!r}, which takes {target.fits.passes} passes per step: name "
                                     f"{inner_name!r} as the {SINGULAR[kind]} and {comp.name!r} as its {p.name}")
 
+    def set_task(self, d: dict[str, Any]) -> None:
+        """Remember the task of the spec ``d`` (``run.task``, else the default task) when it is a known one, so that
+        an unknown component name is answered with the components that fit that task (see ``Lookup.suggest``)."""
+        run = d.get("run") if isinstance(d.get("run"), dict) else {}
+        name = run.get("task")
+        self.task = None
+        try:
+            if name is None:
+                from plugtrain.core.task import default_task_name
+
+                name = default_task_name(self.registry)
+            if isinstance(name, str):
+                self.registry.get("tasks", name)
+                self.task = name
+        except PlugtrainError:  # an unknown or absent task: reported elsewhere; suggest among every component
+            pass
+
     def lookup(self, kind: str, name: str, path: tuple) -> Any:
         try:
-            return self.registry.get(kind, name)
+            return self.registry.get(kind, name, task=self.task if kind != "tasks" else None)
         except PlugtrainError as exc:
             hint = retired_hint(self.retired, kind, name.rpartition(":")[2])
             msg = str(exc)

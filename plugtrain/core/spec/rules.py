@@ -144,7 +144,32 @@ class CrossRules:
         if "mixup" in d and isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 and batch % 2:
             self.add(("data", "batch_size"), f"data.batch_size ({batch}) must be even with [mixup]: it mixes each "
                                              "batch with its reverse in pairs", related=(("mixup",),))
+        self.dataset_fit_check(data, task, task_obj)
         self.primary_metric_check(d, run, task, task_obj)
+
+    def dataset_fit_check(self, data: dict[str, Any], task: str, task_obj: Any) -> None:
+        """A dataset whose ``Fits.tasks`` declares the targets it yields (``DatasetSplits.task`` words) must yield
+        some that ``run.task`` trains on (its ``dataset_tasks``, or its name): no masks, no segmentation run."""
+        ds = data.get("dataset")
+        name = ds.get("name") if isinstance(ds, dict) else ds
+        comp = self._quiet("datasets", name)
+        if comp is None or self._dataset_fits(comp, task, task_obj):
+            return
+        others = [c.name for c in self.registry.components("datasets")
+                  if c.fits.tasks and self._dataset_fits(c, task, task_obj)]
+        fitting = f" Datasets that fit: {', '.join(others)}." if others else ""
+        self.add(("data", "dataset"), f"data.dataset: dataset {name!r} yields {' or '.join(comp.fits.tasks)} targets, "
+                                      f"but run.task = {task!r} needs {self._targets_text(task_obj)} "
+                                      f"targets.{fitting}", related=(("run", "task"),))
+
+    @staticmethod
+    def _dataset_fits(comp: Any, task: str, task_obj: Any) -> bool:
+        words = set(comp.fits.tasks)
+        return not words or task in words or bool(words & set(task_obj.dataset_tasks))
+
+    @staticmethod
+    def _targets_text(task_obj: Any) -> str:
+        return " or ".join(w for w in task_obj.dataset_tasks if w) or "class index"
 
     def optimizer_checks(self, d: dict[str, Any], trainer: dict[str, Any]) -> None:
         """What the optimizer and the loss declare (``Component.fits``): an optimizer of several passes per step

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import re
 import sys
+from collections.abc import Iterator
 from typing import NamedTuple
 
 if sys.version_info >= (3, 11):
@@ -85,6 +86,25 @@ class _Scanner:
                 self.skip_comment()
             else:
                 break
+
+    def skip_string_or_comment(self) -> str:
+        """Past the comment or string that starts at ``self.i``, if one does; returns how it opens (``#``, a quote or
+        three quotes), "" where none starts. A one-line string left open ends at its line's end; a multi-line one left
+        open leaves ``self.i`` past the document's end."""
+        c = self.peek()
+        if c == "#":
+            self.skip_comment()
+            return c
+        if c not in ('"', "'"):
+            return ""
+        start = self.i
+        self.string()
+        if self.s.startswith(c * 3, start):
+            return c * 3
+        nl = self.s.find("\n", start, self.i)
+        if nl != -1:
+            self.i = nl
+        return c
 
     def skip_to_eol(self) -> None:
         while self.i < self.n and self.s[self.i] != "\n":
@@ -162,34 +182,30 @@ class _Scanner:
                     self.i = m.end()
 
     def array(self, path: tuple) -> None:
-        self.i += 1  # [
-        idx = 0
-        while True:
-            self.skip_ws_nl_comments()
-            c = self.peek()
-            if c == "]" or c == "":
-                self.i += 1
-                return
-            if c == ",":
-                self.i += 1
-                continue
+        for idx, _ in enumerate(self.items("]")):
             sub = (*path, idx)
             self.record(sub, self.i)
             self.value(sub)
-            idx += 1
 
     def inline_table(self, path: tuple) -> None:
-        self.i += 1  # {
+        for _ in self.items("}"):
+            self.keyval(path)
+
+    def items(self, close: str) -> Iterator[None]:
+        """Stops at each item of the array or inline table that opens at ``self.i``, then moves past ``close``
+        (commas, newlines and comments between items are skipped). A generator, so that nesting costs no deeper
+        recursion than ``value`` itself."""
+        self.i += 1  # [ or {
         while True:
             self.skip_ws_nl_comments()
             c = self.peek()
-            if c == "}" or c == "":
+            if c == close or c == "":
                 self.i += 1
                 return
             if c == ",":
                 self.i += 1
                 continue
-            self.keyval(path)
+            yield
 
     def keyval(self, table: tuple) -> None:
         start = self.i
@@ -269,26 +285,14 @@ def unclosed(src: str) -> tuple[int, int, str] | None:
     sc = _Scanner(src)
     stack: list[tuple[int, str]] = []
     while sc.i < sc.n:
+        if sc.skip_string_or_comment():
+            continue
         c = sc.s[sc.i]
-        if c == "#":
-            sc.skip_comment()
-        elif c in "\"'":
-            start = sc.i
-            sc.string()
-            if sc.s.startswith('"""', start) or sc.s.startswith("'''", start):
-                continue
-            nl = sc.s.find("\n", start, sc.i)  # a one-line string left open ends at its line's end
-            if nl != -1:
-                sc.i = nl
-        elif c in "[{":
+        if c in "[{":
             stack.append((sc.i, c))
-            sc.i += 1
-        elif c in "]}":
-            if stack:
-                stack.pop()
-            sc.i += 1
-        else:
-            sc.i += 1
+        elif c in "]}" and stack:
+            stack.pop()
+        sc.i += 1
     if not stack:
         return None
     off, c = stack[-1]
@@ -335,19 +339,11 @@ def too_deep(src: str, limit: int) -> tuple[int, int] | None:
     depth = 0
     at_line_start = True
     while sc.i < sc.n:
+        skipped = sc.skip_string_or_comment()
+        if skipped:
+            at_line_start = at_line_start and skipped == "#"
+            continue
         c = sc.s[sc.i]
-        if c == "#":
-            sc.skip_comment()
-            continue
-        if c in "\"'":
-            start = sc.i
-            sc.string()
-            if not (sc.s.startswith('"""', start) or sc.s.startswith("'''", start)):
-                nl = sc.s.find("\n", start, sc.i)
-                if nl != -1:
-                    sc.i = nl
-            at_line_start = False
-            continue
         if c == "\n":
             at_line_start = True
         elif c in "[{":

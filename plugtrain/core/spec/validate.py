@@ -112,6 +112,7 @@ class Validator:
 
     # -- the document --------------------------------------------------------------------------------------------
     def validate(self, d: dict[str, Any]) -> list[Problem]:
+        self.components.set_task(d)  # the run.task that an unknown component name's did-you-mean prefers
         for key in d:
             if key not in SECTIONS:
                 hint = did_you_mean(key, SECTIONS) or _belongs(key, "")

@@ -40,14 +40,19 @@ def plugtrain_datasets():
 
     return [
         Component("imagefolder", imagefolder.imagefolder,
-                  summary="Images in one sub-folder per class (train/val folders or a split)."),
+                  summary="Images in one sub-folder per class (train/val folders or a split).",
+                  fits={"tasks": ("classification",)}),
         Component("csv", manifest.csv_manifest,
-                  summary="Images listed in a csv manifest: path,label, path,labels (multilabel) or path,target."),
+                  summary="Images listed in a csv manifest: path,label, path,labels (multilabel) or path,target.",
+                  fits={"tasks": ("classification", "multilabel", "regression")}),
         Component("webdataset", webdataset.webdataset,
-                  summary="Images in WebDataset .tar shards (paths, brace patterns, pipe: URLs), random access."),
-        Component("idx", idx.idx, summary="MNIST-format IDX files (MNIST, Fashion-MNIST), raw or gzipped."),
+                  summary="Images in WebDataset .tar shards (paths, brace patterns, pipe: URLs), random access.",
+                  fits={"tasks": ("classification", "multilabel", "regression")}),
+        Component("idx", idx.idx, summary="MNIST-format IDX files (MNIST, Fashion-MNIST), raw or gzipped.",
+                  fits={"tasks": ("classification",)}),
         Component("sklearn-digits", sklearn_digits.sklearn_digits,
-                  summary="scikit-learn's 1,797 8x8 handwritten digits (no files)."),
+                  summary="scikit-learn's 1,797 8x8 handwritten digits (no files).",
+                  fits={"tasks": ("classification", "regression")}),
     ]
 
 

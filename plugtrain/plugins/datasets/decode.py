@@ -35,11 +35,12 @@ import errno
 import os
 import stat
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
+from plugtrain.core.console import quiet_logger
 from plugtrain.core.data import SampleError
 from plugtrain.core.errors import PlugtrainError
 
@@ -107,15 +108,24 @@ def decode_image(path: str | os.PathLike[str], channels: int | list[int] = 3, de
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
     path = os.fspath(path)
+    return _decode_8bit(path, channels, decoder, cv2=lambda: _decode_cv2(path, channels),
+                        png=lambda: _decode_png_fast(path), pil=lambda: _decode_pil(path, channels))
+
+
+def _decode_8bit(name: str, channels: int, decoder: str, cv2: Callable[[], np.ndarray | None],
+                 png: Callable[[], np.ndarray | None], pil: Callable[[], np.ndarray]) -> np.ndarray:
+    """Which decode reads an 8-bit image, the same for a file and for its bytes: OpenCV (``cv2``) with ``decoder =
+    "cv2"``, the PNG fast path (``png``) for an RGB ``.png``, and Pillow (``pil``) otherwise and wherever the first
+    two give up (None)."""
     if decoder == "cv2":
-        image = _decode_cv2(path, channels)
+        image = cv2()
         if image is not None:
             return image
-    elif channels == 3 and path[-4:].lower() == ".png":
-        image = _decode_png_fast(path)
+    elif channels == 3 and name[-4:].lower() == ".png":
+        image = png()
         if image is not None:
             return image
-    return _decode_pil(path, channels)
+    return pil()
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -193,6 +203,19 @@ def _decode_pil(path: str, channels: int) -> np.ndarray:
 
 def _decode_pil_source(source: Any, path: str, channels: int) -> np.ndarray:
     """Pillow's decode of ``source`` (a path or a binary file object); faults name ``path``."""
+    from PIL import Image
+
+    with _pil_faults(path), Image.open(source) as img:
+        array = _pil_to_array(img, channels)
+    if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise SampleError(path, f"decoded to an empty image of shape {tuple(array.shape)}")
+    return array
+
+
+@contextlib.contextmanager
+def _pil_faults(path: str) -> Iterator[None]:
+    """Pillow's faults in the block (opening and decoding an image) as one :class:`SampleError` naming ``path``; a
+    decompression-bomb warning is one of them."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -200,8 +223,7 @@ def _decode_pil_source(source: Any, path: str, channels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                array = _pil_to_array(img, channels)
+            yield
     except SampleError:
         raise
     except UnidentifiedImageError:
@@ -215,9 +237,6 @@ def _decode_pil_source(source: Any, path: str, channels: int) -> np.ndarray:
     except (ValueError, SyntaxError, EOFError, struct.error, IndexError, TypeError) as exc:
         # Pillow's plugins raise these on malformed headers.
         raise SampleError(path, f"corrupt image data: {exc or type(exc).__name__}") from None
-    if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
-        raise SampleError(path, f"decoded to an empty image of shape {tuple(array.shape)}")
-    return array
 
 
 def _pil_to_array(img: Any, channels: int) -> np.ndarray:
@@ -248,32 +267,19 @@ def _decode_cv2(path: str, channels: int) -> np.ndarray | None:
     import cv2
 
     _check_file(path)
-    flags = cv2.IMREAD_IGNORE_ORIENTATION | (cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE)
-    logging = cv2.utils.logging
-    level = logging.getLogLevel()
-    logging.setLogLevel(logging.LOG_LEVEL_SILENT)  # the reason comes from Pillow, not from OpenCV's stderr
-    try:
-        image = cv2.imread(path, flags)
-    except cv2.error:
-        return None
-    finally:
-        logging.setLogLevel(level)
-    return _cv2_result(image, channels)
-
-
-def _cv2_result(image: Any, channels: int) -> np.ndarray | None:
-    import cv2
-
-    if image is None or image.size == 0:
-        return None
-    if image.dtype != np.uint8:
-        return None
-    if channels == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return np.ascontiguousarray(image[..., None])
+    return _cv2_decode(lambda flags: cv2.imread(path, flags), channels)
 
 
 def _decode_cv2_buffer(buf: np.ndarray, channels: int) -> np.ndarray | None:
+    """:func:`_decode_cv2` of a file's bytes."""
+    import cv2
+
+    return _cv2_decode(lambda flags: cv2.imdecode(buf, flags), channels)
+
+
+def _cv2_decode(read: Callable[[int], Any], channels: int) -> np.ndarray | None:
+    """``read(flags)`` (``cv2.imread`` or ``cv2.imdecode``) as an 8-bit RGB or one-channel array, or None where
+    OpenCV fails. OpenCV's own logging is silenced: the reason comes from Pillow, not from OpenCV's stderr."""
     import cv2
 
     flags = cv2.IMREAD_IGNORE_ORIENTATION | (cv2.IMREAD_COLOR if channels == 3 else cv2.IMREAD_GRAYSCALE)
@@ -281,12 +287,16 @@ def _decode_cv2_buffer(buf: np.ndarray, channels: int) -> np.ndarray | None:
     level = logging.getLogLevel()
     logging.setLogLevel(logging.LOG_LEVEL_SILENT)
     try:
-        image = cv2.imdecode(buf, flags)
+        image = read(flags)
     except cv2.error:
         return None
     finally:
         logging.setLogLevel(level)
-    return _cv2_result(image, channels)
+    if image is None or image.size == 0 or image.dtype != np.uint8:
+        return None
+    if channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(image[..., None])
 
 
 def decode_bytes(data: bytes | bytearray | memoryview | np.ndarray, name: str, channels: int | list[int] = 3,
@@ -305,15 +315,9 @@ def decode_bytes(data: bytes | bytearray | memoryview | np.ndarray, name: str, c
         raise SampleError(name, "empty file (0 bytes)")
     if pixels == "raw":
         return decode_raw(io.BytesIO(buf.tobytes()), name, channels, npy_layout)
-    if decoder == "cv2":
-        image = _decode_cv2_buffer(buf, channels)
-        if image is not None:
-            return image
-    elif channels == 3 and name[-4:].lower() == ".png":
-        image = _png_fast_buffer(buf)
-        if image is not None:
-            return image
-    return _decode_pil_source(io.BytesIO(buf.tobytes()), name, channels)
+    return _decode_8bit(name, channels, decoder, cv2=lambda: _decode_cv2_buffer(buf, channels),
+                        png=lambda: _png_fast_buffer(buf),
+                        pil=lambda: _decode_pil_source(io.BytesIO(buf.tobytes()), name, channels))
 
 
 def image_size(source: str | os.PathLike[str] | bytes) -> tuple[int, int] | None:
@@ -425,7 +429,7 @@ def _read_tiff(source: Any, path: str) -> np.ndarray:
     import tifffile
 
     try:
-        with _quiet_tifffile(), tifffile.TiffFile(source) as tif:
+        with quiet_logger("tifffile"), tifffile.TiffFile(source) as tif:
             if not tif.series:
                 raise SampleError(path, "not a readable TIFF file: it holds no image (corrupt or truncated)")
             series = tif.series[0]
@@ -438,20 +442,6 @@ def _read_tiff(source: Any, path: str) -> np.ndarray:
             raise _file_fault(path, exc) from None
         raise SampleError(path, f"not a readable TIFF file: {_one_line(str(exc)) or type(exc).__name__}") from None
     return tiff_to_hwc(array, axes, path)
-
-
-@contextlib.contextmanager
-def _quiet_tifffile() -> Iterator[None]:
-    """tifffile logs what it finds wrong in a file; the reason reaches the user once, in the SampleError."""
-    import logging
-
-    logger = logging.getLogger("tifffile")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def tiff_to_hwc(array: np.ndarray, axes: str, path: str) -> np.ndarray:
@@ -480,32 +470,16 @@ def _read_npy(source: Any, path: str, npy_layout: str) -> np.ndarray:
 
 
 def _read_pil_raw(source: Any, path: str) -> np.ndarray:
-    import warnings
+    from PIL import Image
 
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                if img.mode in ("P", "PA"):
-                    img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
-                elif img.mode == "1":
-                    img = img.convert("L")
-                else:
-                    img.load()
-                array = np.asarray(img)
-    except UnidentifiedImageError:
-        raise SampleError(path, "not a readable image (corrupt, or a format Pillow does not know)") from None
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise SampleError(path, f"image too large to decode safely: {exc}") from None
-    except OSError as exc:
-        if exc.errno is not None:
-            raise _file_fault(path, exc) from None
-        raise SampleError(path, f"corrupt or truncated image data: {exc}") from None
-    except (ValueError, SyntaxError, EOFError, struct.error, IndexError, TypeError) as exc:
-        raise SampleError(path, f"corrupt image data: {exc or type(exc).__name__}") from None
-    return array
+    with _pil_faults(path), Image.open(source) as img:
+        if img.mode in ("P", "PA"):
+            img = img.convert("RGBA" if "transparency" in img.info or img.mode == "PA" else "RGB")
+        elif img.mode == "1":
+            img = img.convert("L")
+        else:
+            img.load()
+        return np.asarray(img)
 
 
 def raw_format(path: str, npy_layout: str = "HWC") -> tuple[str, int] | None:
@@ -528,7 +502,7 @@ def raw_header(path: str, npy_layout: str = "HWC") -> tuple[tuple[str, int], tup
         if lower.endswith((".tif", ".tiff")):
             import tifffile
 
-            with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            with quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 shape, axes, dtype = series.shape, series.axes, np.dtype(series.dtype)
             rest = [n for n, a in zip(shape, axes, strict=True) if a not in "YX"]

@@ -685,7 +685,7 @@ def webdataset(
     label_key: str | None = None,
     channels: int | list[int] | None = None,
     pixels: Literal["uint8", "raw"] | None = None,
-    npy_layout: Literal["HWC", "CHW"] = "HWC",
+    npy_layout: Literal["HWC", "CHW"] | None = None,
     decoder: Literal["pil", "cv2"] | None = None,
     cache: Literal["none", "memory", "disk"] = "none",
     cache_dir: str | None = None,
@@ -702,9 +702,9 @@ def webdataset(
     Per sample: the image is the first member with an image extension (or ``image_key``: ``"jpg"``,
     ``"jpg;png"``), the target the ``.cls`` member (classification, a class index), ``.json`` (multilabel, a JSON
     list of class indices or names: a multi-hot target) or ``.target`` (regression, a JSON number or list;
-    ``label_key`` names another). ``class_names``, ``task``, ``channels`` and ``decoder``
+    ``label_key`` names another). ``class_names``, ``task``, ``channels``, ``pixels``, ``npy_layout`` and ``decoder``
     default to the ``plugtrain-shards.json`` beside the first shard, else ``"0"``.. (the largest index + 1),
-    classification, 3, ``pil``.
+    classification, 3, ``uint8``, ``HWC``, ``pil``.
 
     Indexing reads every tar header once (not the images): then each rank gets the same number of batches
     whatever the shard sizes, the order is a function of ``(seed, epoch)``, resume is exact mid-epoch and
@@ -734,6 +734,7 @@ def webdataset(
                     "'regression'")
     channels = channels or meta.get("channels") or 3
     pixels = pixels or meta.get("pixels") or "uint8"  # pixels, npy_layout: as imagefolder's
+    npy_layout = npy_layout or meta.get("npy_layout") or "HWC"
     decoder = decoder or meta.get("decoder") or "pil"
     check_common(on_error, channels, pixels, npy_layout)
     if class_names is None and meta.get("class_names"):
@@ -860,7 +861,7 @@ def read_image(path: str | os.PathLike[str], *, in_chans: int, params: Mapping[s
         with contextlib.suppress(Exception):
             meta = _resolve(params["shards"], None, None)[1] or {}
     given = {k: v for k, v in (params or {}).items() if v is not None}
-    return read_as(webdataset, path, in_chans, {**meta, **given}, decoder or meta.get("decoder"))
+    return read_as(webdataset, path, in_chans, {"npy_layout": "HWC", **meta, **given}, decoder or meta.get("decoder"))
 
 
 webdataset.read_image = read_image
