@@ -30,4 +30,4 @@ def test_shards_of_npy_stacks_read_back_as_the_source_without_parameters(tmp_pat
     got = sorted((wds.val[i][0] for i in range(len(wds.val))), key=lambda a: a.tobytes())
     want = sorted((folder.val[i][0] for i in range(len(folder.val))), key=lambda a: a.tobytes())
     assert len(got) == len(want) > 0
-    assert all(a.dtype == np.float32 and a.shape[2] == 2 and np.array_equal(a, b) for a, b in zip(got, want))
+    assert all(a.dtype == np.float32 and a.shape[2] == 2 and np.array_equal(a, b) for a, b in zip(got, want, strict=True))

@@ -403,7 +403,8 @@ name = "AdamW"
 """, encoding="utf-8")
     proc = cli("check", no_masks)  # the datasets declare their targets: check knows before anything is built
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
-    assert (f"{no_masks}:12:11: data.dataset: dataset 'sklearn-digits' yields classification or regression targets, "
+    line = no_masks.read_text().splitlines().index('dataset = "sklearn-digits"') + 1
+    assert (f"{no_masks}:{line}:11: data.dataset: dataset 'sklearn-digits' yields classification or regression targets, "
             "but run.task = 'segmentation' needs segmentation targets. Datasets that fit: segmentation-pairs."
             ) in proc.stderr
     proc = cli("train", no_masks)
