@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,10 +65,8 @@ def stopper_path(root: Path) -> Path:
 
 def tracker_env(prefix: str, paths: list[Path] = (), **extra: str) -> dict[str, str]:
     """:func:`helpers_faults.child_env` without the tracker's variables (``prefix``, e.g. ``"MLFLOW_"``), plus
-    ``extra``; the session's cache folder (``tests/conftest.py``) is kept, so that no child uses the user's cache."""
+    ``extra`` (the session's cache folder is kept, as ``child_env`` keeps it)."""
     env = {k: v for k, v in child_env(paths).items() if not k.startswith(prefix)}
-    if "PLUGTRAIN_CACHE_DIR" in os.environ:
-        env["PLUGTRAIN_CACHE_DIR"] = os.environ["PLUGTRAIN_CACHE_DIR"]
     env.update(extra)
     return env
 
