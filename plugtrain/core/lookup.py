@@ -112,8 +112,8 @@ class Lookup:
     @staticmethod
     def suggest(name: str, comps: list[Any], task: str | None = None) -> str:
         """The did-you-mean for the unknown ``name`` among ``comps``: with a ``task``, only those whose ``fits``
-        allows it when any of them is close (a typo in a classification spec is not answered with a segmentation
-        loss, whatever extras are installed); else every close one."""
+        allows it when any of them is close (a typo is answered with a component of the run's own task, whatever
+        other plugins are installed); else every close one."""
         if task is not None:
             hint = did_you_mean(name, sorted({c.name for c in comps if c.fits.fits_task(task)}, key=str.lower))
             if hint:

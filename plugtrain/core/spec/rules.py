@@ -149,7 +149,7 @@ class CrossRules:
 
     def dataset_fit_check(self, data: dict[str, Any], task: str, task_obj: Any) -> None:
         """A dataset whose ``Fits.tasks`` declares the targets it yields (``DatasetSplits.task`` words) must yield
-        some that ``run.task`` trains on (its ``dataset_tasks``, or its name): no masks, no segmentation run."""
+        some that ``run.task`` trains on (its ``dataset_tasks``, or its name): a task whose targets the dataset cannot give is refused."""
         ds = data.get("dataset")
         name = ds.get("name") if isinstance(ds, dict) else ds
         comp = self._quiet("datasets", name)
