@@ -17,6 +17,9 @@ from .losses import IGNORE_INDEX
 
 #: What the model outputs; the losses and metrics of this package consume it (``Fits.consumes``).
 OUTPUTS = "mask_logits"
+#: The member that holds a sample's mask in the shards ``plugtrain shards`` writes (``<key>.mask.png``, beside the
+#: image member); ``segmentation-pairs`` reads it back (``shards = DIR``).
+MASK_MEMBER = "mask.png"
 
 
 def mask_problem(transform: Any) -> str | None:
@@ -145,7 +148,7 @@ class SegmentationTask:
     def shard_target(self, target: Any) -> tuple[str, bytes]:
         import numpy as np
 
-        return "mask.png", _png(np.asarray(target))
+        return MASK_MEMBER, _png(np.asarray(target))
 
     def fold_targets(self, targets: Any) -> Any:
         return None
