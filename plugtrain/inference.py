@@ -203,7 +203,8 @@ def _swa_finished(state: dict[str, Any]) -> bool:
 
 
 def image_reader(spec: Any, in_chans: int) -> Callable[[str | os.PathLike[str]], Any]:
-    """``read(path) -> HxWxC uint8 array``: the run's dataset's ``read_image`` (or the built-in decoder)."""
+    """``read(path) -> HxWxC array`` (uint8; with ``pixels = "raw"`` the stored dtype): the run's dataset's
+    ``read_image`` (or the built-in decoder)."""
     from plugtrain.core.registry import get_registry
 
     factory = get_registry().get("datasets", spec.data.dataset.name).factory
@@ -219,8 +220,8 @@ def image_reader(spec: Any, in_chans: int) -> Callable[[str | os.PathLike[str]],
 class Predictor:
     """Images -> the model's outputs, with validation's preprocessing; subclasses give :meth:`forward_raw`.
 
-    ``images`` are paths (read as the dataset reads its files) or arrays (``HxWxC`` / ``HxW`` uint8, a sample as the
-    dataset yields it, before the validation pipeline)."""
+    ``images`` are paths (read as the dataset reads its files) or arrays (``HxWxC`` / ``HxW``, a sample as the
+    dataset yields it, before the validation pipeline: uint8, or with ``pixels = "raw"`` the stored dtype)."""
 
     def __init__(self, spec: Any, *, class_names: Sequence[str], task: str, in_chans: int, source: str,
                  checkpoint: str | None, weights: str, epoch: int | None) -> None:
@@ -232,12 +233,16 @@ class Predictor:
         self.class_names = list(class_names)
         self.source, self.checkpoint, self.weights, self.epoch = source, checkpoint, weights, epoch
         self._read = image_reader(spec, self.in_chans)
+        #: The dtypes an image array may have: the dataset's samples are uint8, or with ``pixels = "raw"`` kept as
+        #: stored (uint16, float32; :class:`ExportedModel` narrows this to its sidecar's ``pixel_dtype``).
+        raw = spec.data.dataset.params.get("pixels") == "raw"
+        self.pixel_dtypes: tuple[str, ...] = ("uint8", "uint16", "float32") if raw else ("uint8",)
         self._pipeline = build.build_transform(spec, "val", self.in_chans)
         self.batch_size = int(spec.data.val_batch_size or spec.data.batch_size)
 
     # -- preprocessing ---------------------------------------------------------------------------------------------
     def read(self, path: str | os.PathLike[str]) -> Any:
-        """One image file as the run's dataset reads its own (``HxWxC`` uint8)."""
+        """One image file as the run's dataset reads its own (``HxWxC``; uint8, or with ``pixels = "raw"`` as stored)."""
         return self._read(path)
 
     @staticmethod
@@ -249,7 +254,7 @@ class Predictor:
         if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
             return [images]
         if isinstance(images, (bytes, bytearray)) or not hasattr(images, "__iter__"):
-            raise PlugtrainError(f"images are a path, an HxW(xC) uint8 array, or a list of them; not "
+            raise PlugtrainError(f"images are a path, an HxW(xC) array, or a list of them; not "
                                  f"{type(images).__name__}")
         return list(images)
 
@@ -263,9 +268,9 @@ class Predictor:
                 out.append(self.read(item))
                 continue
             array = np.asarray(item)
-            if array.dtype != np.uint8 or array.ndim not in (2, 3):
-                raise PlugtrainError(f"an image array must be HxW or HxWxC uint8 (as the dataset yields samples), "
-                                     f"not {array.dtype} of shape {array.shape}")
+            if array.dtype.name not in self.pixel_dtypes or array.ndim not in (2, 3):
+                raise PlugtrainError(f"an image array must be HxW or HxWxC {' or '.join(self.pixel_dtypes)} (as the "
+                                     f"dataset yields samples), not {array.dtype} of shape {array.shape}")
             out.append(array)
         return out
 
@@ -593,6 +598,8 @@ class ExportedModel(Predictor):
                          in_chans=meta["input"]["channels"], source=str(path), checkpoint=meta["checkpoint"],
                          weights=meta["weights"], epoch=meta["epoch"])
         self.sidecar = meta
+        if meta["input"].get("pixel_dtype") in self.pixel_dtypes:
+            self.pixel_dtypes = (meta["input"]["pixel_dtype"],)
         if meta.get("data_file") and not (path.parent / meta["data_file"]).is_file():
             raise PlugtrainError(f"{path}: its weights file {path.parent / meta['data_file']} (the sidecar's "
                                  "data_file) is missing")

@@ -2,7 +2,8 @@
 [--output PATH] [--tolerance T] [--json] [--overwrite]``: a finished run's model as a file usable outside training.
 
 * ``onnx`` (``torch.onnx.export(dynamo=True)``; needs the ``export`` extra: onnx, onnxruntime, onnxscript) and
-  ``pt2`` (``torch.export``): a graph that takes ``float32`` ``NCHW`` pixel values 0..255 (cast ``uint8`` images)
+  ``pt2`` (``torch.export``): a graph that takes ``float32`` ``NCHW`` pixel values as read (0..255: cast ``uint8``
+  images; with ``pixels = "raw"`` the stored values, the sidecar's ``input.pixel_dtype`` and ``normalization.scale``)
   with a dynamic batch axis, normalises them inside with the run's mean / std, and returns what the backbone
   returns (logits, regression values or embeddings). Usable alone: resize to the sidecar's input size and feed.
 * ``safetensors``: the backbone's state dict (no graph, no normalisation: apply the sidecar's mean / std).
@@ -77,7 +78,7 @@ def _normalized_class() -> type:
     import torch
 
     class Normalized(torch.nn.Module):
-        """``float32 NCHW`` pixel values 0..255 -> the backbone's output, normalised inside as
+        """``float32 NCHW`` pixel values as read (0..255, or raw values) -> the backbone's output, normalised inside as
         :class:`~plugtrain.core.runtime.step.ModelInput` does (the same tensors, the same operations)."""
 
         def __init__(self, backbone: torch.nn.Module, mean: Any, std: Any) -> None:
@@ -369,7 +370,8 @@ def _step(name: str, params: dict[str, Any], obj: Any) -> dict[str, Any]:
 
 
 def _reader(spec: Any, channels: int) -> dict[str, Any]:
-    """How a file becomes the ``HxWxC`` uint8 image the steps start from: the dataset's ``read_image``."""
+    """How a file becomes the ``HxWxC`` image the steps start from: the dataset's ``read_image`` (the caller records
+    the pixels' dtype: uint8, or uint16 / float32 with ``pixels = "raw"``)."""
     from plugtrain.core.registry import get_registry
 
     factory = get_registry().get("datasets", spec.data.dataset.name).factory

@@ -13,11 +13,12 @@ class DatasetSplits:
     """The splits a dataset plugin provides.
 
     Each split is a sequence (``__len__`` and ``__getitem__``) of ``(image, target)`` samples, with ``image`` an
-    ``HxWxC`` uint8 numpy array (decoded lazily: decoding belongs in ``__getitem__`` so it runs in DataLoader
-    workers) and ``target`` what the dataset's ``task`` word says: ``None`` (unset) is an int class index; others
-    name their own (a float or float vector, a list of labels, a mask), and a run's task
-    (:class:`plugtrain.core.hookspecs.Task`) lists the words it trains on in ``dataset_tasks``. ``targets``
-    (optional) lists every sample's target without decoding images — samplers use it.
+    ``HxWxC`` numpy array (decoded lazily: decoding belongs in ``__getitem__`` so it runs in DataLoader workers):
+    uint8, or for a split whose ``pixels`` attribute is ``"raw"`` the values as stored (uint16, float32); ``target``
+    is what the dataset's ``task`` word says: ``None`` (unset) is an int class index; others name their own (a float
+    or float vector, a list of labels, a mask), and a run's task (:class:`plugtrain.core.hookspecs.Task`) lists the
+    words it trains on in ``dataset_tasks``. ``targets`` (optional) lists every sample's target without decoding
+    images — samplers use it.
     """
 
     train: Sequence[Any]

@@ -261,8 +261,10 @@ def plugtrain_datasets():
 
     Returns: an iterable of :class:`plugtrain.Component`. Each factory returns a
     :class:`plugtrain.core.data.DatasetSplits`: the train/val (and optionally test) sequences of
-    ``(image, target)`` samples with the image an ``HxWxC`` uint8 numpy array, plus the class names (contract:
-    :class:`Dataset`, each split a :class:`DatasetSplit`).
+    ``(image, target)`` samples with the image an ``HxWxC`` numpy array, plus the class names (contract:
+    :class:`Dataset`, each split a :class:`DatasetSplit`). The image is uint8, or, for a dataset whose ``pixels``
+    parameter is ``"raw"`` (its split's ``pixels`` attribute says so), as stored: uint16 or float32; the run divides
+    it by ``augmentations.scale`` (resolved from that dtype) before ``mean`` and ``std``.
 
     Context: ``seed`` (int; use it for any random split so that runs are reproducible), ``on_error`` (``"raise"``
     or ``"skip"``: what to do with a bad sample found while indexing), ``image_size`` (int or None).
@@ -271,11 +273,11 @@ def plugtrain_datasets():
     indexing); the runtime names the file, or skips and counts it, as ``data.on_error`` says.
 
     A factory may carry a ``read_image`` attribute, used by ``plugtrain predict`` on image files:
-    ``read_image(path, *, in_chans, params) -> HxWxC uint8 array`` reads one file exactly as the dataset's own
-    samples come out before the augmentation pipeline (same decoder, channels and size handling). ``in_chans`` is
-    the channel count of the run's samples, ``params`` the dataset's parameters from the spec
-    (``spec.data.dataset.params``; defaults apply to what it leaves out). A missing file, a directory or a file that
-    is not a readable image raises :class:`plugtrain.core.errors.PlugtrainError` with one line naming the path.
+    ``read_image(path, *, in_chans, params) -> HxWxC array`` (the samples' dtype) reads one file exactly as the
+    dataset's own samples come out before the augmentation pipeline (same decoder, channels, dtype and size
+    handling). ``in_chans`` is the channel count of the run's samples, ``params`` the dataset's parameters from the
+    spec (``spec.data.dataset.params``; defaults apply to what it leaves out). A missing file, a directory or a file
+    that is not a readable image raises :class:`plugtrain.core.errors.PlugtrainError` with one line naming the path.
     """
 
 
@@ -453,7 +455,8 @@ class Augmentation(Protocol):
     """What an ``augmentations`` factory returns: an albumentations-compatible transform."""
 
     def __call__(self, *, image: Any) -> dict[str, Any]:
-        """``t(image=array)`` with an ``HxWxC`` uint8 array; returns a dict whose ``"image"`` is the result."""
+        """``t(image=array)`` with an ``HxWxC`` array (uint8; uint16 or float32 with ``pixels = "raw"``, which the
+        run checks the transform can take); returns a dict whose ``"image"`` is the result."""
 
 
 @runtime_checkable
@@ -600,10 +603,11 @@ class Task(Protocol):
         that starts "[backbone] outputs ...") or ``None``. ``shape[1]`` is recorded as the run's embedding_dim."""
 
     def augment(self, transform: Any, image: Any, target: Any) -> tuple[Any, Any]:
-        """One sample through one albumentations-compatible ``transform`` (``HxWxC`` uint8 image, the dataset's
-        target): ``(image, target)``. Image-only tasks return ``transform(image=image)["image"], target``; a mask
-        task passes the mask as ``transform(image=image, mask=target)``. Called once per sample and view, in the
-        loader's workers, with the pipeline's generators already seeded."""
+        """One sample through one albumentations-compatible ``transform`` (``HxWxC`` image as the dataset yields
+        it: uint8, or uint16 / float32 with ``pixels = "raw"``; the dataset's target): ``(image, target)``.
+        Image-only tasks return ``transform(image=image)["image"], target``; a mask task passes the mask as
+        ``transform(image=image, mask=target)``. Called once per sample and view, in the loader's workers, with the
+        pipeline's generators already seeded."""
 
     def collate(self, targets: list[Any]) -> Any:
         """The targets of a batch (as :meth:`augment` returned them) to one tensor, dtype included (a class index:

@@ -2,8 +2,10 @@
 
 The files are made from real Fashion-MNIST images (``helpers_sciimages``): the same pictures as 8-bit PNGs, 16-bit
 grey TIFFs (x 257), 4-page 16-bit TIFF stacks and float32 ``.npy`` stacks. They are read as stored
-(``pixels = "raw"``), trained on, cached, sharded, evaluated, predicted and exported; bad data and transforms that
-cannot take them are refused before training with one located message.
+(``pixels = "raw"``), trained on, and each of the 16-bit grey, 4-channel TIFF and ``.npy`` formats is cached,
+sharded (read back losslessly), evaluated, predicted (files and arrays) and exported to ONNX (the graph fed the raw
+pixels as its sidecar describes gives the eager model's outputs); bad data and transforms that cannot take them are
+refused before training with one located message.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ else:  # pragma: no cover
 pytestmark = pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist (.ci/run)")
 
 RAW = {"pixels": "raw"}
+#: The scientific formats, each as its run reads it: the data parameters and the dtype its pixels keep.
+FORMATS = {
+    "tiff16": ({"channels": 1, **RAW}, "uint16"),
+    "tiff4": ({"channels": 4, **RAW}, "uint16"),
+    "npy4": ({"channels": [0, 3], "npy_layout": "CHW", **RAW}, "float32"),
+}
+SCIENTIFIC = pytest.mark.parametrize("fmt", list(FORMATS))
 
 
 @pytest.fixture(scope="module")
@@ -149,55 +158,101 @@ def test_resolved_spec_records_scale_and_train_stats(runs, folders):
     assert len(cached) == 1 and json.loads(cached[0].read_text())["mean"] == aug["mean"]
 
 
-def test_cache_stores_the_real_dtype(folders):
+@SCIENTIFIC
+def test_cache_stores_the_real_dtype(folders, fmt):
+    params, dtype = FORMATS[fmt]
     splits = get_registry().get("datasets", "imagefolder").build(
-        {"root": str(folders["tiff4"]), "channels": 4, "cache": "memory", **RAW}, seed=0, on_error="raise")
+        {"root": str(folders[fmt]), **params, "cache": "memory"}, seed=0, on_error="raise")
     train = splits.train
-    assert train.cache.dtype == np.uint16
-    assert train.cache.total >= len(train) * 28 * 28 * 4 * 2  # sized for 16-bit pixels
+    chans = params["channels"] if isinstance(params["channels"], int) else len(params["channels"])
+    assert train.cache.dtype == np.dtype(dtype)
+    assert train.cache.total >= len(train) * 28 * 28 * chans * np.dtype(dtype).itemsize  # sized for the real dtype
     first = train[5][0]
     again = train[5][0]  # from the cache
-    assert again.dtype == np.uint16 and np.array_equal(first, again)
-    assert np.array_equal(again, decode_image(train.path(5), 4, pixels="raw"))
+    assert again.dtype == np.dtype(dtype) and again.shape == (28, 28, chans) and np.array_equal(first, again)
+    decoded = decode_image(train.path(5), params["channels"], pixels="raw", npy_layout=params.get("npy_layout"))
+    assert np.array_equal(again, decoded)
 
 
 # -- downstream: evaluate, predict, shards -------------------------------------------------------------------------
+def _val_images(root: Path) -> list[Path]:
+    return [sorted((root / "val" / c).iterdir())[0] for c in ("boot", "bag", "trouser")]
+
+
 @pytest.mark.slow
-def test_evaluate_predict_and_shards_read_the_same_pixels(runs, folders, tmp_path, capsys):
-    run = runs["tiff4"]
+@SCIENTIFIC
+def test_evaluate_predict_and_shards_read_the_same_pixels(runs, folders, fmt, tmp_path, capsys):
+    from plugtrain.inference import LoadedRun
+
+    params, dtype = FORMATS[fmt]
+    run = runs[fmt]
     assert cli("evaluate", run) == 0
-    image = folders["tiff4"] / "val" / "boot" / sorted(p.name for p in (folders["tiff4"] / "val" / "boot").iterdir())[0]
+    image = _val_images(folders[fmt])[0]
     capsys.readouterr()
     assert cli("predict", run, image, "--json") == 0
     out = json.loads(capsys.readouterr().out)
     assert out[0]["image"] == str(image) and out[0]["class"] in ("boot", "bag", "trouser")
     assert abs(sum(p["probability"] for p in out[0]["top_k"]) - 1) < 1e-4
-    reader = get_registry().get("datasets", "imagefolder").factory.read_image
-    spec = tomllib.loads((run / "spec.toml").read_text())
-    read = reader(image, in_chans=4, params={k: v for k, v in spec["data"].items() if k in ("channels", "pixels")})
-    assert read.dtype == np.uint16 and np.array_equal(read, decode_image(image, 4, pixels="raw"))
+    loaded = LoadedRun(run)
+    read = loaded.read(image)  # what predict reads: the file as the run's dataset reads it
+    decoded = decode_image(image, params["channels"], pixels="raw", npy_layout=params.get("npy_layout"))
+    assert read.dtype == np.dtype(dtype) and np.array_equal(read, decoded)
+    # an array as the dataset yields it predicts as its file does
+    assert loaded.predict(read)[0]["top_k"] == loaded.predict(image)[0]["top_k"]
     shards = tmp_path / "shards"
     assert cli("shards", run / "spec.toml", "--out", shards) == 0
-    wds = get_registry().get("datasets", "webdataset").build({"shards": str(shards), **RAW, "channels": 4}, seed=0,
+    wds = get_registry().get("datasets", "webdataset").build({"shards": str(shards), **params}, seed=0,
                                                             on_error="raise")
-    folder = get_registry().get("datasets", "imagefolder").build({"root": str(folders["tiff4"]), "channels": 4,
-                                                                  **RAW}, seed=0, on_error="raise")
+    folder = get_registry().get("datasets", "imagefolder").build({"root": str(folders[fmt]), **params}, seed=0,
+                                                                on_error="raise")
     by_key = {wds.val.key(i): wds.val[i][0] for i in range(len(wds.val))}
     assert len(by_key) == len(folder.val)
-    assert all(a.dtype == np.uint16 for a in by_key.values())
+    assert all(a.dtype == np.dtype(dtype) for a in by_key.values())
     assert sorted(a.tobytes() for a in by_key.values()) == sorted(folder.val[i][0].tobytes()
                                                                   for i in range(len(folder.val)))  # lossless
 
 
 @pytest.mark.slow
-def test_onnx_export_takes_raw_16_bit_values(runs):
+@SCIENTIFIC
+def test_onnx_export_takes_raw_pixels_and_matches_the_eager_model(runs, folders, fmt):
+    """The exported graph, fed the raw pixel values as the sidecar describes them (read, resized with the sidecar's
+    interpolation, float32 NCHW; no scaling, no normalisation), gives the eager model's outputs."""
     pytest.importorskip("onnxruntime")
-    run = runs["tiff4"]
+    import cv2
+
+    from plugtrain.inference import ExportedModel, LoadedRun, onnx_session
+
+    params, dtype = FORMATS[fmt]
+    run = runs[fmt]
     assert cli("export", run, "--format", "onnx") == 0
-    side = json.loads(next((run / "export").glob("*.onnx.json")).read_text())
-    assert side["input"]["pixel_dtype"] == "uint16" and side["input"]["range"] == [0, 65535]
-    assert side["normalization"]["scale"] == 65535.0 and side["input"]["channels"] == 4
-    assert side["preprocessing"]["reader"]["pixels"] == "raw"
+    onnx = next((run / "export").glob("*.onnx"))
+    side = json.loads((run / "export" / f"{onnx.name}.json").read_text())
+    chans = params["channels"] if isinstance(params["channels"], int) else len(params["channels"])
+    assert side["input"]["pixel_dtype"] == dtype and side["input"]["channels"] == chans
+    assert side["input"]["range"] == ([0, 65535] if dtype == "uint16" else None)
+    assert side["normalization"]["scale"] == (65535.0 if dtype == "uint16" else 1.0)
+    reader = side["preprocessing"]["reader"]
+    assert reader["pixels"] == "raw" and reader["layout"] == f"HxWxC {dtype}"
+    assert reader["channel_indices"] == (params["channels"] if isinstance(params["channels"], list) else None)
+    images = _val_images(folders[fmt])
+    eager = LoadedRun(run, weights=side["weights"]).outputs(images)
+    # a deployer without plugtrain: the raw pixels, the sidecar's steps (here one resize), float32 NCHW
+    (step,) = side["preprocessing"]["steps"]
+    batch = []
+    for path in images:
+        pixels = decode_image(path, params["channels"], pixels="raw", npy_layout=params.get("npy_layout"))
+        resized = cv2.resize(pixels, (step["width"], step["height"]), interpolation=getattr(cv2, step["interpolation"]))
+        batch.append(np.moveaxis(resized.reshape(step["height"], step["width"], chans), -1, 0).astype(np.float32))
+    got = onnx_session(onnx).run(None, {side["input"]["name"]: np.stack(batch)})[0]
+    assert np.abs(got - eager.numpy()).max() < 1e-3, np.abs(got - eager.numpy()).max()
+    # and plugtrain's own ExportedModel (predict on the .onnx) agrees with the run, on files and on arrays of the
+    # sidecar's pixel dtype; an array of another dtype (it would be scaled wrongly) is refused
+    exported = ExportedModel(onnx)
+    assert np.abs(exported.outputs(images).numpy() - eager.numpy()).max() < 1e-3
+    arrays = [exported.read(p) for p in images]
+    assert np.abs(exported.outputs(arrays).numpy() - eager.numpy()).max() < 1e-3
+    with pytest.raises(PlugtrainError, match=f"an image array must be HxW or HxWxC {dtype} .*not uint8"):
+        exported.predict(arrays[0].astype(np.uint8))
 
 
 # -- refused before training ---------------------------------------------------------------------------------------
