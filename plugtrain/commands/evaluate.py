@@ -34,7 +34,7 @@ from plugtrain.inference import (
 def run(run_dir: str, *, checkpoint: str | None = None, split: str = "val", weights: str | None = None,
         as_json: bool = False) -> int:
     """Evaluate ``weights`` of ``checkpoint`` of ``run_dir`` on ``split``; exit code 0."""
-    from plugtrain.core.runtime.evaluator import evaluate_model
+    from plugtrain.core.runtime.evaluator import OutputCollector, evaluate_model
     from plugtrain.core.runtime.loader import ShardedBatchSampler, make_loader
     from plugtrain.core.runtime.step import ModelInput
 
@@ -60,14 +60,21 @@ def run(run_dir: str, *, checkpoint: str | None = None, split: str = "val", weig
                          d.on_error, spec.run.seed, persistent_workers=False, prefetch_factor=d.prefetch_factor)
     amp = functools.partial(autocast, env.device.type, spec.trainer.precision)
     metrics = {k: m.to(env.device) for k, m in built.metrics.items()}
+    task = spec.task_object
+    report_outputs = getattr(task, "report_outputs", None)  # per-class figures, confusion matrix, residuals
+    collector = OutputCollector() if callable(report_outputs) else None
+    if collector is not None:
+        metrics[" outputs"] = collector  # a key no metric has; it adds no scalar
     model_input = ModelInput.for_spec(spec, built.in_chans, env.device)
     results, skipped = evaluate_model(model, criterion, loader, metrics, model_input, amp, env, split)
     record = {"run_dir": str(root), "checkpoint": str(path), "weights": chosen, "epoch": state.get("epoch"),
               "global_step": state.get("global_step"), "split": split, "samples": len(data), "skipped": skipped,
               "metrics": results}
-    report = getattr(spec.task_object, "report", None)  # what the run's task adds (per-class figures by name)
+    report = getattr(task, "report", None)  # what the run's task adds (per-class figures by name)
     if callable(report):
         record.update(report(dict(results), list(built.class_names)))
+    if collector is not None and collector.outputs is not None:
+        record.update(report_outputs(collector.outputs, collector.targets, list(built.class_names), root, split))
     out = root / f"eval-{split}.json"
     out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if as_json:

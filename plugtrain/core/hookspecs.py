@@ -135,7 +135,7 @@ CONTEXT: dict[str, frozenset[str]] = {
     "augmentations": frozenset(),
     "loggers": frozenset({"run_dir", "spec", "rank"}),
     "datasets": frozenset({"seed", "on_error", "image_size"}),
-    "metrics": frozenset({"num_classes", "task", "task_params"}),
+    "metrics": frozenset({"num_classes", "task", "task_params", "class_names"}),
     "callbacks": frozenset(),
     "tasks": frozenset(),
 }
@@ -291,7 +291,8 @@ def plugtrain_metrics():
     ``torchmetrics.Metric`` is one: updated with ``(preds, targets)``, reduced across ranks by torchmetrics).
 
     Context: ``num_classes`` (int), ``task`` (the name of the run's task, ``run.task``), ``task_params`` (a dict: the
-    task's parameters, its factory's defaults updated by the spec's ``[task]`` table).
+    task's parameters, its factory's defaults updated by the spec's ``[task]`` table), ``class_names`` (the dataset's,
+    in label order: what a drawn metric labels its axes with).
     """
 
 
@@ -653,6 +654,13 @@ class Task(Protocol):
     def report(self, metrics: dict[str, float], class_names: list[str]) -> dict[str, Any]:
         """Optional: more for ``plugtrain evaluate``'s JSON (``"per_class"``: the figures of each class by name),
         from the evaluation's metrics."""
+
+    def report_outputs(self, outputs: Any, targets: Any, class_names: list[str], out_dir: Any,
+                       split: str) -> dict[str, Any]:
+        """Optional: more for ``plugtrain evaluate``'s JSON from every output of the split (a CPU tensor, as the
+        metrics get them) and its targets: per-class figures, a confusion matrix, error quantiles. It may draw
+        figures as files ``<name>-<split>.png`` under the ``pathlib.Path`` ``out_dir`` (the run directory) and name
+        them in its answer. Costs the memory of every output, so only tasks that need them have it."""
 
 
 #: The contract of every kind: ``(protocol, required members)``; the protocol's other members are optional.

@@ -115,8 +115,9 @@ class RetrievalMetric(torchmetrics.Metric):
 class ConfusionMatrix(torchmetrics.classification.MulticlassConfusionMatrix):
     """torchmetrics' multiclass confusion matrix, drawn as an image; no scalar."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, class_names: list[str] | None = None) -> None:
         super().__init__(num_classes=num_classes)
+        self.class_names = list(class_names) if class_names else None
         self._image = None
         self.matrix = None
 
@@ -125,7 +126,7 @@ class ConfusionMatrix(torchmetrics.classification.MulticlassConfusionMatrix):
 
     def compute(self) -> dict[str, Any]:
         self.matrix = super().compute().detach().cpu()
-        self._image = render_confusion_matrix(self.matrix.numpy())
+        self._image = render_confusion_matrix(self.matrix.numpy(), self.class_names)
         return {}
 
     def image(self) -> Any:

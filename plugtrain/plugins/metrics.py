@@ -166,15 +166,34 @@ def _text_size(draw: Any, text: str, font: Any) -> tuple[int, int]:
     return right - left, bottom - top
 
 
-def confusion_matrix_geometry(num_classes: int) -> tuple[int, int, int]:
+def _axis_labels(num_classes: int, class_names: Any = None) -> list[str]:
+    """The axis label of each class: its name (cut to 24 characters) when the names fit, else its index."""
+    names = list(class_names or ())
+    if len(names) != num_classes:
+        return [str(k) for k in range(num_classes)]
+    return [str(n) if len(str(n)) <= 24 else str(n)[:23] + "~" for n in names]
+
+
+def confusion_matrix_geometry(num_classes: int, class_names: Any = None) -> tuple[int, int, int]:
     """``(left, top, cell)``: where cell ``(true i, predicted j)`` of :func:`render_confusion_matrix` starts, as
-    ``(left + j * cell, top + i * cell)``, and its size in pixels (480 pixels in all, at most 48 a cell)."""
+    ``(left + j * cell, top + i * cell)``, and its size in pixels (480 pixels in all, at most 48 a cell). Class
+    names widen the left margin (row labels) and deepen the top one (column labels, drawn upright when wider than a
+    cell)."""
     cell = max(1, min(48, 480 // max(num_classes, 1)))
-    return 48, 44, cell
+    labels = _axis_labels(num_classes, class_names)
+    if all(label.isdigit() for label in labels):
+        return 48, 44, cell
+    from PIL import Image, ImageDraw
+
+    draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), _font(11)
+    widest = max((_text_size(draw, label, font)[0] for label in labels), default=0)
+    top = 44 if widest < cell - 2 else 26 + widest
+    return max(48, widest + 12), top, cell
 
 
-def render_confusion_matrix(matrix: Any) -> Any:
-    """An ``HxWx3`` uint8 picture of a confusion matrix (rows: true class, columns: predicted class).
+def render_confusion_matrix(matrix: Any, class_names: Any = None) -> Any:
+    """An ``HxWx3`` uint8 picture of a confusion matrix (rows: true class, columns: predicted class), the axes
+    labelled with ``class_names`` (with the class indices when there are none).
 
     A cell's colour is its share of the row (white 0 to dark blue 1: the per-class recall on the diagonal); cells are
     outlined from 6 pixels and hold their counts from 20 pixels up (24 classes or fewer).
@@ -184,7 +203,8 @@ def render_confusion_matrix(matrix: Any) -> Any:
 
     m = np.asarray(matrix, dtype=np.float64)
     c = int(m.shape[0])
-    left, top, cell = confusion_matrix_geometry(c)
+    left, top, cell = confusion_matrix_geometry(c, class_names)
+    labels = _axis_labels(c, class_names)
     size = c * cell
     canvas = np.full((top + size + 28, max(left + size + 16, 360), 3), 255, dtype=np.uint8)
     rows = m.sum(axis=1, keepdims=True)
@@ -210,9 +230,15 @@ def render_confusion_matrix(matrix: Any) -> Any:
                 draw.text((x + (cell - tw) / 2, y + (cell - th) / 2 - 2), text, fill=ink, font=font)
     step = max(1, int(np.ceil(16 / cell)), int(np.ceil(c / 30)))
     for k in range(0, c, step):
-        text = str(k)
+        text = labels[k]
         tw, th = _text_size(draw, text, font)
-        draw.text((left + k * cell + (cell - tw) / 2, top - th - 6), text, fill=_INK, font=font)
+        if top == 44:  # every name fits above its column
+            draw.text((left + k * cell + (cell - tw) / 2, top - th - 6), text, fill=_INK, font=font)
+        else:  # some name is wider than its column: all upright, reading bottom to top
+            label = Image.new("RGB", (tw + 2, th + 6), _WHITE)
+            ImageDraw.Draw(label).text((0, 0), text, fill=_INK, font=font)
+            label = label.rotate(90, expand=True)
+            img.paste(label, (int(left + k * cell + (cell - label.width) / 2), top - label.height - 4))
         draw.text((left - tw - 6, top + k * cell + (cell - th) / 2 - 2), text, fill=_INK, font=font)
     total = m.sum()
     acc = float(np.trace(m) / total) if total else float("nan")
@@ -291,14 +317,15 @@ def render_parity_plot(targets: Any, preds: Any) -> Any:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def confusion_matrix(num_classes: int):
+def confusion_matrix(num_classes: int, class_names: list[str] | None = None):
     """Confusion-matrix image (torchmetrics) in TensorBoard at each validation; no scalar in metrics.csv.
 
-    Tag ``val/confusion_matrix``: rows are true classes, columns predicted ones, a cell's colour its share of the row.
+    Tag ``val/confusion_matrix``: rows are true classes, columns predicted ones, a cell's colour its share of the row;
+    the axes are labelled with the dataset's class names.
     """
     from plugtrain.plugins.metric_classes import ConfusionMatrix
 
-    return ConfusionMatrix(num_classes)
+    return ConfusionMatrix(num_classes, class_names)
 
 
 def parity_plot():

@@ -60,6 +60,112 @@ def logits_problem(shape: tuple[int, ...], num_classes: int) -> str | None:
     return None
 
 
+def _save_figure(fig: Any, path: Any) -> str:
+    """Write a matplotlib figure to ``path`` as PNG, whole or not at all (a temporary file renamed into place)."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return str(path)
+
+
+def classification_report(outputs: Any, targets: Any, class_names: list[str]) -> dict[str, Any]:
+    """Per-class precision, recall, F1 and support by class name, and the confusion matrix (rows: true class,
+    columns: predicted class) as counts and as shares of its row, from logits ``(N, C)`` and class indices (or
+    per-class scores, reduced by argmax). A class never predicted (or absent) has precision (recall) 0."""
+    import numpy as np
+
+    c = int(outputs.shape[1])
+    pred = outputs.argmax(1).numpy().astype(np.int64)
+    true = (targets.argmax(1) if targets.ndim == 2 else targets).numpy().astype(np.int64)
+    counts = np.bincount(true * c + pred, minlength=c * c).reshape(c, c)
+    tp, support, predicted = np.diag(counts), counts.sum(1), counts.sum(0)
+
+    def ratio(a: Any, b: Any) -> Any:
+        return np.divide(a, b, out=np.zeros(np.shape(a), dtype=np.float64), where=np.asarray(b) > 0)
+
+    precision, recall = ratio(tp, predicted), ratio(tp, support)
+    f1 = ratio(2 * precision * recall, precision + recall)
+    names = [class_names[k] if k < len(class_names) else str(k) for k in range(c)]
+    per_class = {n: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
+                     "support": int(support[k])} for k, n in enumerate(names)}
+    return {"per_class": per_class,
+            "confusion_matrix": {"classes": names, "counts": counts.tolist(),
+                                 "normalized": ratio(counts, support[:, None]).tolist()}}
+
+
+def plot_confusion_matrix(counts: Any, names: list[str], path: Any) -> str:
+    """A PNG of a confusion matrix: each cell coloured by its share of the row, with its count; axes named."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    m = np.asarray(counts, dtype=np.float64)
+    c = len(names)
+    rows = m.sum(1, keepdims=True)
+    share = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    side = min(4 + 0.45 * c, 30)
+    fig = Figure(figsize=(side + 1.5, side))
+    ax = fig.add_subplot()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xticks(range(c), names, rotation=90 if max(map(len, names), default=0) > 3 else 0)
+    ax.set_yticks(range(c), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    total = m.sum()
+    acc = float(np.trace(m) / total) if total else float("nan")
+    ax.set_title(f"confusion matrix (n = {int(total)}, accuracy {acc:.3f})")
+    if c <= 30:
+        for i, j in zip(*np.nonzero(m), strict=True):
+            ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black")
+    return _save_figure(fig, path)
+
+
+def regression_report(outputs: Any, targets: Any, class_names: list[str]) -> dict[str, Any]:
+    """The quantiles of the absolute error (p50, p90, p99, max) over every value, and per target column by name
+    when there are several."""
+    import numpy as np
+
+    pred = outputs.numpy().astype(np.float64).reshape(len(outputs), -1)
+    true = targets.numpy().astype(np.float64).reshape(len(targets), -1)
+    err = np.abs(pred - true)
+
+    def quantiles(e: Any) -> dict[str, float]:
+        e = e[np.isfinite(e)]
+        if not e.size:
+            return {"p50": float("nan"), "p90": float("nan"), "p99": float("nan"), "max": float("nan")}
+        p50, p90, p99 = np.quantile(e, [0.5, 0.9, 0.99])
+        return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(e.max())}
+
+    out: dict[str, Any] = {"abs_error": quantiles(err.ravel())}
+    if err.shape[1] > 1:
+        names = [class_names[k] if k < len(class_names) else str(k) for k in range(err.shape[1])]
+        out["abs_error_per_target"] = {n: quantiles(err[:, k]) for k, n in enumerate(names)}
+    return out
+
+
+def plot_residuals(outputs: Any, targets: Any, path: Any) -> str:
+    """A PNG of the residuals (prediction - target) against the prediction, with the zero line."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    pred = outputs.numpy().astype(np.float64).ravel()
+    resid = pred - targets.numpy().astype(np.float64).ravel()
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.add_subplot()
+    ax.scatter(pred, resid, s=8, alpha=0.6)
+    ax.axhline(0.0, color="tab:red", linewidth=1)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("residual (prediction - target)")
+    ax.set_title(f"residuals (n = {resid.size})")
+    return _save_figure(fig, path)
+
+
 class Classification(ImageOnly):
     """One class per image: softmax over ``num_classes`` logits, cross-entropy, accuracy."""
 
@@ -97,6 +203,14 @@ class Classification(ImageOnly):
     def export_output(self, num_classes: int, embedding_dim: int) -> dict[str, Any]:
         return {"name": "logits", "shape": ["batch", int(embedding_dim)],
                 "meaning": "logits (apply softmax for probabilities)"}
+
+    def report_outputs(self, outputs: Any, targets: Any, class_names: list[str], out_dir: Any,
+                       split: str) -> dict[str, Any]:
+        """Per-class figures and the confusion matrix; its picture as ``confusion-matrix-<split>.png``."""
+        out = classification_report(outputs, targets, class_names)
+        cm = out["confusion_matrix"]
+        png = plot_confusion_matrix(cm["counts"], cm["classes"], out_dir / f"confusion-matrix-{split}.png")
+        return {**out, "figures": {"confusion_matrix": png}}
 
 
 class Regression(ImageOnly):
@@ -139,6 +253,12 @@ class Regression(ImageOnly):
 
     def export_output(self, num_classes: int, embedding_dim: int) -> dict[str, Any]:
         return {"name": "values", "shape": ["batch", int(embedding_dim)], "meaning": "predicted values"}
+
+    def report_outputs(self, outputs: Any, targets: Any, class_names: list[str], out_dir: Any,
+                       split: str) -> dict[str, Any]:
+        """Absolute-error quantiles; the residual plot as ``residuals-<split>.png``."""
+        png = plot_residuals(outputs, targets, out_dir / f"residuals-{split}.png")
+        return {**regression_report(outputs, targets, class_names), "figures": {"residuals": png}}
 
     def shard_target(self, target: Any) -> tuple[str, bytes]:
         """The values as a JSON list, in ``.target``."""

@@ -400,7 +400,7 @@ def is_sam(optimizer: Any) -> bool:
     return callable(getattr(optimizer, "first_step", None)) and callable(getattr(optimizer, "second_step", None))
 
 
-def build_metrics(spec: RunSpec, num_classes: int) -> dict[str, Any]:
+def build_metrics(spec: RunSpec, num_classes: int, class_names: list[str] | None = None) -> dict[str, Any]:
     """``{"accuracy": Metric, ...}`` (keys without the ``val/`` prefix). The metrics with the role ``always:<task>``
     come first when the spec's list lacks them (the task's ``required_metrics``, then the role ``always:<task>``)."""
     specs = list(spec.metric_specs)
@@ -415,7 +415,7 @@ def build_metrics(spec: RunSpec, num_classes: int) -> dict[str, Any]:
         while key in out:
             key, n = f"{m.name.split(':')[-1]}_{n}", n + 1
         out[key] = component("metrics", m, "metrics", num_classes=num_classes, task=spec.run.task,
-                             task_params=params)
+                             task_params=params, class_names=list(class_names or ()))
     return out
 
 
@@ -529,7 +529,7 @@ def build_run(spec: RunSpec, dist: DistEnv, purpose: str = "train") -> Built:
         if not callable(criterion):
             raise PlugtrainError(f"[loss] {spec.loss.name!r} returned {type(criterion).__name__}, not a callable")
         criterion = _LossModule(criterion)
-    metrics = build_metrics(spec, num_classes)
+    metrics = build_metrics(spec, num_classes, list(class_names))
     keys = metric_keys(spec, list(metrics))
     if spec.primary_metric not in keys:
         raise PlugtrainError(f"[run] primary_metric = {spec.primary_metric!r} is not a metric of this run."

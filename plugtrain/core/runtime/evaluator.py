@@ -75,6 +75,33 @@ def evaluate_model(model: torch.nn.Module, criterion: torch.nn.Module, loader: A
     return out, int(skipped_total)
 
 
+class OutputCollector:
+    """A metric-shaped keeper of every output and target of an evaluation (on the CPU), for a task's
+    ``report_outputs``; it adds no scalar. ``outputs`` and ``targets`` hold the last ``compute()``'s, concatenated
+    (``None`` when nothing was evaluated). One process only: nothing is gathered across ranks."""
+
+    def __init__(self) -> None:
+        self._outputs: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+        self.outputs: torch.Tensor | None = None
+        self.targets: torch.Tensor | None = None
+
+    def to(self, device: Any) -> OutputCollector:
+        return self
+
+    def update(self, preds: torch.Tensor, targets: torch.Tensor) -> None:
+        self._outputs.append(preds.detach().float().cpu())
+        self._targets.append(targets.detach().cpu())
+
+    def compute(self) -> dict[str, float]:
+        self.outputs = torch.cat(self._outputs) if self._outputs else None
+        self.targets = torch.cat(self._targets) if self._targets else None
+        return {}
+
+    def reset(self) -> None:
+        self._outputs, self._targets = [], []
+
+
 class Evaluator:
     """Evaluates a model, its EMA and its SWA average on the validation loader with the run's metrics.
 
