@@ -63,6 +63,41 @@ def open_model(source: str | os.PathLike[str], checkpoint: str | os.PathLike[str
     return LoadedRun(source, None if checkpoint is None else os.fspath(checkpoint), weights, device=device)
 
 
+GLOB_CHARS = "*?["
+
+
+def is_batch_path(path: str | os.PathLike[str]) -> bool:
+    """A folder or a glob pattern (not an existing file): many images, predicted as a batch."""
+    text = os.fspath(path)
+    return Path(text).is_dir() or (any(c in text for c in GLOB_CHARS) and not Path(text).is_file())
+
+
+def expand_images(paths: Sequence[str | os.PathLike[str]], extensions: Sequence[str]) -> list[str]:
+    """Each path as image files, in order: a folder -> its image files (recursive, sorted, hidden ones left out), a
+    glob (``**`` recursive) -> its matching image files, sorted; a file -> itself. A path that names nothing, or a
+    folder or glob without an image file of ``extensions``, is bad input saying so."""
+    import glob
+
+    from plugtrain.plugins.datasets.decode import is_image_file, iter_image_files
+
+    out: list[str] = []
+    for path in map(os.fspath, paths):
+        if Path(path).is_file():
+            out.append(path)
+            continue
+        if Path(path).is_dir():
+            found = list(iter_image_files(path, extensions))
+        elif any(c in path for c in GLOB_CHARS):
+            found = sorted(p for p in glob.glob(path, recursive=True) if Path(p).is_file() and is_image_file(p,
+                                                                                                           extensions))
+        else:
+            raise PlugtrainError(f"{path}: no such file or folder")
+        if not found:
+            raise PlugtrainError(f"{path}: no image files ({' '.join(extensions)}) in it")
+        out.extend(found)
+    return out
+
+
 def open_run(run_dir: str | os.PathLike[str]) -> tuple[Path, Any]:
     """``(RUN_DIR, its spec.toml loaded)``; a missing directory or spec is bad input."""
     root = Path(run_dir)
@@ -326,10 +361,82 @@ class Predictor:
             results.append(result)
         return results
 
+    # -- batch prediction (folders, globs: plugtrain predict RUN PATH... --out FILE) ---------------------------------
+    def extensions(self) -> tuple[str, ...]:
+        """The file extensions a folder or glob of images is read for: those the run's dataset reads (``.npy`` too
+        with ``pixels = "raw"``)."""
+        from plugtrain.plugins.datasets.decode import IMAGE_EXTENSIONS, RAW_EXTENSIONS
+
+        return RAW_EXTENSIONS if self.spec.data.dataset.params.get("pixels") == "raw" else IMAGE_EXTENSIONS
+
+    def stream(self, paths: Sequence[str], *, batch_size: int | None = None, num_workers: int | None = None,
+               on_error: str = "skip") -> Any:
+        """Yield ``(paths, outputs, unreadable)`` per batch of ``paths``: read and transformed in a DataLoader (the
+        run's ``data.num_workers`` and batch size unless given), the outputs ``N x K`` on the CPU for the readable
+        files, exactly as :meth:`outputs` gives them one by one. An unreadable file is ``(path, reason)`` in
+        ``unreadable`` (``on_error = "skip"``), or bad input naming it (``"raise"``)."""
+        import torch
+
+        if on_error not in ("raise", "skip"):
+            raise PlugtrainError(f"--on-error must be raise or skip, not {on_error!r}")
+        batch_size = self.batch_size if batch_size is None else batch_size
+        num_workers = int(self.spec.data.num_workers) if num_workers is None else num_workers
+        if batch_size < 1 or num_workers < 0:
+            raise PlugtrainError(f"--batch-size must be >= 1 and --num-workers >= 0, not {batch_size} and "
+                                 f"{num_workers}")
+        paths = [str(p) for p in paths]
+        data = _FileSamples(paths, self._read, self._pipeline, self.spec)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=min(num_workers, len(paths)),
+                                             collate_fn=_collate_files, shuffle=False)
+        for batch in loader:
+            if batch["unreadable"] and on_error == "raise":
+                path, reason = batch["unreadable"][0]
+                raise PlugtrainError(f"{path}: unreadable: {reason} (--on-error skip predicts the other files and "
+                                     "lists the unreadable ones)")
+            good = [paths[i] for i in batch["index"]]
+            outputs = self.forward_raw(batch["images"]) if good else torch.zeros((0, 0))
+            yield good, outputs, batch["unreadable"]
+
     def describe(self) -> str:
         """``runs/x: best.pt (epoch 3), EMA weights`` — what predicts."""
         where = f"{self.checkpoint} (epoch {self.epoch})" if self.checkpoint else "exported model"
         return f"{self.source}: {where}, {_LABEL[self.weights]}"
+
+
+class _FileSamples:
+    """Image files as validation samples, for a DataLoader: ``(index, CHW image)``, or ``(index, path, reason)``
+    for a file that cannot be read (reported per file, never fatal here)."""
+
+    def __init__(self, paths: list[str], read: Callable[[str], Any], pipeline: Any, spec: Any) -> None:
+        from plugtrain.core.runtime.loader import AugmentedDataset
+
+        self.paths, self.read = paths, read
+        self.augmented = AugmentedDataset([], pipeline, spec.run.seed, "predict", to_tensor=spec.augmentations.normalize)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        import numpy as np
+
+        try:
+            image = np.asarray(self.read(self.paths[index]))
+        except Exception as exc:  # noqa: BLE001 - any reader fault: this file is unreadable, the others go on
+            reason = " ".join(str(exc).split())
+            return index, self.paths[index], reason.removeprefix(f"{self.paths[index]}: ") or type(exc).__name__
+        image = image[..., None] if image.ndim == 2 else image
+        return index, self.augmented._augment(image, 0, 0, 0, 0)[0]
+
+
+def _collate_files(items: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """The readable samples stacked as :meth:`Predictor.raw_batch` stacks them, their indices, the unreadable files."""
+    from plugtrain.core.runtime.loader import Collate
+    from plugtrain.core.runtime.step import batch_images
+
+    good = [item for item in items if len(item) == 2]
+    images = batch_images(Collate("raise")([(im, 0) for _, im in good]), "predict") if good else None
+    return {"index": [i for i, _ in good], "images": images,
+            "unreadable": [(path, reason) for _, path, reason in (item for item in items if len(item) == 3)]}
 
 
 class LoadedRun(Predictor):
