@@ -29,7 +29,7 @@ def run(spec: str, overrides: Sequence[str] = (), *, launch: str | None = None, 
     (:class:`plugtrain.slurm.job.JobOptions`), over the launch file's ``[slurm]`` table."""
     from plugtrain.core.runtime import rundir
     from plugtrain.core.spec import load_spec
-    from plugtrain.slurm import cluster, job
+    from plugtrain.slurm import job
 
     opts = job.options(launch, **flags)
     s = load_spec(spec, list(overrides))
@@ -39,6 +39,34 @@ def run(spec: str, overrides: Sequence[str] = (), *, launch: str | None = None, 
     name = s.run.name.replace("/", "-")
     text = job.script(opts, Path(spec).absolute(), list(overrides), name=name, log_dir=log_dir,
                       workdir=Path(os.getcwd()), resume=resume, overwrite=overwrite)
+    job_id = dispatch(opts, text, dry_run, log_dir)
+    if job_id is None:
+        return 0
+    log = log_dir / f"{name}-{job_id}.out"
+    console.echo(f"submitted job {job_id}: run dir {run_dir}\n  follow: tail -f {log}   (squeue -j {job_id})\n"
+                 f"  cancel: scancel {job_id}   (continue it later with: plugtrain submit {spec} ... --resume auto)")
+    return 0
+
+
+def add_job_arguments(parser: Any) -> None:
+    """The job options of :data:`FLAGS` and ``--launch`` (``submit`` and ``sweep --submit`` take the same)."""
+    parser.add_argument("--launch", metavar="FILE", help="a launch file whose [slurm] table holds the job's options")
+    parser.add_argument("--time", metavar="HH:MM:SS", help="the job's time limit")
+    parser.add_argument("--nodes", type=int)
+    parser.add_argument("--gpus-per-node", type=int, help="one task per GPU")
+    parser.add_argument("--tasks-per-node", type=int, help="default: one per GPU (one on a CPU-only job)")
+    parser.add_argument("--cpus-per-task", type=int)
+    parser.add_argument("--mem")
+    parser.add_argument("--partition")
+    parser.add_argument("--account")
+    parser.add_argument("--signal", metavar="NAME@SECONDS", help="the warning before the time limit (default USR1@90)")
+    parser.add_argument("--max-requeues", type=int, help="requeue the job at most this often (default 20)")
+
+
+def dispatch(opts: Any, text: str, dry_run: bool, log_dir: Path) -> str | None:
+    """Check the job against the cluster, then submit it (its id) or, ``dry_run``, print the script (``None``)."""
+    from plugtrain.slurm import cluster
+
     unchecked = None
     if not cluster.available():
         unchecked = "sbatch, sinfo and scontrol are not on the PATH"
@@ -55,10 +83,6 @@ def run(spec: str, overrides: Sequence[str] = (), *, launch: str | None = None, 
             print(f"note: {unchecked}: the partition, GPUs and time limit were not checked against a cluster",
                   file=sys.stderr)  # stdout holds the script alone
         print(text, end="")
-        return 0
+        return None
     log_dir.mkdir(parents=True, exist_ok=True)
-    job_id = cluster.submit(text)
-    log = log_dir / f"{name}-{job_id}.out"
-    console.echo(f"submitted job {job_id}: run dir {run_dir}\n  follow: tail -f {log}   (squeue -j {job_id})\n"
-                 f"  cancel: scancel {job_id}   (continue it later with: plugtrain submit {spec} ... --resume auto)")
-    return 0
+    return cluster.submit(text)

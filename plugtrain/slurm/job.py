@@ -168,23 +168,17 @@ def options(launch: str | None = None, **flags: Any) -> JobOptions:
 
 
 def script(opts: JobOptions, spec: Path, overrides: Sequence[str], *, name: str, log_dir: Path, workdir: Path,
-           resume: str | None = None, overwrite: bool = False, python: str | None = None) -> str:
+           resume: str | None = None, overwrite: bool = False, python: str | None = None,
+           command: Sequence[str] | None = None, array: int | None = None) -> str:
     """The sbatch script: ``#SBATCH`` lines, the rendezvous address from the job's first node, and one ``srun``
-    task per GPU running :mod:`plugtrain.slurm.worker`."""
+    task per GPU running :mod:`plugtrain.slurm.worker`; or, with ``command`` and ``array`` (a sweep), an array job
+    of ``array`` tasks each running ``command`` (a sweep worker), requeued when the time limit or preemption stopped
+    it (its trial was queued again in the study)."""
+    if command is not None:
+        return _array_script(opts, list(command), name=name, log_dir=log_dir, workdir=workdir, array=array or 1)
     sig, lead = opts.warning
     q = shlex.quote
-    lines = ["#!/bin/bash", f"#SBATCH --job-name={opts.job_name or name}", f"#SBATCH --nodes={opts.nodes}",
-             f"#SBATCH --ntasks-per-node={opts.ntasks_per_node}"]
-    if opts.gpus_per_node:
-        lines.append(f"#SBATCH --gpus-per-node={opts.gpus_per_node}")
-    if opts.cpus_per_task:
-        lines.append(f"#SBATCH --cpus-per-task={opts.cpus_per_task}")
-    if opts.mem:
-        lines.append(f"#SBATCH --mem={opts.mem}")
-    lines.append(f"#SBATCH --time={opts.time}")
-    for key in ("partition", "account", "qos"):
-        if getattr(opts, key):
-            lines.append(f"#SBATCH --{key}={getattr(opts, key)}")
+    lines = _header(opts, name)
     lines += [f"#SBATCH --signal={sig.name.removeprefix('SIG')}@{lead}", "#SBATCH --requeue",
               "#SBATCH --open-mode=append", f"#SBATCH --output={log_dir / (name + '-%j.out')}",
               f"#SBATCH --chdir={workdir}"]
@@ -223,3 +217,62 @@ def script(opts: JobOptions, spec: Path, overrides: Sequence[str], *, name: str,
         "",
     ]
     return "\n".join(lines)
+
+
+def _array_script(opts: JobOptions, command: list[str], *, name: str, log_dir: Path, workdir: Path,
+                  array: int) -> str:
+    """An array job of ``array`` sweep workers on one study: one task each; a worker stopped by the warning signal
+    or SIGTERM has queued its trial again (continued from its ``last.pt`` by whichever worker takes it) and the task
+    requeues itself, up to ``max_requeues`` times."""
+    sig, lead = opts.warning
+    short = sig.name.removeprefix("SIG")
+    lines = _header(opts, name)
+    lines += [f"#SBATCH --array=0-{array - 1}", f"#SBATCH --signal={short}@{lead}", "#SBATCH --requeue",
+              "#SBATCH --open-mode=append", f"#SBATCH --output={log_dir / (name + '-%A_%a.out')}",
+              f"#SBATCH --chdir={workdir}"]
+    lines += [f"#SBATCH {line}" for line in opts.sbatch]
+    lines += [
+        "",
+        f"# Written by `plugtrain sweep --submit`: {array} sweep workers on one study. A worker stopped by {sig.name} "
+        f"({lead} s",
+        "# before the time limit) or SIGTERM (preemption) queues its trial again and this task requeues itself.",
+        *opts.setup,
+        f"export PLUGTRAIN_STOP_SIGNALS={short}",
+        "export OMP_NUM_THREADS=\"${SLURM_CPUS_PER_TASK:-1}\"",
+        "echo \"plugtrain: sweep worker $SLURM_ARRAY_TASK_ID of job $SLURM_ARRAY_JOB_ID (restart "
+        "${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST\"",
+        "",
+        f"srun {' '.join(shlex.quote(c) for c in command)} &",
+        "tasks=$!",
+        f"trap 'echo \"plugtrain: the batch shell got a signal; waiting for the sweep worker\"' TERM {short}",
+        "while true; do",
+        "  rc=0; wait \"$tasks\" || rc=$?",
+        "  kill -0 \"$tasks\" 2>/dev/null || break",
+        "done",
+        f"if [ \"$rc\" -gt 128 ] && [ \"$rc\" -ne 130 ] && [ \"${{SLURM_RESTART_COUNT:-0}}\" -lt {opts.max_requeues} ]; "
+        "then",
+        "  echo \"plugtrain: the sweep worker stopped (exit $rc); its trial is queued again; requeueing task "
+        "$SLURM_JOB_ID\"",
+        "  scontrol requeue \"$SLURM_JOB_ID\" && exit 0",
+        "fi",
+        "exit \"$rc\"",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _header(opts: JobOptions, name: str) -> list[str]:
+    """The ``#SBATCH`` lines of the resources: name, nodes, tasks, GPUs, CPUs, memory, time, partition, account."""
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={opts.job_name or name}", f"#SBATCH --nodes={opts.nodes}",
+             f"#SBATCH --ntasks-per-node={opts.ntasks_per_node}"]
+    if opts.gpus_per_node:
+        lines.append(f"#SBATCH --gpus-per-node={opts.gpus_per_node}")
+    if opts.cpus_per_task:
+        lines.append(f"#SBATCH --cpus-per-task={opts.cpus_per_task}")
+    if opts.mem:
+        lines.append(f"#SBATCH --mem={opts.mem}")
+    lines.append(f"#SBATCH --time={opts.time}")
+    for key in ("partition", "account", "qos"):
+        if getattr(opts, key):
+            lines.append(f"#SBATCH --{key}={getattr(opts, key)}")
+    return lines

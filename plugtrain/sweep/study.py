@@ -66,10 +66,33 @@ def default_storage(sweep_dir: Path) -> str:
     return f"sqlite:///{Path(sweep_dir).resolve() / 'study.db'}"
 
 
+#: The scheme of Optuna's journal file storage: one append-only file, safe on a shared (NFS) file system without a
+#: database server; the default of a sweep submitted to a cluster (``plugtrain sweep FILE --submit``).
+JOURNAL = "journal:///"
+
+
+def journal_storage(sweep_dir: Path) -> str:
+    return f"{JOURNAL}{str(Path(sweep_dir).resolve() / 'study.journal').lstrip('/')}"
+
+
+def _journal_path(url: str) -> Path:
+    return Path("/" + url.removeprefix(JOURNAL).lstrip("/"))
+
+
+def local_storages(sweep_dir: Path) -> tuple[str, str]:
+    """The storages that live in the sweep directory itself (SQLite, journal file)."""
+    return default_storage(sweep_dir), journal_storage(sweep_dir)
+
+
 def check_storage_url(url: str, source: str = "--storage") -> None:
     """Refuse a storage URL that cannot name a database before anything is written or retried: one SQLAlchemy cannot
     parse, an unknown kind of database, an in-memory or unreachable SQLite file. Only a well-formed URL gets the
-    connection retries of :func:`make_storage` (a server that is starting, workers racing to create the tables)."""
+    connection retries of :func:`make_storage` (a server that is starting, workers racing to create the tables).
+    ``journal:///ABSOLUTE/PATH`` names a journal file (its folder must exist or be the sweep directory)."""
+    if url.startswith("journal:"):
+        if not url.startswith(JOURNAL) or not url.removeprefix(JOURNAL).strip("/"):
+            raise PlugtrainError(f"{source} {url}: a journal file storage is journal:///ABSOLUTE/PATH/study.journal")
+        return
     try:
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -166,6 +189,8 @@ def make_storage(url: str, heartbeat: int | None, grace_period: int | None, max_
     """An ``RDBStorage`` with heartbeats and the retry callback (none for ``heartbeat=None``: reading only); SQLite
     waits for its lock instead of failing."""
     optuna = import_optuna()
+    if url.startswith(JOURNAL):
+        return _journal(optuna, _journal_path(url), heartbeat, grace_period, max_retries)
     kwargs: dict[str, Any] = {}
     if heartbeat is not None:
         kwargs = {"heartbeat_interval": heartbeat, "grace_period": grace_period or 2 * heartbeat}
@@ -187,6 +212,56 @@ def make_storage(url: str, heartbeat: int | None, grace_period: int | None, max_
             last = exc
             time.sleep(0.5 * (attempt + 1))
     raise PlugtrainError(f"cannot open the study storage {masked(url)}: {type(last).__name__}: {first_line(last)}")
+
+
+def _journal(optuna: Any, path: Path, heartbeat: int | None, grace_period: int | None, max_retries: int) -> Any:
+    """Optuna's journal file storage with the heartbeats RDBStorage has (Optuna's journal storage has none): each
+    running trial's worker stamps ``plugtrain:heartbeat`` (wall clock) every ``heartbeat`` seconds; a RUNNING trial
+    whose stamp is older than ``grace_period`` is stale, and :func:`optuna.storages.fail_stale_trials` fails it and
+    queues its retry, as with a database. The workers' clocks must agree (NTP on a cluster)."""
+    from optuna.storages._heartbeat import BaseHeartbeat
+    from optuna.trial import TrialState
+
+    storages = optuna.storages
+    journal = getattr(storages, "journal", None)
+    interval = heartbeat
+    grace = grace_period or 2 * (heartbeat or 0)
+    callback = retry_callback(optuna, max_retries) if heartbeat is not None else None
+
+    class HeartbeatJournal(storages.JournalStorage, BaseHeartbeat):
+        def record_heartbeat(self, trial_id: int) -> None:
+            with contextlib.suppress(Exception):  # the trial finished meanwhile
+                self.set_trial_system_attr(trial_id, "plugtrain:heartbeat", time.time())
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            now = time.time()
+            out = []
+            for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                beat = t.system_attrs.get("plugtrain:heartbeat")
+                if beat is None and t.datetime_start is not None:
+                    beat = t.datetime_start.timestamp()
+                if beat is not None and now - float(beat) > grace:
+                    out.append(t._trial_id)
+            return out
+
+        def get_heartbeat_interval(self) -> int | None:
+            return interval
+
+        def get_heartbeat_stale_trial_callback(self) -> Any:
+            return callback
+
+        def get_failed_trial_callback(self) -> Any:  # Optuna before 4.9
+            return callback
+
+    try:
+        if journal is not None and hasattr(journal, "JournalFileBackend"):  # Optuna >= 4
+            backend = journal.JournalFileBackend(str(path), lock_obj=journal.JournalFileSymlinkLock(str(path)))
+        else:  # Optuna 3
+            backend = storages.JournalFileStorage(str(path), lock_obj=storages.JournalFileSymlinkLock(str(path)))
+        return HeartbeatJournal(backend)
+    except OSError as exc:
+        raise PlugtrainError(f"cannot open the study journal {path}: {exc.strerror or exc} (its folder must exist "
+                             "on a file system every worker sees)") from None
 
 
 def make_sampler(optuna: Any, sw: Sweep, seed: int | None) -> Any:
@@ -389,6 +464,15 @@ class Worker:
                 study.enqueue_trial(point, skip_if_exists=True)
         return study
 
+    def check_rerun(self) -> dict[str, Any] | None:
+        """Refuse a rerun whose sweep differs from the one ``sweep.json`` records (before any trial, and before
+        ``--submit`` submits workers); the earlier ``sweep.json``, if any."""
+        old = self._old_meta()
+        if old is not None:
+            recorded = {**(old.get("space") or old), "resolved_spec": old.get("resolved_spec")}
+            self._refuse(self.differences(recorded), f"as {self.sweep_dir / results.SWEEP_JSON} records it")
+        return old
+
     # -- the loop ----------------------------------------------------------------------------------------------
     def run(self) -> int:
         optuna = import_optuna()
@@ -396,11 +480,8 @@ class Worker:
             from plugtrain.sweep import cv
 
             cv.check_folds(self.sw.spec, self.base, self.sw.folds)
-        old = self._old_meta()
-        if old is not None:
-            recorded = {**(old.get("space") or old), "resolved_spec": old.get("resolved_spec")}
-            self._refuse(self.differences(recorded), f"as {self.sweep_dir / results.SWEEP_JSON} records it")
-        local = self.storage_url == default_storage(self.sweep_dir)
+        old = self.check_rerun()
+        local = self.storage_url in local_storages(self.sweep_dir)
         made = local and not self.sweep_dir.exists()
         if local:
             self.sweep_dir.mkdir(parents=True, exist_ok=True)  # the study's SQLite file goes in it
@@ -409,7 +490,8 @@ class Worker:
         except BaseException:
             if made:  # a sweep that could not start leaves no directory behind
                 with contextlib.suppress(OSError):
-                    (self.sweep_dir / "study.db").unlink(missing_ok=True)
+                    for leftover in ("study.db", "study.journal", "study.journal.lock"):
+                        (self.sweep_dir / leftover).unlink(missing_ok=True)
                     self.sweep_dir.rmdir()
             raise
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
