@@ -26,7 +26,7 @@ from plugtrain.core.runtime import distributed, rundir
 from plugtrain.core.spec import load_spec
 
 __all__ = ["FORMATS", "LOADABLE", "WEIGHTS", "ExportedModel", "LoadedRun", "Predictor", "open_model",
-           "read_sidecar", "sidecar_path", "sidecar_problems"]
+           "read_sidecar", "sidecar_path", "sidecar_problems", "TTA_VIEWS"]
 
 #: What ``--weights`` chooses: the trained model, its EMA (``trainer.ema``), its SWA average (``trainer.swa``).
 WEIGHTS: tuple[str, ...] = ("model", "ema", "swa")
@@ -42,6 +42,47 @@ SIDECAR_VERSION = 2
 #: What each format needs beyond plugtrain's own dependencies.
 NEEDS = {"onnx": ("onnx", "onnxruntime", "onnxscript"), "pt2": (), "safetensors": ("safetensors",)}
 INPUT_NAME = "images"
+
+
+#: ``--tta`` view sets: the flips (of ``NCHW`` axes) each view applies to the image; ``()`` is the image itself. The
+#: task's ``tta_merge`` merges the model's outputs of the views (mean probabilities, values or embeddings).
+TTA_VIEWS: dict[str, tuple[tuple[int, ...], ...]] = {"flip": ((), (-1,)), "flips4": ((), (-1,), (-2,), (-2, -1))}
+
+
+def tta_merger(task_object: Any, task: str, views: str) -> Callable[[list[Any]], Any]:
+    """The task's ``tta_merge`` for the view set ``views``; an unknown view set, or a task without ``tta_merge``
+    (its outputs do not simply average: a mask would need flipping back), is bad input."""
+    if views not in TTA_VIEWS:
+        raise PlugtrainError(f"--tta must be one of {', '.join(TTA_VIEWS)}, not {views!r}")
+    merge = getattr(task_object, "tta_merge", None)
+    if not callable(merge):
+        raise PlugtrainError(f"--tta: task '{task}' does not merge test-time augmented outputs (it has no tta_merge); "
+                             "leave --tta out")
+    return merge
+
+
+def tta_forward(forward: Callable[[Any], Any], images: Any, merge: Callable[[list[Any]], Any], views: str) -> Any:
+    """``forward`` of each view of the ``NCHW`` batch ``images`` (the identity, flips), merged by ``merge``."""
+    return merge([forward(images.flip(dims) if dims else images) for dims in TTA_VIEWS[views]])
+
+
+def tta_module(model: Any, merge: Callable[[list[Any]], Any], views: str) -> Any:
+    """``model`` as a module whose output is its outputs of the views merged (what ``evaluate --tta`` scores)."""
+    import torch
+
+    class TTA(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, images: Any) -> Any:
+            def one(x: Any) -> Any:
+                out = self.model(x)
+                return out[0] if isinstance(out, (tuple, list)) else out
+
+            return tta_forward(one, images, merge, views)
+
+    return TTA()
 
 
 def open_model(source: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None,
@@ -273,6 +314,7 @@ class Predictor:
         raw = spec.data.dataset.params.get("pixels") == "raw"
         self.pixel_dtypes: tuple[str, ...] = ("uint8", "uint16", "float32") if raw else ("uint8",)
         self._pipeline = build.build_transform(spec, "val", self.in_chans)
+        self._tta: tuple[Callable[[list[Any]], Any], str] | None = None  # use_tta()
         self.batch_size = int(spec.data.val_batch_size or spec.data.batch_size)
 
     # -- preprocessing ---------------------------------------------------------------------------------------------
@@ -322,6 +364,15 @@ class Predictor:
         """The outputs (``N x K`` float32, on the CPU) for a raw batch."""
         raise NotImplementedError
 
+    def use_tta(self, views: str | None) -> None:
+        """Predict with test-time augmentation: each image's outputs of the views of ``views`` (``TTA_VIEWS``)
+        merged by the task (``None``: the image alone)."""
+        self._tta = None if views is None else (tta_merger(self.task_object, self.task, views), views)
+
+    def forward(self, raw: Any) -> Any:
+        """:meth:`forward_raw`, or with :meth:`use_tta` its outputs of the views merged."""
+        return self.forward_raw(raw) if self._tta is None else tta_forward(self.forward_raw, raw, *self._tta)
+
     def transform(self, image: Any) -> Any:
         """One image (a path or an array) -> the ``CHW`` tensor the model takes, exactly as :meth:`predict` makes it."""
         return self.raw_batch(self.samples([image]))[0]
@@ -336,7 +387,7 @@ class Predictor:
         if not samples:
             return torch.zeros((0, max(len(self.class_names), 1)))
         chunks = [samples[i:i + self.batch_size] for i in range(0, len(samples), self.batch_size)]
-        return torch.cat([self.forward_raw(self.raw_batch(c)) for c in chunks])
+        return torch.cat([self.forward(self.raw_batch(c)) for c in chunks])
 
     def predict(self, images: Any, top_k: int = 5, out_dir: str | os.PathLike[str] | None = None
                 ) -> list[dict[str, Any]]:
@@ -394,7 +445,7 @@ class Predictor:
                 raise PlugtrainError(f"{path}: unreadable: {reason} (--on-error skip predicts the other files and "
                                      "lists the unreadable ones)")
             good = [paths[i] for i in batch["index"]]
-            outputs = self.forward_raw(batch["images"]) if good else torch.zeros((0, 0))
+            outputs = self.forward(batch["images"]) if good else torch.zeros((0, 0))
             yield good, outputs, batch["unreadable"]
 
     def describe(self) -> str:

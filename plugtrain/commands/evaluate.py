@@ -9,6 +9,11 @@ model). The metrics are reported as ``<split>/<metric>`` whichever the weights (
 equals the run's ``val_ema/accuracy`` of that epoch), and the record says which: ``"weights": "ema"``. The
 checkpoint defaults to ``best``, ``last`` for SWA (its batch-norm statistics are recomputed at the end of training
 and saved in ``last.pt`` only).
+
+``--tta`` (or ``--tta-views flip|flips4``) also scores the test-time augmented model: each sample's outputs of the identity and its
+horizontal flip (``flips4``: and its vertical and double flips) merged by the run's task (``Task.tta_merge``: mean
+softmax / sigmoid probabilities, mean values, mean L2-normalised embeddings); the record gains ``"tta": {"views":
+"flip", "metrics": {"val/accuracy": ...}}`` beside the plain ``"metrics"``, and the table ``tta/val/...`` rows.
 """
 
 from __future__ import annotations
@@ -28,18 +33,22 @@ from plugtrain.inference import (
     load_weights,
     local_env,
     open_run,
+    tta_merger,
+    tta_module,
 )
 
 
 def run(run_dir: str, *, checkpoint: str | None = None, split: str = "val", weights: str | None = None,
-        as_json: bool = False) -> int:
-    """Evaluate ``weights`` of ``checkpoint`` of ``run_dir`` on ``split``; exit code 0."""
+        as_json: bool = False, tta: str | None = None) -> int:
+    """Evaluate ``weights`` of ``checkpoint`` of ``run_dir`` on ``split`` (and with ``tta``, its test-time augmented
+    outputs too); exit code 0."""
     from plugtrain.core.runtime.evaluator import OutputCollector, evaluate_model
     from plugtrain.core.runtime.loader import ShardedBatchSampler, make_loader
     from plugtrain.core.runtime.step import ModelInput
 
     check_weights(weights)
     root, spec = open_run(run_dir)
+    merge = None if tta is None else tta_merger(spec.task_object, spec.run.task, tta)  # before any work
     path = checkpoint_path(root, checkpoint, weights)
     state = ckpt.load(path)
     chosen = weights or default_weights(state)
@@ -70,6 +79,11 @@ def run(run_dir: str, *, checkpoint: str | None = None, split: str = "val", weig
     record = {"run_dir": str(root), "checkpoint": str(path), "weights": chosen, "epoch": state.get("epoch"),
               "global_step": state.get("global_step"), "split": split, "samples": len(data), "skipped": skipped,
               "metrics": results}
+    if merge is not None:  # the same samples again, each scored by its views' merged outputs
+        metrics.pop(" outputs", None)
+        tta_results, _ = evaluate_model(tta_module(model, merge, tta), criterion, loader, metrics, model_input, amp,
+                                        env, split)
+        record["tta"] = {"views": tta, "metrics": tta_results}
     report = getattr(task, "report", None)  # what the run's task adds (per-class figures by name)
     if callable(report):
         record.update(report(dict(results), list(built.class_names)))
@@ -82,6 +96,8 @@ def run(run_dir: str, *, checkpoint: str | None = None, split: str = "val", weig
     else:
         console.echo(f"{root.name}: {path.name} (epoch {state.get('epoch')}), {chosen} weights, on {split} "
                      f"({len(data)} samples)")
-        console.table("metrics", ["metric", "value"], [(k, f"{v:.4f}") for k, v in results.items()])
+        rows = [(k, f"{v:.4f}") for k, v in results.items()]
+        rows += [(f"tta/{k}", f"{v:.4f}") for k, v in record.get("tta", {}).get("metrics", {}).items()]
+        console.table("metrics", ["metric", "value"], rows)
         console.echo(f"written to {out}")
     return 0

@@ -1,6 +1,6 @@
 """``plugtrain predict RUN_DIR|MODEL.onnx PATH... [--checkpoint best|last|PATH] [--weights model|ema|swa]
 [--top-k K] [--json] [--out DIR|FILE.csv|FILE.jsonl [--overwrite]] [--batch-size N] [--num-workers N]
-[--on-error raise|skip]``.
+[--on-error raise|skip] [--tta | --tta-views flip|flips4]``.
 
 What the run's task predicts (top-k classes with probabilities, predicted values, ...) for image files, from a finished
 run's checkpoint or from a model ``plugtrain export`` wrote (ONNX or pt2, with its sidecar JSON). Images are
@@ -16,6 +16,9 @@ unless ``--num-workers`` / ``--batch-size``) with a progress bar on stderr, into
 predicts: ``top1_class``, ``top1_probability``, ... in CSV; the task's result in JSON lines), written whole or not at
 all; a metric-learning run's embeddings go to ``FILE.npy`` beside it, row ``row`` of each line. An unreadable file is
 listed on stderr and skipped (exit 0, with a warning count), or with ``--on-error raise`` is bad input (exit 2).
+
+``--tta`` predicts from each image's views (the identity and its horizontal flip; ``flips4`` adds the vertical and
+double flips), their outputs merged by the run's task (``Task.tta_merge``; a task without it refuses ``--tta``).
 """
 
 from __future__ import annotations
@@ -39,18 +42,21 @@ RESULT_SUFFIXES = (".csv", ".jsonl")
 
 def run(run_dir: str, images: Sequence[str], *, checkpoint: str | None = None, weights: str | None = None,
         top_k: int = 5, as_json: bool = False, out: str | None = None, overwrite: bool = False,
-        batch_size: int | None = None, num_workers: int | None = None, on_error: str = "skip") -> int:
-    """Predict ``images``; print a line (or JSON) per image, or write ``--out FILE.csv|.jsonl``; exit code 0."""
+        batch_size: int | None = None, num_workers: int | None = None, on_error: str = "skip",
+        tta: str | None = None) -> int:
+    """Predict ``images`` (with ``tta``, from their test-time augmented views); print a line (or JSON) per image, or
+    write ``--out FILE.csv|.jsonl``; exit code 0."""
     if top_k < 1:
         raise PlugtrainError(f"--top-k must be >= 1, got {top_k}")
     results_file = out is not None and Path(out).suffix.lower() in RESULT_SUFFIXES
     if results_file or any(is_batch_path(p) for p in images):
         return run_batch(run_dir, images, checkpoint=checkpoint, weights=weights, top_k=top_k, as_json=as_json,
                          out=out if results_file else None, overwrite=overwrite, batch_size=batch_size,
-                         num_workers=num_workers, on_error=on_error, mask_dir=None if results_file else out)
+                         num_workers=num_workers, on_error=on_error, mask_dir=None if results_file else out, tta=tta)
     if out is not None:
         _check_out(Path(out), images, overwrite)
     predictor = open_model(run_dir, checkpoint, weights)
+    predictor.use_tta(tta)
     if out is not None and not callable(getattr(predictor.task_object, "save_prediction", None)):
         raise PlugtrainError(f"predict: --out: task '{predictor.task}' writes no files of its predictions; "
                              "leave --out out (--json prints every result)")
@@ -83,7 +89,7 @@ def _check_out(out: Path, images: Sequence[str], overwrite: bool) -> None:
 
 def run_batch(run_dir: str, paths: Sequence[str], *, checkpoint: str | None, weights: str | None, top_k: int,
               as_json: bool, out: str | None, overwrite: bool, batch_size: int | None, num_workers: int | None,
-              on_error: str, mask_dir: str | None) -> int:
+              on_error: str, mask_dir: str | None, tta: str | None = None) -> int:
     """The batch form: folders and globs expanded, streamed through a DataLoader, into ``out`` (CSV / JSON lines,
     embeddings in ``.npy`` beside it) or onto stdout; unreadable files listed and skipped, or bad input."""
     if mask_dir is not None:
@@ -91,6 +97,7 @@ def run_batch(run_dir: str, paths: Sequence[str], *, checkpoint: str | None, wei
                              "or FILE.jsonl (a folder of the task's files takes the image files one by one)")
     targets = [] if out is None else _check_results_out(Path(out), overwrite)
     predictor = open_model(run_dir, checkpoint, weights)
+    predictor.use_tta(tta)
     embeddings = getattr(predictor.task_object, "outputs", None) == "embeddings"
     if embeddings and out is None:
         raise PlugtrainError(f"predict: task '{predictor.task}' gives embeddings, not classes: give --out FILE.csv "

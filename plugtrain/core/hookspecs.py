@@ -662,6 +662,11 @@ class Task(Protocol):
         figures as files ``<name>-<split>.png`` under the ``pathlib.Path`` ``out_dir`` (the run directory) and name
         them in its answer. Costs the memory of every output, so only tasks that need them have it."""
 
+    def tta_merge(self, outputs: list[Any]) -> Any:
+        """Optional: one output from the outputs of an image's test-time augmented views (``--tta``), in the form
+        the model gives (mean probabilities as their log, mean values, ...), so metrics and :meth:`predict` read it
+        unchanged. Absent: the task refuses ``--tta``."""
+
 
 #: The contract of every kind: ``(protocol, required members)``; the protocol's other members are optional.
 CONTRACTS: dict[str, tuple[type, tuple[str, ...]]] = {

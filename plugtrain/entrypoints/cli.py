@@ -111,17 +111,9 @@ def _parser(plugins: bool = False) -> argparse.ArgumentParser:
     s = sub.add_parser("submit", help="train a spec as a SLURM job that survives time limits and preemption")
     s.add_argument("spec", metavar="SPEC")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
-    s.add_argument("--launch", metavar="FILE", help="a launch file whose [slurm] table holds the job's options")
-    s.add_argument("--time", metavar="HH:MM:SS", help="the job's time limit")
-    s.add_argument("--nodes", type=int)
-    s.add_argument("--gpus-per-node", type=int, help="one task per GPU")
-    s.add_argument("--tasks-per-node", type=int, help="default: one per GPU (one on a CPU-only job)")
-    s.add_argument("--cpus-per-task", type=int)
-    s.add_argument("--mem")
-    s.add_argument("--partition")
-    s.add_argument("--account")
-    s.add_argument("--signal", metavar="NAME@SECONDS", help="the warning before the time limit (default USR1@90)")
-    s.add_argument("--max-requeues", type=int, help="requeue the job at most this often (default 20)")
+    from plugtrain.commands import submit as submit_command
+
+    submit_command.add_job_arguments(s)
     s.add_argument("--resume", metavar="auto|PATH")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--dry-run", action="store_true", help="print the sbatch script instead of submitting it")
@@ -133,17 +125,32 @@ def _parser(plugins: bool = False) -> argparse.ArgumentParser:
                    help="the trained model, its EMA or its SWA average (default: what best.pt was chosen by)")
     s.add_argument("--split", default="val", choices=["val", "test"])
     s.add_argument("--json", action="store_true")
+    s.add_argument("--tta", action="store_const", const="flip",
+                   help="test-time augmentation: the image and its horizontal flip, merged by the task")
+    s.add_argument("--tta-views", dest="tta", choices=["flip", "flips4"],
+                   help="--tta with these views (flips4: also the vertical and the double flip)")
 
     s = sub.add_parser("predict", help="top-k classes for images, from a finished run or an exported ONNX/pt2 file")
     s.add_argument("run_dir", metavar="RUN_DIR|MODEL.onnx")
-    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("images", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     s.add_argument("--checkpoint", metavar="best|last|PATH", help="default: best (last with --weights swa)")
     s.add_argument("--weights", choices=["model", "ema", "swa"],
                    help="the trained model, its EMA or its SWA average (default: what best.pt was chosen by)")
     s.add_argument("--top-k", type=int, default=5)
     s.add_argument("--json", action="store_true")
-    s.add_argument("--out", metavar="DIR", help="write the files the task makes of each prediction (a mask PNG) here")
-    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing same-named files")
+    s.add_argument("--out", metavar="DIR|FILE.csv|FILE.jsonl",
+                   help="a results file (CSV or JSON lines; embeddings in FILE.npy beside it), or a folder for the "
+                        "files the task makes of each prediction (a mask PNG)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file, or write into a "
+                   "non-empty --out folder replacing same-named files")
+    s.add_argument("--batch-size", type=int, help="batch form: images per batch (default: the run's)")
+    s.add_argument("--num-workers", type=int, help="batch form: DataLoader workers (default: the run's)")
+    s.add_argument("--on-error", choices=["raise", "skip"], default="skip",
+                   help="batch form: an unreadable file is listed and skipped (default), or stops with exit 2")
+    s.add_argument("--tta", action="store_const", const="flip",
+                   help="test-time augmentation: the image and its horizontal flip, merged by the task")
+    s.add_argument("--tta-views", dest="tta", choices=["flip", "flips4"],
+                   help="--tta with these views (flips4: also the vertical and the double flip)")
 
     s = sub.add_parser("export", help="export a finished run's model (ONNX, pt2, safetensors), checked against it")
     s.add_argument("run_dir", metavar="RUN_DIR")
@@ -237,12 +244,14 @@ def _run(args: argparse.Namespace) -> int:
         from plugtrain.commands import evaluate
 
         return evaluate.run(args.run_dir, checkpoint=args.checkpoint, split=args.split, weights=args.weights,
-                            as_json=args.json)
+                            as_json=args.json, tta=args.tta)
     if args.command == "predict":
         from plugtrain.commands import predict
 
         return predict.run(args.run_dir, args.images, checkpoint=args.checkpoint, weights=args.weights,
-                           top_k=args.top_k, as_json=args.json, out=args.out, overwrite=args.overwrite)
+                           top_k=args.top_k, as_json=args.json, out=args.out, overwrite=args.overwrite,
+                           batch_size=args.batch_size, num_workers=args.num_workers, on_error=args.on_error,
+                           tta=args.tta)
     if args.command == "export":
         from plugtrain.commands import export
 

@@ -204,6 +204,14 @@ class Classification(ImageOnly):
         return {"name": "logits", "shape": ["batch", int(embedding_dim)],
                 "meaning": "logits (apply softmax for probabilities)"}
 
+    def tta_merge(self, outputs: list[Any]) -> Any:
+        """Test-time augmentation: the views' logits -> the log of their mean softmax probabilities (logits whose
+        softmax is that mean, so metrics, loss and predict read them as any output)."""
+        import torch
+
+        probs = torch.stack([o.float().softmax(-1) for o in outputs]).mean(0)
+        return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+
     def report_outputs(self, outputs: Any, targets: Any, class_names: list[str], out_dir: Any,
                        split: str) -> dict[str, Any]:
         """Per-class figures and the confusion matrix; its picture as ``confusion-matrix-<split>.png``."""
@@ -260,6 +268,12 @@ class Regression(ImageOnly):
         png = plot_residuals(outputs, targets, out_dir / f"residuals-{split}.png")
         return {**regression_report(outputs, targets, class_names), "figures": {"residuals": png}}
 
+    def tta_merge(self, outputs: list[Any]) -> Any:
+        """Test-time augmentation: the mean of the views' predicted values."""
+        import torch
+
+        return torch.stack([o.float() for o in outputs]).mean(0)
+
     def shard_target(self, target: Any) -> tuple[str, bytes]:
         """The values as a JSON list, in ``.target``."""
         import numpy as np
@@ -297,6 +311,12 @@ class MetricLearning(ImageOnly):
 
     def export_output(self, num_classes: int, embedding_dim: int) -> dict[str, Any]:
         return {"name": "embeddings", "shape": ["batch", int(embedding_dim)], "meaning": "embeddings"}
+
+    def tta_merge(self, outputs: list[Any]) -> Any:
+        """Test-time augmentation: the mean of the views' L2-normalised embeddings (each view weighs the same)."""
+        import torch
+
+        return torch.stack([torch.nn.functional.normalize(o.float(), dim=-1) for o in outputs]).mean(0)
 
 
 def classification() -> Classification:

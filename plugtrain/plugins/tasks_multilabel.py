@@ -83,6 +83,14 @@ class Multilabel(ImageOnly):
     def describe_outputs(self, num_classes: int, embedding_dim: int) -> str:
         return f"{num_classes} labels (sigmoid each, threshold {self.threshold:g})"
 
+    def tta_merge(self, outputs: list[Any]) -> Any:
+        """Test-time augmentation: the logit of the views' mean sigmoid probability per class (its sigmoid is that
+        mean, so metrics, loss and predict read it as any output)."""
+        import torch
+
+        probs = torch.stack([o.float().sigmoid() for o in outputs]).mean(0)
+        return torch.logit(probs.double(), eps=1e-12).float()
+
     def predict(self, output: Any, class_names: list[str], top_k: int) -> dict[str, Any]:
         """Every class whose probability reaches the threshold (most probable first), and the ``top_k`` most
         probable classes whatever the threshold."""
