@@ -35,3 +35,33 @@ def write_digit_pngs(folder: Path, count: int, *, validation: bool = False, seed
 
 
 REPO_QUICKSTART = Path(__file__).resolve().parents[1] / "specs" / "quickstart.toml"
+
+
+def train_digits(root: Path, epochs: int, steps: int, batch_size: int, *args: str) -> Path:
+    """A tiny real run on sklearn-digits under ``root/runs/digits`` (``args``: more ``train`` options); its folder."""
+    from conftest import cli, tiny_spec
+
+    spec = tiny_spec(root, "digits", root / "runs", epochs=epochs, steps=steps, batch_size=batch_size)
+    assert cli("train", spec, *args) == 0
+    return root / "runs" / "digits"
+
+
+def validation_batch(run_dir: Path, indices=None) -> tuple:
+    """Evaluate's path by hand: ``(model, normalised images, targets, spec)`` of best.pt's model in eval mode and the
+    validation samples ``indices`` (all by default) through the run's pipeline and ``ModelInput``."""
+    import torch
+
+    from plugtrain.core.runtime import build
+    from plugtrain.core.runtime.distributed import DistEnv
+    from plugtrain.core.runtime.loader import Collate
+    from plugtrain.core.runtime.step import ModelInput
+    from plugtrain.core.spec import load_spec
+
+    spec = load_spec(run_dir / "spec.toml")
+    env = DistEnv(device=torch.device("cpu"))
+    built = build.build_run(spec, env, purpose="eval")
+    built.backbone.load_state_dict(torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["model"])
+    model_input = ModelInput.for_spec(spec, built.in_chans, env.device)
+    indices = range(len(built.val_data)) if indices is None else indices
+    batch = Collate("raise")([built.val_data[(0, i)] for i in indices])
+    return built.backbone.eval(), model_input(batch["images"]), batch["targets"], spec, model_input

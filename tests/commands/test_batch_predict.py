@@ -8,8 +8,8 @@ import csv
 import json
 
 import pytest
-from conftest import cli, tiny_spec
-from helpers_commands import write_digit_pngs
+from conftest import cli
+from helpers_commands import train_digits, write_digit_pngs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TOP_K = 3
@@ -18,10 +18,7 @@ TOP_K = 3
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory, one_torch_thread):
     """A tiny real run on sklearn-digits."""
-    root = tmp_path_factory.mktemp("batch_predict")
-    spec = tiny_spec(root, "digits", root / "runs", epochs=1, steps=4, batch_size=16)
-    assert cli("train", spec) == 0
-    return root / "runs" / "digits"
+    return train_digits(tmp_path_factory.mktemp("batch_predict"), 1, 4, 16)
 
 
 @pytest.fixture(scope="module")

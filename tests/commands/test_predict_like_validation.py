@@ -11,14 +11,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import cli, tiny_spec
-from helpers_commands import write_digit_pngs
+from helpers_commands import train_digits, validation_batch, write_digit_pngs
 from PIL import Image
 
 from plugtrain.core.runtime import build
-from plugtrain.core.runtime.distributed import DistEnv
 from plugtrain.core.runtime.loader import AugmentedDataset, Collate
-from plugtrain.core.runtime.step import ModelInput
-from plugtrain.core.spec import load_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SAMPLES = 8
@@ -27,23 +24,14 @@ SAMPLES = 8
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory, one_torch_thread):
     """A tiny real run on sklearn-digits (8x8 digits upscaled 4x to 32 px, resized to 16 px by the pipeline)."""
-    root = tmp_path_factory.mktemp("predict")
-    spec = tiny_spec(root, "digits", root / "runs", epochs=2, steps=15, batch_size=32)
-    assert cli("train", spec, "--set", "optimizer.lr=1e-2") == 0  # about 80% validation accuracy
-    return root / "runs" / "digits"
+    return train_digits(tmp_path_factory.mktemp("predict"), 2, 15, 32, "--set", "optimizer.lr=1e-2")  # ~80% val acc
 
 
 def validation_reference(run_dir, indices):
     """Evaluate's path: the run rebuilt from its spec, best.pt's model, the validation samples, ModelInput."""
-    spec = load_spec(run_dir / "spec.toml")
-    env = DistEnv(device=torch.device("cpu"))
-    built = build.build_run(spec, env, purpose="eval")
-    built.backbone.load_state_dict(torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["model"])
-    model = built.backbone.eval()
-    model_input = ModelInput.for_spec(spec, built.in_chans, env.device)
-    batch = Collate("raise")([built.val_data[(0, i)] for i in indices])
+    model, images, _, spec, model_input = validation_batch(run_dir, indices)
     with torch.no_grad():
-        return model(model_input(batch["images"])).softmax(-1), model, model_input, spec
+        return model(images).softmax(-1), model, model_input, spec
 
 
 def test_predict_gives_what_validation_gives_the_same_samples(digits_run, tmp_path, capsys):

@@ -9,16 +9,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import cli, tiny_spec
-from helpers_commands import write_digit_pngs
+from conftest import cli
+from helpers_commands import train_digits, validation_batch, write_digit_pngs
 from PIL import Image, ImageOps
 
 from plugtrain.core.errors import PlugtrainError
-from plugtrain.core.runtime import build
-from plugtrain.core.runtime.distributed import DistEnv
-from plugtrain.core.runtime.loader import Collate
-from plugtrain.core.runtime.step import ModelInput
-from plugtrain.core.spec import load_spec
 from plugtrain.core.task import get_task
 from plugtrain.inference import tta_merger
 
@@ -28,24 +23,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory, one_torch_thread):
     """A tiny real run on sklearn-digits (16 px)."""
-    root = tmp_path_factory.mktemp("tta")
-    spec = tiny_spec(root, "digits", root / "runs", epochs=1, steps=12, batch_size=32)
-    assert cli("train", spec, "--set", "optimizer.lr=1e-2") == 0
-    return root / "runs" / "digits"
+    return train_digits(tmp_path_factory.mktemp("tta"), 1, 12, 32, "--set", "optimizer.lr=1e-2")
 
 
 def by_hand(run_dir):
     """Per validation sample: the softmax probabilities of the image and of its horizontal flip, and the targets."""
-    spec = load_spec(run_dir / "spec.toml")
-    env = DistEnv(device=torch.device("cpu"))
-    built = build.build_run(spec, env, purpose="eval")
-    built.backbone.load_state_dict(torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["model"])
-    model = built.backbone.eval()
-    model_input = ModelInput.for_spec(spec, built.in_chans, env.device)
-    batch = Collate("raise")([built.val_data[(0, i)] for i in range(len(built.val_data))])
-    images = model_input(batch["images"])
+    model, images, targets, _, _ = validation_batch(run_dir)
     with torch.no_grad():
-        return model(images).softmax(-1), model(images.flip(-1)).softmax(-1), batch["targets"]
+        return model(images).softmax(-1), model(images.flip(-1)).softmax(-1), targets
 
 
 def test_evaluate_tta_scores_the_mean_probabilities_of_the_image_and_its_flip(digits_run, capsys):
