@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from plugtrain.core import console
+from plugtrain.core.atomic import write_atomic
 from plugtrain.core.errors import PlugtrainError
 from plugtrain.inference import expand_images, is_batch_path, open_model
 
@@ -156,32 +156,29 @@ def _check_results_out(out: Path, overwrite: bool) -> list[Path]:
 
 
 def _write_results(out: Path, targets: list[Path], rows: list[dict[str, Any]], vectors: list[Any] | None) -> None:
-    """Write FILE (and FILE.npy) whole, through temporary files renamed into place: never half-written."""
+    """Write FILE (and FILE.npy) whole: both are built in memory first, then each is written atomically, so a
+    failure while formatting leaves no file and a crash leaves the old file or the new one, never a torn one."""
+    import io
+
     import numpy as np
 
-    written: list[tuple[Path, Path]] = []
-    try:
-        part = out.with_name(f".{out.name}.partial")
-        with part.open("w", encoding="utf-8", newline="") as f:
-            if out.suffix.lower() == ".jsonl":
-                for row in rows:
-                    f.write(json.dumps(row) + "\n")
-            else:
-                flat = [_flat(row) for row in rows]
-                columns = list(dict.fromkeys(k for row in flat for k in row))
-                writer = csv.DictWriter(f, fieldnames=columns or ["path"])
-                writer.writeheader()
-                writer.writerows(flat)
-        written.append((part, out))
-        if vectors is not None:
-            npy = out.with_name(f".{targets[1].name}.partial.npy")
-            np.save(npy, np.stack(vectors) if vectors else np.zeros((0, 0), np.float32))
-            written.append((npy, targets[1]))
-        for src, dst in written:
-            os.replace(src, dst)
-    finally:
-        for src, _ in written:
-            src.unlink(missing_ok=True)
+    text = io.StringIO(newline="")
+    if out.suffix.lower() == ".jsonl":
+        for row in rows:
+            text.write(json.dumps(row) + "\n")
+    else:
+        flat = [_flat(row) for row in rows]
+        columns = list(dict.fromkeys(k for row in flat for k in row))
+        writer = csv.DictWriter(text, fieldnames=columns or ["path"])
+        writer.writeheader()
+        writer.writerows(flat)
+    matrix = None
+    if vectors is not None:
+        matrix = io.BytesIO()
+        np.save(matrix, np.stack(vectors) if vectors else np.zeros((0, 0), np.float32))
+    write_atomic(out, text.getvalue())
+    if matrix is not None:
+        write_atomic(targets[1], matrix.getvalue())
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:

@@ -61,15 +61,11 @@ def logits_problem(shape: tuple[int, ...], num_classes: int) -> str | None:
 
 
 def _save_figure(fig: Any, path: Any) -> str:
-    """Write a matplotlib figure to ``path`` as PNG, whole or not at all (a temporary file renamed into place)."""
-    import os
+    """Write a matplotlib figure to ``path`` as PNG, whole or not at all."""
+    from plugtrain.core.atomic import atomic_open
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
     return str(path)
 
 

@@ -62,7 +62,7 @@ def test_folder_to_csv_equals_predict_file_by_file(digits_run, folder, one_by_on
     for r in rows:
         got = [{"class": r[f"top{n}_class"], "probability": r[f"top{n}_probability"]} for n in range(1, TOP_K + 1)]
         same(got, one_by_one[r["path"]]["top_k"])
-    assert "12/12 images" in done.stderr and not list(tmp_path.glob(".*partial*"))
+    assert "12/12 images" in done.stderr and not list(tmp_path.glob(".*"))
 
 
 def test_glob_to_jsonl_with_a_worker_equals_predict_file_by_file(digits_run, folder, one_by_one, tmp_path, cli_run):
@@ -94,7 +94,7 @@ def test_unreadable_files_are_listed_and_skipped_or_exit_2(digits_run, folder, t
     done = cli_run("predict", digits_run, bad, "--out", raised, "--on-error", "raise")
     assert done.returncode == 2
     assert str(bad / "broken.png") in done.stderr and "Traceback" not in done.stderr
-    assert not raised.exists() and not list(tmp_path.glob(".*partial*"))
+    assert not raised.exists() and not list(tmp_path.glob(".*"))
 
 
 def test_bad_paths_and_existing_out_are_refused(digits_run, folder, tmp_path, cli_run):
