@@ -353,11 +353,12 @@ class Predictor:
 
     def raw_batch(self, samples: Sequence[Any]) -> Any:
         """Samples through the validation pipeline and the collate: the raw ``NCHW`` batch (pixel values)."""
+        from plugtrain.core.runtime import build
         from plugtrain.core.runtime.loader import AugmentedDataset, Collate
         from plugtrain.core.runtime.step import batch_images
 
         data = AugmentedDataset([(s, 0) for s in samples], self._pipeline, self.spec.run.seed, "predict",
-                                to_tensor=self.spec.augmentations.normalize)
+                                to_tensor=self.spec.augmentations.normalize, spatial_dims=build.sample_rank(self.spec))
         return batch_images(Collate("raise")([data[(0, i)] for i in range(len(data))]), "predict")
 
     def forward_raw(self, raw: Any) -> Any:
@@ -415,9 +416,13 @@ class Predictor:
     # -- batch prediction (folders, globs: plugtrain predict RUN PATH... --out FILE) ---------------------------------
     def extensions(self) -> tuple[str, ...]:
         """The file extensions a folder or glob of images is read for: those the run's dataset reads (``.npy`` too
-        with ``pixels = "raw"``)."""
+        with ``pixels = "raw"``), or those its factory lists in ``read_extensions`` (a dataset of other files)."""
+        from plugtrain.core.registry import get_registry
         from plugtrain.plugins.datasets.decode import IMAGE_EXTENSIONS, RAW_EXTENSIONS
 
+        own = getattr(get_registry().get("datasets", self.spec.data.dataset.name).factory, "read_extensions", None)
+        if own:
+            return tuple(own)
         return RAW_EXTENSIONS if self.spec.data.dataset.params.get("pixels") == "raw" else IMAGE_EXTENSIONS
 
     def stream(self, paths: Sequence[str], *, batch_size: int | None = None, num_workers: int | None = None,
@@ -459,10 +464,12 @@ class _FileSamples:
     for a file that cannot be read (reported per file, never fatal here)."""
 
     def __init__(self, paths: list[str], read: Callable[[str], Any], pipeline: Any, spec: Any) -> None:
+        from plugtrain.core.runtime.build import sample_rank
         from plugtrain.core.runtime.loader import AugmentedDataset
 
         self.paths, self.read = paths, read
-        self.augmented = AugmentedDataset([], pipeline, spec.run.seed, "predict", to_tensor=spec.augmentations.normalize)
+        self.augmented = AugmentedDataset([], pipeline, spec.run.seed, "predict", to_tensor=spec.augmentations.normalize,
+                                          spatial_dims=sample_rank(spec))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -475,7 +482,7 @@ class _FileSamples:
         except Exception as exc:  # noqa: BLE001 - any reader fault: this file is unreadable, the others go on
             reason = " ".join(str(exc).split())
             return index, self.paths[index], reason.removeprefix(f"{self.paths[index]}: ") or type(exc).__name__
-        image = image[..., None] if image.ndim == 2 else image
+        image = image[..., None] if image.ndim == self.augmented.spatial_dims else image
         return index, self.augmented._augment(image, 0, 0, 0, 0)[0]
 
 

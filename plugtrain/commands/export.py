@@ -92,7 +92,9 @@ def _normalized_class() -> type:
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             x = images.float()
             if self.normalize:
-                x = (x - self.mean) / self.std
+                from plugtrain.core.runtime.step import per_channel
+
+                x = (x - per_channel(self.mean, x)) / per_channel(self.std, x)
             out = self.backbone(x)
             return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -274,7 +276,9 @@ def _sidecar(out: Path, fmt: str, root: Path, path: Path, state: dict[str, Any],
     from plugtrain.core.runtime.build import normalization
     from plugtrain.core.spec import to_dict
 
-    c, h, w = (int(x) for x in images.shape[1:])
+    c, *spatial = (int(x) for x in images.shape[1:])
+    layout = "NC" + {1: "L", 2: "HW", 3: "DHW"}.get(len(spatial), "...")
+    sizes = dict(zip(("height", "width"), spatial, strict=True)) if len(spatial) == 2 else {"spatial_size": spatial}
     graph = fmt != "safetensors"
     mean, std = normalization(spec, built.in_chans) if spec.augmentations.normalize else (None, None)
     scale, dtype = build.pixel_scale(spec), build.data_dtype(built.splits.train)  # raw pixels: uint16, float32
@@ -292,8 +296,8 @@ def _sidecar(out: Path, fmt: str, root: Path, path: Path, state: dict[str, Any],
         "format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "file": out.name, "export_format": fmt,
         "data_file": onnx_data(out).name if fmt == "onnx" and onnx_data(out).is_file() else None,
         "task": spec.run.task, "class_names": list(built.class_names), "num_classes": built.num_classes,
-        "input": {"name": INPUT_NAME if graph else None, "shape": ["batch", c, h, w], "channels": c, "height": h,
-                  "width": w, "layout": "NCHW", "dtype": "float32", "pixel_dtype": dtype,
+        "input": {"name": INPUT_NAME if graph else None, "shape": ["batch", c, *spatial], "channels": c, **sizes,
+                  "layout": layout, "dtype": "float32", "pixel_dtype": dtype,
                   "range": [0, 255] if dtype == "uint8" else [0, 65535] if dtype == "uint16" else None},
         "output": {**output, "name": output["name"] if graph else None},
         "normalization": normalization_record,

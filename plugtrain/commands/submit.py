@@ -1,7 +1,8 @@
 """``plugtrain submit SPEC [--set K=V] --time HH:MM:SS [--nodes N] [--gpus-per-node G] [--partition P] [--account A]
 [--signal USR1@90] [--launch FILE] [--resume auto|PATH] [--overwrite] [--dry-run]``: train on a SLURM cluster.
 
-Checks everything before submitting (the spec, the run directory as ``train`` would, the options, then the cluster:
+Checks everything before submitting (the spec, the run directory as ``train`` would, the options, whether each start
+of the job can reach a checkpoint before the warning (:mod:`plugtrain.slurm.budget`), then the cluster:
 partition, GPUs, MaxTime, ``sbatch --test-only``), so that a bad option is one message (exit 2) and no job; then
 submits the script of :func:`plugtrain.slurm.job.script` and prints the job id, the run directory, the log and how to
 follow and cancel the job. ``--dry-run`` prints the script instead of submitting it.
@@ -29,16 +30,17 @@ def run(spec: str, overrides: Sequence[str] = (), *, launch: str | None = None, 
     (:class:`plugtrain.slurm.job.JobOptions`), over the launch file's ``[slurm]`` table."""
     from plugtrain.core.runtime import rundir
     from plugtrain.core.spec import load_spec
-    from plugtrain.slurm import job
+    from plugtrain.slurm import budget, job
 
     opts = job.options(launch, **flags)
     s = load_spec(spec, list(overrides))
     run_dir = rundir.run_dir_for(s.run.output_dir, s.run.name).absolute()
-    rundir.plan(run_dir, resume, overwrite)  # an existing run without --resume / --overwrite: refused now
+    plan = rundir.plan(run_dir, resume, overwrite)  # an existing run without --resume / --overwrite: refused now
+    notes = job.check_budget(opts, budget.measured(budget.history_of(plan)))
     log_dir = run_dir.parent / "slurm-logs"
     name = s.run.name.replace("/", "-")
     text = job.script(opts, Path(spec).absolute(), list(overrides), name=name, log_dir=log_dir,
-                      workdir=Path(os.getcwd()), resume=resume, overwrite=overwrite)
+                      workdir=Path(os.getcwd()), resume=resume, overwrite=overwrite, notes=notes)
     job_id = dispatch(opts, text, dry_run, log_dir)
     if job_id is None:
         return 0

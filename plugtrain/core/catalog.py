@@ -246,8 +246,19 @@ def build(registry: Any, key: dict[str, Any]) -> dict[str, Any]:
         plugins.append({"name": p.name, "value": p.value, "distribution": p.distribution, "version": p.version,
                         "hooks": list(p.hooks), "error": p.error, "disabled": p.disabled,
                         "validate": callable(getattr(p.module, "PLUGTRAIN_VALIDATE", None)),
+                        "validate_memo": _memoizable(p.module),
                         "retired": retired if isinstance(retired, dict) else None})
     return {"key": key, "stamps": _stamps(registry), "plugins": plugins, "components": components, **tables}
+
+
+def _memoizable(module: Any) -> bool:
+    """Whether the plugin's ``PLUGTRAIN_VALIDATE`` may be answered from stored verdicts: it says it is pure
+    (``PLUGTRAIN_VALIDATE_PURE = True``: its answer depends only on the component and the parameters, given the
+    installed libraries, which the catalog's stamps cover) and takes no ``context`` (files on disk, the queue)."""
+    from plugtrain.core.runtime.rundir import takes_context
+
+    check = getattr(module, "PLUGTRAIN_VALIDATE", None)
+    return callable(check) and getattr(module, "PLUGTRAIN_VALIDATE_PURE", False) is True and not takes_context(check)
 
 
 def _same_key(factory: Any) -> str:
@@ -304,6 +315,7 @@ class CatalogPlugin:
         self.distribution, self.version = d["distribution"], d["version"]
         self.hooks, self.error, self.disabled = d["hooks"], d["error"], d["disabled"]
         self.has_validate, self.retired = d["validate"], d["retired"]
+        self.validate_memo = d.get("validate_memo", False)  # its verdicts may be stored (Catalog.remember)
 
     @property
     def dist_label(self) -> str:
@@ -399,6 +411,7 @@ class Catalog(Lookup):
         self.plugins = [CatalogPlugin(p) for p in data["plugins"]]
         self._components: dict[str, list[Entry]] = {}
         self.token = hashlib.sha256(json.dumps([data["key"], data["stamps"]]).encode()).hexdigest()
+        self._memo: dict[str, dict[str, Any]] = {}
 
     def _loaded(self, kind: str) -> list[Entry]:
         if kind not in self._components:
@@ -419,6 +432,36 @@ class Catalog(Lookup):
         if side is not None:
             _write(side, json.dumps({"token": self.token, "value": value}, separators=(",", ":")))
         return value
+
+
+    def remember(self, table: str, key: str, make: Any) -> Any:
+        """``make()`` for ``key``, stored in the side table ``table`` beside the catalog and valid as long as the
+        catalog is (a plugin's pure validator's verdicts: ``check`` then need not import its library). A ``make``
+        that raises stores nothing. The table is rewritten whole (atomically); a lost concurrent update is only a
+        miss next time."""
+        side = self.path.with_name(f"{self.path.stem}.{table}.json") if self.path is not None else None
+        memo = self._memo.get(table)
+        if memo is None:
+            memo = {}
+            try:
+                stored = json.loads(side.read_text(encoding="utf-8")) if side is not None else {}
+                if stored.get("token") == self.token and isinstance(stored.get("value"), dict):
+                    memo = stored["value"]
+            except (OSError, ValueError, AttributeError):
+                pass
+            self._memo[table] = memo
+        if key in memo:
+            return memo[key]
+        value = memo[key] = make()
+        if len(memo) > _MEMO_MAX:  # a table that only grows: start again
+            memo.clear()
+            memo[key] = value
+        if side is not None:
+            _write(side, json.dumps({"token": self.token, "value": memo}, separators=(",", ":")))
+        return value
+
+
+_MEMO_MAX = 4096
 
 
 def _write(path: Path, text: str) -> None:

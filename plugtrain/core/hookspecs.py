@@ -144,6 +144,8 @@ CONTEXT: dict[str, frozenset[str]] = {
 #: The roles core looks up, by ``(kind, role)``: what the role is for (see "Roles" above). ``<task>`` stands for the
 #: name of each registered task (``plugtrain list tasks``); a role not listed here is still found by its claimants.
 ROLES: dict[tuple[str, str], str] = {
+    # factory(height=, width=); signals and volumes (data.image_size a list of 1 or 3 numbers) use the roles
+    # "resize:1d" / "resize:3d", factory(spatial_size=[...]), and "compose:1d" / "compose:3d", claimed by a plugin
     ("augmentations", "resize"): "the transform that resizes every image to data.image_size",
     ("augmentations", "compose"): "the composition that makes a pipeline of the transforms",
     ("augmentations", "batch_mix"): "the implementation of [mixup]",
@@ -399,6 +401,10 @@ class Loss(Protocol):
         """Optional (a Module has it): the loss's own parameters (class centres); trainable ones are trained."""
 
     plugtrain_requires_callbacks: list[str]  #: Optional: callbacks this loss needs, by name, added unless listed.
+    #: Optional: True asks for the model's input batch (normalised, on the device): the training step (and the
+    #: pre-flight) then call ``loss(outputs, targets, inputs=batch)``, e.g. to run a teacher model on it. The
+    #: validation loss still calls ``loss(outputs, targets)``: such a loss must accept ``inputs`` missing.
+    plugtrain_takes_inputs: bool
 
 
 class Optimizer(Protocol):

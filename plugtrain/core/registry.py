@@ -65,7 +65,8 @@ class Fits:
     ``parameters``: a loss that owns trainable parameters (class centres) says ``True``, one without ``False`` (a
     ``[loss.optimizer]`` has nothing to train then). ``passes``: an optimizer that needs more than one
     forward/backward pass per step (SAM: 2), which gradient accumulation, fp16 loss scaling and a second optimizer
-    cannot share a step with. Other keys are kept in ``other`` for plugins' own use.
+    cannot share a step with. ``spatial_dims``: the spatial ranks of the samples it takes (1 signals, 2 images,
+    3 volumes; :attr:`spatial_dims`). Other keys are kept in ``other`` for plugins' own use.
     """
 
     tasks: tuple[str, ...] = ()
@@ -83,6 +84,14 @@ class Fits:
             return True
         produced = _task_outputs(task)
         return not (produced and self.consumes != produced)
+
+    @property
+    def spatial_dims(self) -> tuple[int, ...]:
+        """The spatial ranks of the samples it works on (``fits={"spatial_dims": (2,)}``: 2-D images; ``(1, 2, 3)``:
+        signals, images and volumes); ``()`` when it does not say. Kept in ``other``, so that any catalog carries it."""
+        value = dict(self.other).get("spatial_dims", ())
+        value = (value,) if isinstance(value, int) else value
+        return tuple(int(x) for x in value or ())
 
     def task_text(self) -> str:
         if self.tasks:

@@ -12,14 +12,21 @@ import weakref
 from typing import Any
 
 from plugtrain.core.errors import PlugtrainError, first_line
-from plugtrain.core.registry import Registry, get_registry
+from plugtrain.core.registry import Registry
 
 _built: weakref.WeakKeyDictionary[Registry, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
+def _names() -> Any:
+    """Where names are looked up by default: the component catalog (no plugin's libraries imported to answer)."""
+    from plugtrain.core.catalog import get_catalog
+
+    return get_catalog()
+
+
 def get_task(name: str, params: dict[str, Any] | None = None, registry: Registry | None = None) -> Any:
     """The task component ``name`` built with ``params``: an unknown name is a PlugtrainError with a did-you-mean."""
-    reg = registry or get_registry()
+    reg = registry or _names()
     key = f"{name}\0{json.dumps(params or {}, sort_keys=True, default=repr)}"
     cache = _built.setdefault(reg, {})
     if key not in cache:
@@ -49,13 +56,13 @@ def spec_task(spec: Any) -> Any:
 def task_params(spec: Any, registry: Registry | None = None) -> dict[str, Any]:
     """The parameters of a spec's task: its factory's defaults, then the spec's ``[task]`` table (given to metric
     factories as the context ``task_params``: a threshold the task and its metrics share)."""
-    comp = (registry or get_registry()).get("tasks", spec.run.task)
+    comp = (registry or _names()).get("tasks", spec.run.task)
     return {**{p.name: p.default for p in comp.params if not p.required}, **(getattr(spec, "task", None) or {})}
 
 
 def default_task_name(registry: Registry | None = None) -> str:
     """The name of the task of a spec without ``run.task``: the task that claims the role ``default``."""
-    reg = registry or get_registry()
+    reg = registry or _names()
     return reg.spec_name(reg.with_role("tasks", "default"))
 
 
@@ -70,7 +77,7 @@ def outputs_of(name: str, registry: Registry | None = None) -> str | None:
 def task_for_dataset(dataset_task: Any, registry: Registry | None = None) -> Any:
     """The first registered task that trains on a dataset whose targets are ``dataset_task``
     (``DatasetSplits.task``); the default task when none says so."""
-    reg = registry or get_registry()
+    reg = registry or _names()
     for comp in reg.components("tasks"):
         task = get_task(reg.spec_name(comp), registry=reg)
         if dataset_task in task.dataset_tasks:
@@ -81,7 +88,7 @@ def task_for_dataset(dataset_task: Any, registry: Registry | None = None) -> Any
 def default_metrics(task_name: str, task: Any, registry: Registry | None = None) -> list[str]:
     """The metrics of a spec without ``[[metrics]]``: the task's, then the metrics that claim the role
     ``default:<task name>`` (plugins adding to a task's defaults)."""
-    reg = registry or get_registry()
+    reg = registry or _names()
     names = list(task.default_metrics)
     names += [n for n in (reg.spec_name(c) for c in reg.role_components("metrics", f"default:{task_name}"))
               if n not in names]
@@ -91,7 +98,7 @@ def default_metrics(task_name: str, task: Any, registry: Registry | None = None)
 def required_metrics(task_name: str, task: Any, registry: Registry | None = None) -> list[str]:
     """The metrics put first in every ``[[metrics]]`` list that lacks them: the task's, then those with the role
     ``always:<task name>``."""
-    reg = registry or get_registry()
+    reg = registry or _names()
     names = list(task.required_metrics)
     names += [n for n in (reg.spec_name(c) for c in reg.role_components("metrics", f"always:{task_name}"))
               if n not in names]

@@ -142,6 +142,9 @@ def _summary(name: str, obj: type, volume: bool) -> str:
     return doc
 
 
+#: What albumentations' transforms declare: plugtrain gives them 2-D images (HxWxC) only.
+IMAGES_2D = {"spatial_dims": (2,)}
+
 #: The transforms that fulfil the runtime's augmentation roles.
 ROLES = {"Resize": ("resize",), "Compose": ("compose",)}
 
@@ -236,6 +239,8 @@ def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any]) -> 
 
 
 PLUGTRAIN_VALIDATE = validate
+#: Its verdict depends only on the transform, its arguments and albumentations' version: ``check`` may reuse it.
+PLUGTRAIN_VALIDATE_PURE = True
 
 
 @hookimpl
@@ -250,7 +255,7 @@ def plugtrain_augmentations():
             continue
         if issubclass(obj, (BasicTransform, BaseCompose)) and not inspect.isabstract(obj):
             comps.append(Component(name, obj, summary=_summary(name, obj, issubclass(obj, Transform3D)),
-                                   roles=ROLES.get(name, ())))
+                                   roles=ROLES.get(name, ()), fits=IMAGES_2D))
     comps.append(Component("timm-mixup", mixup, summary="timm's Mixup / CutMix on batches: the [mixup] section",
                            roles=("batch_mix",)))
     return comps

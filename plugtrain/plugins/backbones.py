@@ -774,11 +774,27 @@ def weights_note(model_name: str, pretrained: Any) -> str | None:
     return f"weights {ref.label}: {'cached' if cached_weights_file(ref) is not None else 'not cached'}"
 
 
+_MONAI = ("is a component of the plugtrain-monai extra (volumes and signals), which is not loaded (not installed, or disabled): pip install "
+          "./extras/plugtrain-monai (from a plugtrain checkout; `make test` installs it)")
+_SMP = ("is a component of the plugtrain-segmentation extra, which is not loaded (not installed, or disabled): pip install "
+        "./extras/plugtrain-segmentation (from a plugtrain checkout; `make test` installs it)")
+
+#: Hints for the names of the extras' components when the extra is missing (:mod:`plugtrain.core.spec.retired`).
+PLUGTRAIN_RETIRED = {
+    "backbones": {"monai-*": f"a MONAI backbone {_MONAI}", "smp-*": f"an smp backbone {_SMP}"},
+    "augmentations": {"monai-*": f"a MONAI transform {_MONAI}"},
+    "datasets": {"volumes": f"the volumes dataset {_MONAI}", "segmentation-pairs": f"the dataset {_SMP}"},
+}
+
+#: What timm's models declare: they take 2-D images (``check`` refuses them on signals or volumes).
+IMAGES_2D = {"spatial_dims": (2,)}
+
+
 @hookimpl
 def plugtrain_backbones():
     import timm
 
     return [
-        Component(name, functools.partial(timm_backbone, name), summary=f"timm model {name}")
+        Component(name, functools.partial(timm_backbone, name), summary=f"timm model {name}", fits=IMAGES_2D)
         for name in timm.list_models()
     ]

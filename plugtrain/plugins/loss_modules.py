@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AsymmetricLoss", "BCEWithLogits", "CrossEntropy", "KLDiv", "MetricLearning", "Regression", "class_targets"]
+__all__ = ["AsymmetricLoss", "BCEWithLogits", "CrossEntropy", "Distillation", "KLDiv", "MetricLearning", "Regression",
+           "class_targets"]
 
 
 def class_targets(outputs: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
@@ -177,3 +178,55 @@ class MetricLearning(torch.nn.Module):
             # keeping the reported value the plain loss.
             loss = loss + (world - 1) * (loss - loss.detach())
         return loss
+
+
+class Distillation(torch.nn.Module):
+    """Knowledge distillation (Hinton et al. 2015): ``(1 - alpha) * hard(outputs, targets) + alpha * T^2 *
+    KL(softmax(teacher(inputs) / T) || softmax(outputs / T))``, batch-mean.
+
+    It asks the runtime for the model's inputs (``plugtrain_takes_inputs``). The teacher is held outside the module
+    tree (not a submodule): it is never in ``state_dict()`` (so never in a checkpoint), ``parameters()`` (never in an
+    optimizer, DDP or FSDP) nor switched by ``train()``; it stays in eval mode, runs under ``no_grad`` inside the
+    caller's autocast and moves to the inputs' device on first use. Called without inputs (the validation loss), it
+    is the hard loss alone, comparable with a run trained without a teacher.
+    """
+
+    plugtrain_takes_inputs = True
+
+    def __init__(self, teacher: torch.nn.Module, hard: torch.nn.Module, temperature: float = 4.0,
+                 alpha: float = 0.5) -> None:
+        super().__init__()
+        self.hard = hard
+        self.temperature, self.alpha = float(temperature), float(alpha)
+        teacher.eval().requires_grad_(False)
+        self.__dict__["teacher"] = teacher  # bypasses Module.__setattr__: not a submodule (see the class docstring)
+        self.teacher_calls = 0  #: teacher forwards so far (diagnostics)
+
+    def teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for ``inputs`` (float32, no gradient), the teacher moved to their device first."""
+        teacher = self.teacher
+        first = next(teacher.parameters(), None)
+        if first is not None and first.device != inputs.device:
+            teacher.to(inputs.device)
+        if teacher.training:
+            teacher.eval()
+        with torch.no_grad():
+            out = teacher(inputs)
+        self.teacher_calls += 1
+        return (out[0] if isinstance(out, (tuple, list)) else out).float()
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        hard = self.hard(outputs, targets)
+        if inputs is None or self.alpha == 0.0:
+            return hard
+        teacher = self.teacher_logits(inputs)
+        if teacher.shape != outputs.shape:
+            raise ValueError(f"the teacher outputs {tuple(teacher.shape)} for the student's {tuple(outputs.shape)}")
+        t = self.temperature
+        soft = F.kl_div(F.log_softmax(outputs.float() / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
+                        reduction="batchmean", log_target=True) * (t * t)
+        return (1.0 - self.alpha) * hard + self.alpha * soft
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, alpha={self.alpha}"

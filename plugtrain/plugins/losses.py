@@ -214,6 +214,177 @@ def cosface(num_classes: int, embedding_dim: int, margin: Annotated[float, Ge(0)
         None, False, "CosFace")
 
 
+# -- knowledge distillation ----------------------------------------------------------------------------------------
+_HUB = "hf-hub:"
+
+
+def distillation(teacher: str, temperature: Annotated[float, Gt(0)] = 4.0, alpha: Unit = 0.5,
+                 hard: str = "CrossEntropy", hard_params: dict[str, Any] | None = None, num_classes: int = 0,
+                 embedding_dim: int = 0):
+    """Knowledge distillation from a ``teacher``: ``(1 - alpha) * hard + alpha * T^2 * KL(teacher || student)`` at
+    temperature ``T``.
+
+    ``teacher``: a finished run directory (relative to the spec's folder; its ``best.pt``, loaded with
+    ``weights_only=True`` as ``plugtrain predict`` opens it) or a timm model on the Hugging Face Hub,
+    ``"hf-hub:ORG/NAME[@REVISION]"`` (from the cache when ``HF_HUB_OFFLINE`` is set). It must output one logit per
+    class of this run's dataset and take this run's inputs (channels, size, normalisation). ``hard`` names the loss
+    on the labels (a classification loss, built with ``hard_params``). The teacher is never saved in the student's
+    checkpoints nor trained; the validation loss is the hard loss alone."""
+    from plugtrain.core.errors import PlugtrainError
+    from plugtrain.core.registry import get_registry
+    from plugtrain.plugins.loss_modules import Distillation
+
+    if hard == "Distillation":
+        raise PlugtrainError("loss Distillation: hard cannot be Distillation itself (name a classification loss, e.g. "
+                             "CrossEntropy)")
+    comp = get_registry().get("losses", hard)
+    context = {k: v for k, v in (("num_classes", num_classes), ("embedding_dim", embedding_dim))
+               if k in {p.name for p in comp.params} or comp.accepts_any_kwargs}
+    hard_loss = comp.build(dict(hard_params or {}), **context)
+    model, classes = _teacher(teacher)
+    if num_classes and classes != num_classes:
+        raise PlugtrainError(f"loss.teacher: {teacher} outputs {classes} classes but this run's dataset has "
+                             f"{num_classes}: distil from a teacher trained on the same classes")
+    return Distillation(model, hard_loss, temperature, alpha)
+
+
+def _teacher(teacher: str) -> tuple[Any, int]:
+    """The teacher model (eval mode, on the CPU) and its number of classes; a bad reference is one PlugtrainError.
+    Global random state is left as it was (opening a run seeds torch)."""
+    import torch
+
+    from plugtrain.core.errors import PlugtrainError
+
+    with torch.random.fork_rng(devices=[]):
+        if teacher.startswith(_HUB):
+            return _hub_teacher(teacher)
+        from plugtrain.core.runtime.rundir import check_context
+        from plugtrain.inference import LoadedRun
+
+        root = check_context().spec_relative(teacher)
+        problem = teacher_run_problem(root)
+        if problem:
+            raise PlugtrainError(f"loss.teacher: {_shown(teacher, root)}: {problem}")
+        run = LoadedRun(root, device="cpu")
+        return run.model, len(run.class_names)
+
+
+def _hub_need(teacher: str) -> Any:
+    from plugtrain.hub import HubFiles
+
+    repo, _, revision = teacher[len(_HUB):].partition("@")
+    return HubFiles(repo, ("model.safetensors", "pytorch_model.bin"), revision or None, optional=("config.json",),
+                    param="teacher", key="loss.teacher", label=teacher)
+
+
+def _hub_teacher(teacher: str) -> tuple[Any, int]:
+    """A timm model from the hub (``timm.create_model("hf-hub:...", pretrained=True)``), fetched through
+    :func:`plugtrain.hub.download` so that a miss is one readable line."""
+    import timm
+
+    from plugtrain.core.errors import PlugtrainError
+    from plugtrain.hub import download
+
+    need = _hub_need(teacher)
+    if not need.repo or "@" in teacher and not need.revision:
+        raise PlugtrainError(f"loss.teacher: {teacher!r}: write \"hf-hub:ORG/NAME\" or \"hf-hub:ORG/NAME@REVISION\"")
+    download(need)
+    try:
+        model = timm.create_model(teacher, pretrained=True)
+    except Exception as exc:  # noqa: BLE001 - a repository that is not a timm model is the user's input
+        from plugtrain.core.errors import first_line
+
+        raise PlugtrainError(f"loss.teacher: {teacher} is not a timm model: {type(exc).__name__}: "
+                             f"{first_line(exc)}") from None
+    return model.eval(), int(getattr(model, "num_classes", 0) or 0)
+
+
+def _shown(teacher: str, root: Any) -> str:
+    """The teacher as written, and where it was looked for when that is another path (relative to the spec)."""
+    return repr(teacher) if str(root) == teacher else f"{teacher!r} ({root})"
+
+
+def teacher_run_problem(root: Any) -> str | None:
+    """Why the folder ``root`` is not a finished classification run to distil from (None: it is one): it must hold
+    ``spec.toml`` and ``checkpoints/best.pt``, and its ``last.pt`` must be at the end of its last epoch."""
+    from pathlib import Path
+
+    import torch
+
+    root = Path(root)
+    if not root.exists():
+        return "no such run directory"
+    if not root.is_dir():
+        from plugtrain.inference import what_file
+
+        return what_file(root)
+    if not (root / "spec.toml").is_file():
+        return "not a run directory (no spec.toml): name the folder of a finished training run"
+    best, last = root / "checkpoints" / "best.pt", root / "checkpoints" / "last.pt"
+    if not best.is_file() or not last.is_file():
+        return "not a finished run (no checkpoints/best.pt and last.pt): let its training finish first"
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        meta = state.get("meta") or {}
+        epochs = int(((meta.get("spec") or {}).get("run") or {}).get("epochs", 0))
+        done = int(state.get("epoch", 0)) >= epochs and not int(state.get("batch_in_epoch", 0) or 0)
+    except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint is bad input
+        return f"its checkpoints/last.pt cannot be read ({type(exc).__name__})"
+    if not done:
+        return (f"not a finished run (stopped at epoch {state.get('epoch')} of {epochs}): resume it to the end "
+                "(plugtrain train SPEC --resume auto) or distil from a finished one")
+    task = meta.get("task", "classification")
+    if task != "classification":
+        return f"a {task} run: a teacher must be a classification run (its logits are distilled)"
+    return None
+
+
+def validate(factory: Any, params: dict[str, Any], defaults: dict[str, Any],
+             context: Any = None) -> list[tuple[str | None, str, bool]]:
+    """``plugtrain check`` of ``Distillation`` (this module's ``PLUGTRAIN_VALIDATE``): ``teacher`` must be a finished
+    classification run (relative to the spec's folder, or one a spec queued before this one writes) or hub weights
+    in the cache (missing: a warning, an error when ``HF_HUB_OFFLINE`` is set); ``hard`` must not be itself."""
+    from plugtrain.core.runtime.rundir import CheckContext
+
+    if getattr(factory, "func", factory) is not distillation:
+        return []
+    context = context if context is not None else CheckContext()
+    problems: list[tuple[str | None, str, bool]] = []
+    if params.get("hard") == "Distillation":
+        problems.append(("hard", "cannot be Distillation itself: name a classification loss, e.g. CrossEntropy",
+                         False))
+    teacher = params.get("teacher")
+    if not isinstance(teacher, str):
+        return problems
+    if teacher.startswith(_HUB):
+        from plugtrain.hub import cached_file, hub_cache_dir, hub_offline
+
+        need = _hub_need(teacher)
+        if not need.repo or ("@" in teacher and not need.revision):
+            return [*problems, ("teacher", f"{teacher!r}: write \"hf-hub:ORG/NAME\" or \"hf-hub:ORG/NAME@REVISION\"",
+                                False)]
+        try:
+            cached = cached_file(need)
+        except Exception:  # noqa: BLE001 - an unreadable cache is the build's to report
+            return problems
+        if cached is None:
+            offline = hub_offline()
+            problems.append(("teacher", f"{teacher} is not in the Hugging Face cache ({hub_cache_dir()})"
+                             + (" and HF_HUB_OFFLINE is set, so training cannot get it" if offline else
+                                ": training will download it"), not offline))
+        return problems
+    root = context.spec_relative(teacher)
+    if not root.exists() and context.written_by_queue(root):
+        return problems
+    problem = teacher_run_problem(root)
+    if problem:
+        problems.append(("teacher", f"{_shown(teacher, root)}: {problem}", False))
+    return problems
+
+
+PLUGTRAIN_VALIDATE = validate
+
+
 #: Loss names whose factories want embeddings and integer labels (metric learning).
 METRIC_LEARNING_LOSSES = ("SupCon", "TripletMargin", "ArcFace", "SubCenterArcFace", "CosFace")
 
@@ -246,4 +417,5 @@ def plugtrain_losses() -> list[Any]:
         Component("ArcFace", arcface, fits=_CENTRES),
         Component("SubCenterArcFace", subcenter_arcface, fits=_CENTRES),
         Component("CosFace", cosface, fits=_CENTRES),
+        Component("Distillation", distillation, fits=_CLASSIFICATION),
     ]

@@ -15,6 +15,7 @@ import attrs
 import tomllib
 
 from plugtrain.core.errors import PlugtrainError, did_you_mean
+from plugtrain.slurm.budget import Estimate, check
 
 #: What the warning signal is when none is given: SIGUSR1, 90 seconds before the time limit.
 DEFAULT_SIGNAL = "USR1@90"
@@ -155,21 +156,23 @@ def options(launch: str | None = None, **flags: Any) -> JobOptions:
         low = 0 if key in ("gpus_per_node", "max_requeues") else 1
         if value is not None and value < low:
             raise PlugtrainError(f"--{key.replace('_', '-')} {value}: must be at least {low}")
-    limit = opts.seconds
-    sig, lead = opts.warning
-    if lead >= limit:
-        raise PlugtrainError(f"--signal {opts.signal}: the warning {lead} s before the time limit comes before the job "
-                             f"has trained at all (--time {opts.time} is {limit} s): give a longer --time or a "
-                             "shorter warning")
+    check_budget(opts)  # a warning at or before the start; a run's measured history is checked by ``submit``
     for line in opts.sbatch:
         if not line.startswith("--"):
             raise PlugtrainError(f"slurm.sbatch {line!r}: expected a long sbatch option such as --constraint=a100")
     return opts
 
 
+def check_budget(opts: JobOptions, estimate: Estimate | None = None) -> list[str]:
+    """Refuse a time limit whose starts cannot reach a step boundary and write ``last.pt`` before the warning (with
+    ``estimate``, the run's measured startup and step time); returns the lines that say the estimate used."""
+    _, lead = opts.warning
+    return check(opts.seconds, lead, opts.time or "", opts.signal, estimate or Estimate())
+
+
 def script(opts: JobOptions, spec: Path, overrides: Sequence[str], *, name: str, log_dir: Path, workdir: Path,
            resume: str | None = None, overwrite: bool = False, python: str | None = None,
-           command: Sequence[str] | None = None, array: int | None = None) -> str:
+           command: Sequence[str] | None = None, array: int | None = None, notes: Sequence[str] = ()) -> str:
     """The sbatch script: ``#SBATCH`` lines, the rendezvous address from the job's first node, and one ``srun``
     task per GPU running :mod:`plugtrain.slurm.worker`; or, with ``command`` and ``array`` (a sweep), an array job
     of ``array`` tasks each running ``command`` (a sweep worker), requeued when the time limit or preemption stopped
@@ -197,6 +200,7 @@ def script(opts: JobOptions, spec: Path, overrides: Sequence[str], *, name: str,
         f"({sig.name}, {lead} s before the time limit) and SIGTERM",
         "# (preemption): the tasks stop at the next step boundary, rank 0 writes last.pt and requeues the job, and the",
         "# requeued job continues from last.pt (SLURM_RESTART_COUNT > 0) up to --max-requeues restarts.",
+        *(f"# {note}" for note in notes),
         *opts.setup,
         f"export PLUGTRAIN_STOP_SIGNALS={sig.name.removeprefix('SIG')}",
         "export MASTER_ADDR=\"$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)\"",

@@ -16,13 +16,17 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 from plugtrain.core import console
 from plugtrain.core.atomic import write_atomic
 from plugtrain.core.errors import PlugtrainError, Stopped, debug, first_line
 from plugtrain.slurm.job import DEFAULT_MAX_REQUEUES, STALL_LIMIT
+
+_STARTED = time.monotonic()  # the task's start, before torch is imported: its startup is measured from here
 
 #: The record of the job's stops, next to the run's files: ``{"job": id, "stops": [[restart, step], ...]}``.
 STOPS_FILE = "slurm-stops.json"
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if restart:
             resume, overwrite = _restart_mode(args.spec, args.overrides, job, restart)
-        result = session.run(args.spec, args.overrides, resume=resume, overwrite=overwrite)
+        result = session.run(args.spec, args.overrides, resume=resume, overwrite=overwrite,
+                             callbacks=[StartupRecord(job, restart)])
         code = result.exit_code
         return code
     except Stopped as exc:
@@ -92,6 +97,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         distributed.teardown(synchronize=code == 0)
+
+
+class StartupRecord:
+    """A callback that records (rank 0) how long this task took from its start to the run's first step, in the
+    run's :data:`plugtrain.slurm.budget.STARTS_FILE`: what ``submit --resume`` checks a new time limit against."""
+
+    def __init__(self, job: str, restart: int) -> None:
+        self.job, self.restart = job, restart
+
+    def on_train_start(self, run: Any) -> None:
+        from plugtrain.slurm import budget
+
+        if run.is_main and run.run_dir is not None:
+            budget.record_start(run.run_dir, self.job, self.restart, time.monotonic() - _STARTED)
 
 
 def _restart_mode(spec: str, overrides: list[str], job: str, restart: int) -> tuple[str | None, bool]:

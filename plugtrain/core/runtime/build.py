@@ -17,12 +17,13 @@ from typing import Any
 
 import attrs
 
+# Components by name from the catalog: a build imports only the plugins the spec names (not every plugin's hook).
+from plugtrain.core.catalog import get_catalog as get_registry
 from plugtrain.core.data import DatasetSplits, SampleError
 from plugtrain.core.errors import PlugtrainError, did_you_mean, first_line
 from plugtrain.core.hookspecs import CONTRACTS, SINGULAR, SPLIT_CONTRACT
-from plugtrain.core.registry import get_registry
 from plugtrain.core.runtime.distributed import DistEnv
-from plugtrain.core.spec.model import AugmentationSpec, ComponentSpec, RunSpec
+from plugtrain.core.spec.model import AugmentationSpec, ComponentSpec, RunSpec, spatial_rank, spatial_size
 from plugtrain.core.task import get_task, required_metrics, task_params
 
 
@@ -224,18 +225,84 @@ def build_transform(spec: RunSpec, split: str, in_chans: int) -> Any:
     aug = spec.augmentations
     where = f"augmentations.{split}"
     transforms = [build_augmentation(a, where) for a in getattr(aug, split)]
-    size = spec.data.image_size
+    size = spatial_size(spec.data.image_size)
+    rank = sample_rank(spec)
     if aug.resize and size:
-        transforms.append(get_registry().with_role("augmentations", "resize").factory(height=size, width=size))
+        resize = role_for_rank("augmentations", "resize", rank).factory
+        # the role's contract: height= / width= for 2-D images, spatial_size= for any other rank
+        transforms.append(resize(height=size[0], width=size[1]) if rank == 2 else resize(spatial_size=list(size)))
     if aug.normalize:
         normalization(spec, in_chans)  # a mean / std that does not fit the images fails here, before anything runs
     if not transforms:
         return None
-    compose = get_registry().with_role("augmentations", "compose").factory
+    compose = role_for_rank("augmentations", "compose", rank).factory
     try:
         return compose(transforms, seed=spec.run.seed)
     except Exception as exc:
         raise PlugtrainError(f"[{where}] cannot compose the pipeline: {type(exc).__name__}: {exc}") from exc
+
+
+def sample_rank(spec: RunSpec) -> int:
+    """The samples' spatial rank as the spec gives it: ``data.image_size`` as a list of 1, 2 or 3 numbers; else 2."""
+    return spatial_rank(spec.data.image_size) or 2
+
+
+def role_for_rank(kind: str, role: str, rank: int) -> Any:
+    """The component of ``kind`` claiming ``role`` for samples of spatial rank ``rank``: ``role`` itself for 2-D
+    images, ``"<role>:<rank>d"`` (``resize:3d``, ``compose:1d``) for signals and volumes, which a plugin for such data
+    claims; none, or several, is a PlugtrainError."""
+    reg = get_registry()
+    if rank == 2:
+        return reg.with_role(kind, role)
+    comp = reg.with_role(kind, f"{role}:{rank}d", required=False)
+    if comp is None:
+        raise PlugtrainError(f"[data] image_size gives {rank}-D samples, but no loaded plugin has the {role} "
+                             f"transform for them (the role '{role}:{rank}d'): install the plugin that handles "
+                             f"{rank}-D data (`plugtrain plugins` lists those loaded)")
+    return comp
+
+
+def check_spatial_dims(spec: RunSpec, rank: int) -> None:
+    """The backbone and every transform of the spec that declares its ``spatial_dims`` must take ``rank``-D samples
+    (the data's): a 2-D transform on volumes would fail, or worse, run on the wrong axes."""
+    reg = get_registry()
+    what = {1: "1-D signals", 2: "2-D images", 3: "3-D volumes"}
+
+    def refuse(section: str, kind: str, name: str) -> None:
+        try:
+            dims = reg.get(kind, name).fits.spatial_dims
+        except PlugtrainError:
+            return
+        if dims and rank not in dims:
+            takes = " or ".join(what.get(d, f"{d}-D samples") for d in dims)
+            raise PlugtrainError(f"[{section}] {name!r} takes {takes}, but the data are {what.get(rank, rank)} "
+                                 f"(data.image_size / the dataset's samples): use a {SINGULAR[kind]} for "
+                                 f"{rank}-D data")
+
+    refuse("backbone", "backbones", spec.backbone.name)
+
+    def walk(items: list[AugmentationSpec], where: str) -> None:
+        for a in items:
+            refuse(where, "augmentations", a.name)
+            walk(a.transforms or [], where)
+
+    for split in ("train", "val"):
+        walk(getattr(spec.augmentations, split), f"augmentations.{split}")
+
+
+def data_rank(spec: RunSpec, splits: DatasetSplits) -> int:
+    """The samples' spatial rank: the spec's (:func:`sample_rank`), checked against what the dataset's train split
+    declares (a ``spatial_dims`` attribute: 1 signals, 3 volumes); signals and volumes need ``data.image_size`` as a
+    list, which is how ``check``, ``predict`` and ``export`` know the rank without the data."""
+    rank = sample_rank(spec)
+    declared = getattr(splits.train, "spatial_dims", None)
+    if declared is not None and int(declared) != rank:
+        example = {1: "[64]", 2: "[32, 32] (or 32)", 3: "[16, 32, 32]"}.get(int(declared), "[...]")
+        raise PlugtrainError(f"[data] dataset {spec.data.dataset.name!r} yields {declared}-D samples but "
+                             f"data.image_size gives {rank}-D ones: set data.image_size to their spatial size, a "
+                             f"list of {declared} number(s) such as {example}")
+    check_spatial_dims(spec, rank)
+    return rank
 
 
 def normalization(spec: RunSpec, in_chans: int) -> tuple[list[float], list[float]]:
@@ -321,8 +388,8 @@ def head_size(spec: RunSpec, splits: DatasetSplits, class_names: list[str]) -> t
     return int(task.backbone_classes(n)), n
 
 
-def sample_shape(dataset: Any, in_chans: int, image_size: int | None) -> tuple[int, ...]:
-    """The CHW shape a transformed sample has (the first decodable one), for the dummy forward."""
+def sample_shape(dataset: Any, in_chans: int, image_size: int | list[int] | None) -> tuple[int, ...]:
+    """The ``C x spatial`` shape a transformed sample has (the first decodable one), for the dummy forward."""
     for i in range(min(len(dataset), 16)):
         item = dataset[(0, i)]
         if type(item).__name__ == "Failed":
@@ -333,7 +400,7 @@ def sample_shape(dataset: Any, in_chans: int, image_size: int | None) -> tuple[i
             return (c, h, w)
         return tuple(image.shape)
     if image_size:
-        return (in_chans, image_size, image_size)
+        return (in_chans, *spatial_size(image_size))
     raise PlugtrainError("[data] none of the first training samples could be read; cannot infer the image size")
 
 
@@ -475,6 +542,7 @@ def build_run(spec: RunSpec, dist: DistEnv, purpose: str = "train") -> Built:
         raise PlugtrainError("[trainer] sync_batchnorm = true needs CUDA devices (torch's SyncBatchNorm has no CPU "
                              "implementation); on CPU leave it false: each process normalises by its own batch")
     splits = build_dataset(spec)
+    rank = data_rank(spec, splits)  # 1-D signals, 2-D images, 3-D volumes
     subsets, label_map, class_names = class_subset(spec, splits)
     in_chans = int(splits.in_chans)
     resolve_normalization(spec, splits, in_chans)  # scale by dtype, stats = "train": written into the spec
@@ -488,12 +556,13 @@ def build_run(spec: RunSpec, dist: DistEnv, purpose: str = "train") -> Built:
         val_split, val_subset = splits.train, fold_subsets(spec, splits, subsets)
     task = spec.task_object
     train_data = AugmentedDataset(splits.train, train_tf, seed, "train", spec.data.num_views, subsets["train"],
-                                  label_map, to_tensor, task)
-    val_data = AugmentedDataset(val_split, val_tf, seed, "val", 1, val_subset, label_map, to_tensor, task)
+                                  label_map, to_tensor, task, spatial_dims=rank)
+    val_data = AugmentedDataset(val_split, val_tf, seed, "val", 1, val_subset, label_map, to_tensor, task,
+                                spatial_dims=rank)
     test_data = None
     if splits.test is not None:
         test_data = AugmentedDataset(splits.test, val_tf, seed, "test", 1, subsets["test"], label_map, to_tensor,
-                                     task)
+                                     task, spatial_dims=rank)
     order = None
     if spec.data.sampler == "m_per_class":
         from plugtrain.core.runtime.loader import m_per_class_order
@@ -524,7 +593,8 @@ def build_run(spec: RunSpec, dist: DistEnv, purpose: str = "train") -> Built:
     if problem:
         raise PlugtrainError(f"[backbone] outputs {problem}")
     emb = out_shape[1]
-    criterion = component("losses", spec.loss, "loss", num_classes=num_classes, embedding_dim=emb)
+    with _spec_folder(spec):  # a loss's file parameters (a teacher run) are relative to the spec, as check reads them
+        criterion = component("losses", spec.loss, "loss", num_classes=num_classes, embedding_dim=emb)
     if not isinstance(criterion, torch.nn.Module):
         if not callable(criterion):
             raise PlugtrainError(f"[loss] {spec.loss.name!r} returned {type(criterion).__name__}, not a callable")
@@ -609,6 +679,16 @@ def _loss_module_class() -> type:
             return self.fn(outputs, targets)
 
     return LossModule
+
+
+def _spec_folder(spec: RunSpec) -> Any:
+    """:func:`~.rundir.checking_spec` of the spec's file (``CheckContext.spec_dir`` its folder) while a component is
+    built; nothing for a spec without a file."""
+    import contextlib
+
+    from plugtrain.core.runtime.rundir import checking_spec
+
+    return checking_spec(spec.source) if spec.source else contextlib.nullcontext()
 
 
 def _LossModule(fn: Any) -> Any:

@@ -206,6 +206,8 @@ class AugmentedDataset:
     ``to_tensor`` turns an HWC array into a CHW tensor of the same values (``uint8`` stays ``uint8``; any other
     dtype becomes ``float32``); without it the pipeline's output is returned as it is.
     A :class:`SampleError` becomes a :class:`Failed` marker, which the collate function skips or reports.
+    ``spatial_dims``: the samples' spatial rank (2 images ``HxWxC``; 1 signals ``LxC``; 3 volumes ``DxHxWxC``): a
+    sample without its channel axis gets one, and a signal or volume always leaves as a ``C x ...`` tensor.
     """
 
     def __init__(
@@ -219,8 +221,10 @@ class AugmentedDataset:
         label_map: dict[int, int] | None = None,
         to_tensor: bool = True,
         task: Any = None,
+        spatial_dims: int = 2,
     ) -> None:
         self.split = split
+        self.spatial_dims = spatial_dims
         self.transform = transform
         self.seed = seed
         self.name = name
@@ -248,7 +252,7 @@ class AugmentedDataset:
             relabel = getattr(self.task, "relabel", None)
             target = relabel(target, self.label_map) if callable(relabel) else self.label_map[int(target)]
         image = np.asarray(image)
-        if image.ndim == 2:
+        if image.ndim == self.spatial_dims:
             image = image[..., None]
         if self.num_views == 1:
             return self._augment(image, target, epoch, index, 0)
@@ -264,8 +268,8 @@ class AugmentedDataset:
                 image, target = self.task.augment(self.transform, image, target)
             else:
                 image = self.transform(image=image)["image"]
-        if self.to_tensor and isinstance(image, np.ndarray):
-            image = chw_tensor(image)
+        if (self.to_tensor or self.spatial_dims != 2) and isinstance(image, np.ndarray):
+            image = chw_tensor(image) if self.spatial_dims == 2 else channels_first_tensor(image)
         return image, target
 
     def _seed(self, s: int) -> None:
@@ -332,6 +336,15 @@ def chw_tensor(image: np.ndarray) -> Any:
     if not a.flags.writeable:  # a read-only view of the split's memory (no transform, one channel)
         a = a.copy()
     x = torch.from_numpy(a)
+    return x if x.dtype in (torch.uint8, torch.float32) else x.float()
+
+
+def channels_first_tensor(sample: np.ndarray) -> Any:
+    """A channels-last array of any spatial rank (``LxC``, ``DxHxWxC``) as a ``C x ...`` tensor of the same values
+    (``uint8`` and ``float32`` kept, others ``float32``)."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(sample, -1, 0)).copy())
     return x if x.dtype in (torch.uint8, torch.float32) else x.float()
 
 

@@ -95,6 +95,7 @@ def forward(trainer: Any, samples: list[Any]) -> None:
     import torch
 
     from plugtrain.core.runtime.loader import Collate
+    from plugtrain.core.runtime.step import loss_of
 
     if not samples:
         return
@@ -116,7 +117,8 @@ def forward(trainer: Any, samples: list[Any]) -> None:
                                      f"{tuple(images.shape)}: {type(exc).__name__}: {first_line(exc)}") from exc
             outputs = (outputs[0] if isinstance(outputs, (tuple, list)) else outputs).float()
             try:
-                loss = criterion(outputs, targets)
+                with trainer.autocast():  # a loss given the inputs runs a model on them (see step.loss_of)
+                    loss = loss_of(criterion, outputs, targets, images).float()
                 loss = loss if loss.ndim == 0 else loss.mean()
             except Exception as exc:
                 raise PlugtrainError(

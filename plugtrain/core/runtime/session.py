@@ -23,6 +23,7 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -166,7 +167,8 @@ def configure_torch(spec: Any) -> None:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     else:
-        torch.use_deterministic_algorithms(False)
+        if torch.are_deterministic_algorithms_enabled() or "torch._inductor.config" in sys.modules:
+            torch.use_deterministic_algorithms(False)  # it imports torch._inductor (seconds): only to undo a True
         torch.backends.cudnn.deterministic = False
         torch.backends.cudnn.benchmark = True
 

@@ -31,8 +31,16 @@ class Network(torch.nn.Module):
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outputs = self.backbone(images)
-        loss = self.criterion(outputs, targets)
+        loss = loss_of(self.criterion, outputs, targets, images)
         return outputs, (loss if loss.ndim == 0 else loss.mean())
+
+
+def loss_of(criterion: Any, outputs: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """``criterion(outputs, targets)``, plus ``inputs=`` (the model's input batch) for a loss that asks for them
+    with ``plugtrain_takes_inputs = True`` (a loss that runs another model on the batch, e.g. a teacher)."""
+    if getattr(criterion, "plugtrain_takes_inputs", False):
+        return criterion(outputs, targets, inputs=inputs)
+    return criterion(outputs, targets)
 
 
 class ModelInput:
@@ -62,7 +70,13 @@ class ModelInput:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True, memory_format=self.memory_format).float()
-        return x if self.mean is None else (x - self.mean) / self.std
+        return x if self.mean is None else (x - per_channel(self.mean, x)) / per_channel(self.std, x)
+
+
+def per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``v`` (``1 x C x 1 x 1``) shaped to broadcast over the channels of ``x`` of any spatial rank (``N x C x ...``:
+    signals, images, volumes); for images ``v`` itself."""
+    return v if x.ndim == 4 else v.view(1, -1, *([1] * (x.ndim - 2)))
 
 
 def batch_images(batch: dict[str, Any], split: str) -> torch.Tensor | None:

@@ -246,22 +246,39 @@ class ComponentChecks:
         info = plugin(comp.plugin) if callable(plugin) else None
         if getattr(info, "has_validate", True) is False:  # the catalog knows: do not import the plugin to look
             return
-        check = getattr(getattr(info, "module", None), "PLUGTRAIN_VALIDATE", None)
-        if not callable(check):
-            return
-        defaults = {p.name: p.default for p in comp.params if not p.required}
-        extra = {"context": check_context()} if takes_context(check) else {}
-        try:
-            found = [(key, str(message), bool(warning))
-                     for key, message, warning in check(comp.factory, dict(given), defaults, **extra) or ()]
+
+        def verdict() -> list[tuple[Any, str, bool]] | None:
+            check = getattr(getattr(info, "module", None), "PLUGTRAIN_VALIDATE", None)
+            if not callable(check):
+                return None
+            defaults = {p.name: p.default for p in comp.params if not p.required}
+            extra = {"context": check_context()} if takes_context(check) else {}
+            return [(key, str(message), bool(warning))
+                    for key, message, warning in check(comp.factory, dict(given), defaults, **extra) or ()]
+
+        remember = getattr(self.registry, "remember", None)
+        memo_key = _verdict_key(comp, given) if getattr(info, "validate_memo", False) and callable(remember) else None
+        try:  # a pure validator's verdict is stored by the catalog: the plugin and its library stay unimported
+            found = remember("verdicts", memo_key, verdict) if memo_key is not None else verdict()
         except Exception:  # a plugin's check failing oddly must not break checking
             return
-        for key, message, warning in found:
+        for key, message, warning in found or ():
             if key is None:
                 self.add(path, f"{label}: {message}", warning=warning)
             else:
                 where = (*path, key)
                 self.add(where, f"{format_path(where)}: {message}", warning=warning)
+
+
+def _verdict_key(comp: Any, given: dict[str, Any]) -> str | None:
+    """What a pure validator's verdict on ``comp`` with the spec's ``given`` parameters is stored under (None when
+    a value has no exact JSON form: then it is not stored)."""
+    import json
+
+    try:
+        return json.dumps([comp.kind, comp.plugin, comp.name, given], sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
 
 
 def _same_factory(a: Any, b: Any) -> bool:

@@ -45,9 +45,9 @@ class _DefaultMetrics(Mapping[str, list[str]]):
 
 
 def _task_names() -> list[str]:
-    from plugtrain.core.registry import get_registry
+    from plugtrain.core.catalog import get_catalog
 
-    return get_registry().names("tasks")
+    return get_catalog().names("tasks")
 
 
 def default_loss(run: RunSection) -> LossSection:
@@ -71,13 +71,13 @@ MIN_METRICS = frozenset({"loss", "mae", "mse", "rmse", "error", "epoch_time"})
 
 def _task_name(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     """``run.task`` names a registered task (an unknown one: a did-you-mean)."""
+    from plugtrain.core.catalog import get_catalog
     from plugtrain.core.errors import PlugtrainError
-    from plugtrain.core.registry import get_registry
 
     if not isinstance(value, str):
         raise TypeError(f"{attribute.name} must be a task name (a string), got {value!r}")
     try:
-        get_registry().get("tasks", value)
+        get_catalog().get("tasks", value)
     except PlugtrainError as exc:
         raise ValueError(str(exc)) from None
 
@@ -96,6 +96,37 @@ def _decay(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     """A factor in (0, 1] (``optimizer.layer_decay``); the checker reads the range from this name."""
     if value is not None and not (0 < value <= 1):
         raise ValueError(f"{attribute.name} must be in (0, 1], got {value!r}")
+
+
+def _spatial_size(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """``data.image_size``: one positive int (a square 2-D image) or a list of 1, 2 or 3 positive ints (the spatial
+    size of a signal, an image or a volume)."""
+    if value is None:
+        return
+    if isinstance(value, list):
+        if not 1 <= len(value) <= 3 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0
+                                                for x in value):
+            raise ValueError(f"{attribute.name} must be a positive int or a list of 1, 2 or 3 positive ints (the "
+                             f"spatial size: [length], [height, width] or [depth, height, width]), got {value!r}")
+    elif value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def spatial_size(image_size: int | list[int] | None) -> tuple[int, ...] | None:
+    """``data.image_size`` as the spatial size of a sample: an int ``s`` is ``(s, s)`` (a square 2-D image)."""
+    if image_size is None:
+        return None
+    return tuple(int(x) for x in image_size) if isinstance(image_size, (list, tuple)) else (int(image_size),) * 2
+
+
+def spatial_rank(image_size: Any) -> int | None:
+    """How many spatial dimensions ``data.image_size`` gives the samples (2 for an int; None when unset or not
+    valid, which its own check reports)."""
+    if isinstance(image_size, list) and 1 <= len(image_size) <= 3:
+        return len(image_size)
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        return 2
+    return None
 
 
 def _fold(value: list[int] | None) -> None:
@@ -172,7 +203,7 @@ class RunSection:
 @attrs.define
 class DataSection:
     dataset: ComponentSpec
-    image_size: int | None = attrs.field(default=None, validator=_positive)
+    image_size: int | list[int] | None = attrs.field(default=None, validator=_spatial_size)  # [L] / [H, W] / [D, H, W]
     batch_size: int = attrs.field(default=64, validator=_positive)
     val_batch_size: int | None = attrs.field(default=None, validator=_positive)
     num_workers: int = attrs.field(default=2, validator=_non_negative)
