@@ -6,7 +6,7 @@ STAMP := $(VENV)/.plugtrain-installed
 # The extras: plugin distributions of their own (extras/*/pyproject.toml): the experiment trackers and the
 # segmentation task. Installed editable for `make test` (not for `make demo`, which needs none of mlflow, wandb or
 # segmentation-models-pytorch); re-installed when a pyproject changes.
-EXTRAS := extras/plugtrain-mlflow extras/plugtrain-wandb extras/plugtrain-segmentation
+EXTRAS := extras/plugtrain-mlflow extras/plugtrain-wandb extras/plugtrain-segmentation extras/plugtrain-monai
 EXTRAS_STAMP := $(VENV)/.plugtrain-extras-installed
 TESTS := tests $(addsuffix /tests,$(EXTRAS))
 

@@ -468,8 +468,8 @@ class _FileSamples:
         from plugtrain.core.runtime.loader import AugmentedDataset
 
         self.paths, self.read = paths, read
-        self.augmented = AugmentedDataset([], pipeline, spec.run.seed, "predict", to_tensor=spec.augmentations.normalize,
-                                          spatial_dims=sample_rank(spec))
+        self.augmented = AugmentedDataset([], pipeline, spec.run.seed, "predict",
+                                          to_tensor=spec.augmentations.normalize, spatial_dims=sample_rank(spec))
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -90,6 +90,9 @@ Besides its hooks, a plugin module may define:
   ``context.written_by_queue(path)`` (a file a spec queued before this one writes, ``plugtrain check A B``), and
   ``context.start_inputs_needed`` (False where the files only the start of training reads, start weights, are not
   needed: a finished run reopened, ``weights fetch``). A three-parameter check is called as before.
+* ``PLUGTRAIN_VALIDATE_PURE``: ``True`` when ``PLUGTRAIN_VALIDATE``'s answer depends only on the component and its
+  parameters (given the installed libraries) and it takes no ``context``: the component catalog then stores its
+  verdicts by parameters, and ``check`` imports neither the plugin nor its library for a verdict it has.
 * ``PLUGTRAIN_PRETRAINED``: ``tags(factory) -> [(tag, weights reference), ...]``, a backbone's pretrained weights
   (the default first; ``[]`` for none), listed by ``plugtrain list backbones --pretrained``.
 * ``PLUGTRAIN_FETCH``: ``needs(factory, params) -> [plugtrain.hub.HubFiles | plugtrain.hub.LocalFile, ...]``, what a

@@ -774,10 +774,10 @@ def weights_note(model_name: str, pretrained: Any) -> str | None:
     return f"weights {ref.label}: {'cached' if cached_weights_file(ref) is not None else 'not cached'}"
 
 
-_MONAI = ("is a component of the plugtrain-monai extra (volumes and signals), which is not loaded (not installed, or disabled): pip install "
-          "./extras/plugtrain-monai (from a plugtrain checkout; `make test` installs it)")
-_SMP = ("is a component of the plugtrain-segmentation extra, which is not loaded (not installed, or disabled): pip install "
-        "./extras/plugtrain-segmentation (from a plugtrain checkout; `make test` installs it)")
+_MONAI = ("is a component of the plugtrain-monai extra (volumes and signals), which is not loaded (not installed, or "
+          "disabled): pip install ./extras/plugtrain-monai (from a plugtrain checkout; `make test` installs it)")
+_SMP = ("is a component of the plugtrain-segmentation extra, which is not loaded (not installed, or disabled): pip "
+        "install ./extras/plugtrain-segmentation (from a plugtrain checkout; `make test` installs it)")
 
 #: Hints for the names of the extras' components when the extra is missing (:mod:`plugtrain.core.spec.retired`).
 PLUGTRAIN_RETIRED = {

@@ -59,3 +59,22 @@ def test_check_with_a_fresh_catalog_imports_no_torch_and_stored_verdicts_say_wha
     for proc in (computed, stored):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert stored.stderr == computed.stderr
+
+
+def test_a_run_that_is_not_deterministic_does_not_import_torch_inductor() -> None:
+    """``torch.use_deterministic_algorithms(False)`` imports torch._inductor and dynamo (seconds before the first
+    step): plugtrain calls it only to undo an earlier True."""
+    code = ("import sys, types, torch\n"
+            "from plugtrain.core.runtime.session import configure_torch\n"
+            "spec = types.SimpleNamespace(run=types.SimpleNamespace(deterministic=False))\n"
+            "configure_torch(spec)\n"
+            "assert not torch.are_deterministic_algorithms_enabled()\n"
+            "print('inductor' if 'torch._inductor' in sys.modules else 'none')\n"
+            "configure_torch(types.SimpleNamespace(run=types.SimpleNamespace(deterministic=True)))\n"
+            "assert torch.are_deterministic_algorithms_enabled()\n"
+            "configure_torch(spec)\n"
+            "assert not torch.are_deterministic_algorithms_enabled()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "none"

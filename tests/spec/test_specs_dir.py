@@ -110,6 +110,14 @@ def _write_data(spec: dict[str, Any], work: Path) -> None:
         import seg_fmnist_data
 
         seg_fmnist_data.write(work / Path(data["train"]).parent, n_train=32, n_val=16, csv=True)
+    elif data["dataset"] == "volumes":  # the monai extra's volumes (Fashion-MNIST) or signals (digits)
+        sys.path.insert(0, str(REPO / "extras" / "plugtrain-monai" / "tests"))
+        import monai_real_data
+
+        if isinstance(data.get("image_size"), list) and len(data["image_size"]) == 1:
+            monai_real_data.make_signals(work / Path(data["train"]).parent, limit=160)
+        else:
+            monai_real_data.make_volumes(work / Path(data["train"]).parent, per_class=12)  # 2 batches of 16
 
 
 def _queue(specs: list[Path], work: Path) -> list[Path]:

@@ -59,7 +59,7 @@ def write(path: Path, volume: np.ndarray) -> None:
     elif path.suffix == ".tif":
         import tifffile
 
-        tifffile.imwrite(path, volume)
+        tifffile.imwrite(path, volume, photometric="minisblack")  # one grey page per slice, whatever the depth
     else:
         import nibabel
 
@@ -86,16 +86,16 @@ def make_volumes(root: str | Path, per_class: int = 20, size: int = 12, shift: i
     return root
 
 
-def make_signals(root: str | Path, shift: int = 4, seed: int = 0, val_every: int = 4) -> Path:
+def make_signals(root: str | Path, shift: int = 4, seed: int = 0, val_every: int = 4, limit: int | None = None) -> Path:
     """``root/train.csv`` and ``root/val.csv`` (``path,label``) of 64-sample signals, one per real 8x8 digit of
-    scikit-learn (1797): every ``val_every``-th digit is a val sample."""
+    scikit-learn (1797, or the first ``limit``): every ``val_every``-th digit is a val sample."""
     from sklearn.datasets import load_digits
 
     root, rng = Path(root), np.random.default_rng(seed)
     (root / "signals").mkdir(parents=True, exist_ok=True)
     digits = load_digits()
     rows = {"train": [], "val": []}
-    for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+    for i, (image, label) in enumerate(zip(digits.images[:limit], digits.target[:limit], strict=True)):
         signal = np.roll(image.reshape(-1).astype(np.float32) / 16.0, int(rng.integers(-shift, shift + 1)))
         np.save(root / "signals" / f"{i:04d}.npy", signal)
         rows["val" if i % val_every == 0 else "train"].append(f"signals/{i:04d}.npy,{label}")

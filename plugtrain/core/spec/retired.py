@@ -3,7 +3,7 @@
 A hint is used only when the name or parameter is really unknown (the registry lacks the name, the signature lacks the
 parameter), so a hint can never reject something that works. Keys: ``"Name"`` for a component,
 ``"Name.param"`` for a parameter of one component and ``"*.param"`` for a parameter of any component of the kind; a
-name pattern (``"monai-*"``) answers every unknown name it matches (an extra that is not installed).
+name pattern (``"myextra-*"``) answers every unknown name it matches (an extra that is not installed).
 
 The hints come from the plugins, each from a module attribute of this shape::
 
@@ -25,7 +25,7 @@ def retired_hint(table: dict[str, dict[str, str]], kind: str, name: str, param: 
             return hints[name]
         from fnmatch import fnmatchcase
 
-        # a pattern (``"monai-*"``): the names of a plugin that is not installed, answered with how to install it
+        # a pattern (``"myextra-*"``): the names of a plugin that is not installed, answered with how to install it
         return next((h for k, h in hints.items() if "*" in k and "." not in k and fnmatchcase(name, k)), "")
     return hints.get(f"{name}.{param}") or hints.get(f"*.{param}", "")
 

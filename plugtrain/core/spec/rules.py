@@ -300,6 +300,12 @@ class CrossRules:
 
         backbone = d.get("backbone") if isinstance(d.get("backbone"), dict) else {}
         check(("backbone", "name"), "backbones", backbone.get("name"), "backbone")
+        dims = backbone.get("spatial_dims")  # a backbone of any rank takes it as this parameter, by convention
+        if _is_int(dims) and dims in words and dims != rank:
+            self.add(("backbone", "spatial_dims"), f"backbone.spatial_dims = {dims} builds a model for "
+                                                   f"{words[dims]}, but data.image_size = "
+                                                   f"{data.get('image_size')!r} gives {words[rank]}",
+                     related=(("data", "image_size"),))
         aug = d.get("augmentations") if isinstance(d.get("augmentations"), dict) else {}
 
         def walk(items: Any, path: tuple[Any, ...]) -> None:

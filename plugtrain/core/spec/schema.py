@@ -113,7 +113,7 @@ class _Builder:
         schema = _with_range(json_schema(t), PARAM_RANGES.get(kind, {}).get(p.name))
         if isinstance(schema, dict):
             schema = dict(schema)
-            schema["description"] = describe(t) + ("" if p.required else f" (default {p.default!r})")
+            schema["description"] = describe(t) + ("" if p.required else f" (default {_default_text(p.default)})")
             default = None if p.required else _jsonable(p.default)
             if default is not None:
                 schema["default"] = default
@@ -243,3 +243,12 @@ def build_schema(registry: Any = None) -> dict[str, Any]:
 
         registry = get_registry()
     return _Builder(registry).build()
+
+
+def _default_text(value: Any) -> str:
+    """A default as the schema describes it: its repr, or for a function or class its dotted name (a repr holds the
+    object's address, which differs from one process to the next)."""
+    qualname = getattr(value, "__qualname__", None)
+    if callable(value) and isinstance(qualname, str):
+        return f"{getattr(value, '__module__', '')}.{qualname}".lstrip(".")
+    return repr(value)

@@ -57,6 +57,8 @@ def _build(name: str, make: Any, num_classes: int) -> Any:
         raise _error(f"backbone {name}: needs num_classes >= 1 (the dataset's classes, or 1 for a regression target)")
     try:
         model = make()
+    except ImportError as exc:  # MONAI's optional imports (einops for the ViT)
+        raise _error(f"backbone {name} needs a library that is not installed: {first_line(exc)}") from None
     except (TypeError, ValueError, AssertionError, NotImplementedError, RuntimeError, KeyError) as exc:
         raise _error(f"backbone {name} cannot be built: {first_line(exc) or type(exc).__name__}") from None
     return _finish(model, name, num_classes)

@@ -10,7 +10,6 @@ Importing it is cheap: monai is imported by the hooks that list its networks and
 
 from __future__ import annotations
 
-
 from plugtrain import Component, hookimpl
 
 from . import dataset, transforms
@@ -39,9 +38,11 @@ def plugtrain_augmentations():
     comps = [Component(f"monai-{name}", cls,
                        summary=f"(signals and volumes) {_first_line(cls)}", fits=transforms.SPATIAL)
              for name, cls in transforms.array_transforms().items() if name != "Resize"]
-    comps.append(Component("monai-Resize", transforms.resize, roles=("resize:1d", "resize:3d"), fits=transforms.SPATIAL,
+    comps.append(Component("monai-Resize", transforms.resize, roles=("resize:1d", "resize:3d"),
+                           fits=transforms.SPATIAL,
                            summary="(signals and volumes) monai.transforms.Resize to data.image_size"))
-    comps.append(Component("monai-Compose", transforms.compose, roles=("compose:1d", "compose:3d"), fits=transforms.SPATIAL,
+    comps.append(Component("monai-Compose", transforms.compose, roles=("compose:1d", "compose:3d"),
+                           fits=transforms.SPATIAL,
                            summary="(signals and volumes) MONAI transforms in order, seeded per sample by plugtrain"))
     return comps
 

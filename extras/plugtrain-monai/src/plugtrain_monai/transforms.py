@@ -3,16 +3,17 @@ volumes.
 
 Every public array transform of ``monai.transforms`` (not the dictionary ``...d`` ones) is an augmentation named
 ``monai-<Class>`` (``monai-RandFlip``, ``monai-RandAffine``, ``monai-RandGaussianNoise``, ...), its parameters the
-class's own. The pipeline (:class:`Pipeline`, role ``compose`` for 1-D and 3-D samples) takes plugtrain's
+class's own. The pipeline (:class:`Pipeline`, roles ``compose:1d``, ``compose:3d``) takes plugtrain's
 channels-last sample (``LxC`` signal, ``DxHxWxC`` volume), gives MONAI its channel-first tensor, and returns the
 ``C x ...`` float32 tensor. Random transforms are seeded from plugtrain's per-sample generator before every sample
 (:meth:`Pipeline.set_random_state`), so the augmentation of a sample is a function of (seed, epoch, index, view) only:
-a resumed run draws exactly what the uninterrupted one drew. ``monai-Resize`` (roles ``resize:1d``, ``resize:3d``) resizes to
-``data.image_size`` (``spatial_size``).
+a resumed run draws exactly what the uninterrupted one drew. ``monai-Resize`` (roles ``resize:1d``, ``resize:3d``)
+resizes to ``data.image_size`` (``spatial_size``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from typing import Any
 
@@ -35,6 +36,10 @@ SKIP = frozenset({
 })
 
 
+#: Transforms whose construction needs a library MONAI imports optionally: offered only where it is installed.
+NEEDS = {"ForegroundMask": "skimage"}
+
+
 def array_transforms() -> dict[str, type]:
     """``{class name: class}`` of the array transforms offered (imports monai: call from a hook)."""
     import monai.transforms as T
@@ -44,7 +49,8 @@ def array_transforms() -> dict[str, type]:
     for name, obj in sorted(vars(T).items()):
         if (name.startswith("_") or name in SKIP or not inspect.isclass(obj) or not issubclass(obj, Transform)
                 or issubclass(obj, MapTransform) or inspect.isabstract(obj)
-                or name.endswith("Dict") or (name.endswith(("d", "D")) and name[:-1] in vars(T))):
+                or name.endswith("Dict") or (name.endswith(("d", "D")) and name[:-1] in vars(T))
+                or (name in NEEDS and importlib.util.find_spec(NEEDS[name]) is None)):
             continue
         out[name] = plugtrain_class(obj)
     return out
