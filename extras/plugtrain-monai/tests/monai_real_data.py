@@ -13,7 +13,6 @@ Used by this package's tests, and by hand for ``specs/volumes-3d.toml`` and ``sp
 
 from __future__ import annotations
 
-import gzip
 import sys
 from pathlib import Path
 
@@ -31,11 +30,10 @@ def available() -> bool:
 
 
 def _idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    """An IDX file (gzip) as an array, through plugtrain's own reader."""
+    from plugtrain.plugins.datasets.idx import read_idx
+
+    return np.asarray(read_idx(str(path)))
 
 
 def _slice(item: np.ndarray, size: int, shift: int, rng: np.random.Generator) -> np.ndarray:

@@ -24,7 +24,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))  # the core suite's helpers, run alone too
 import monai_real_data  # noqa: E402
+from helpers_faults import assert_same_training_state  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(not monai_real_data.available(), reason="Debian's dataset-fashion-mnist is missing")]
@@ -261,36 +263,9 @@ def test_3d_sigkill_then_resume_is_bitwise_exact(trained3d, volumes, tmp_path):
         proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
     assert _main("train", spec, "--resume", "auto") == 0
-    got = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    want = torch.load(trained3d / "checkpoints" / "last.pt", weights_only=True)
-    assert got["global_step"] == want["global_step"]
-    for key in ("model", "optimizers"):
-        flat_got, flat_want = _flat(got[key]), _flat(want[key])
-        assert flat_got.keys() == flat_want.keys()
-        for k in flat_want:
-            assert _equal(flat_got[k], flat_want[k]), (key, k)
+    assert_same_training_state(run_dir / "checkpoints" / "last.pt", trained3d / "checkpoints" / "last.pt")
     assert metric_rows(run_dir / "metrics.csv") == metric_rows(trained3d / "metrics.csv")
 
-
-def _flat(d, prefix=""):
-    out = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}.{k}"))
-    elif isinstance(d, (list, tuple)):
-        for i, v in enumerate(d):
-            out.update(_flat(v, f"{prefix}[{i}]"))
-    else:
-        out[prefix] = d
-    return out
-
-
-def _equal(a, b) -> bool:
-    import torch
-
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    return a == b
 
 
 # -- components, readers and bad input ---------------------------------------------------------------------------------
