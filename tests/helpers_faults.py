@@ -191,6 +191,22 @@ class Run:
         return code
 
 
+def kill_after_checkpoint(run: Run, last: Path, line: str, *, epoch: int, batch: int, timeout: float = 240) -> None:
+    """SIGKILL ``run`` once a line matches ``line`` and then ``last`` holds a mid-epoch checkpoint at or past
+    ``batch`` of the 0-based ``epoch`` (polled: the kill lands between two checkpoints, never on a torn file)."""
+    run.wait_for(line, timeout)
+    deadline = time.monotonic() + timeout
+    while run.proc.poll() is None and time.monotonic() < deadline:
+        try:
+            state = load(last)
+        except Exception:  # noqa: BLE001 - not there yet, or being replaced right now
+            continue
+        if state["epoch"] == epoch and state.get("batch_in_epoch", 0) >= batch:
+            run.kill()
+            break
+    assert run.wait() == -signal.SIGKILL, run.output[-3000:]
+
+
 def children(pid: int) -> list[int]:
     """Direct child pids of ``pid`` (from /proc)."""
     out = []

@@ -15,7 +15,6 @@ import csv
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))  # the core suite's helpers, run alone too
 import monai_real_data  # noqa: E402
-from helpers_faults import assert_same_training_state  # noqa: E402
+from helpers_faults import Run, assert_same_training_state, kill_after_checkpoint  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(not monai_real_data.available(), reason="Debian's dataset-fashion-mnist is missing")]
@@ -237,31 +236,13 @@ def test_1d_run_trains_well_above_chance_evaluates_predicts_and_exports(trained1
 def test_3d_sigkill_then_resume_is_bitwise_exact(trained3d, volumes, tmp_path):
     """A twin of the 3-D run (seeded random flips and noise) SIGKILLed in epoch 2 and resumed with ``--resume auto``
     ends with the reference's weights, optimizer state and metrics, bit for bit."""
-    import torch
 
     spec = tmp_path / "vol.toml"
     spec.write_text(SPEC_3D.format(name="vol", out=tmp_path / "runs", data=volumes, workers=0), encoding="utf-8")
     run_dir = tmp_path / "runs" / "vol"
-    proc = subprocess.Popen([sys.executable, "-m", "plugtrain", "train", spec], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env())
-    seen = []
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            if re.search(r"epoch 1/2 .*val/", line):
-                break
-        while proc.poll() is None:  # kill as soon as a mid-epoch checkpoint of epoch 2 is on disk
-            try:
-                state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-            except Exception:  # noqa: BLE001 - not there yet, or being replaced right now
-                continue
-            if state["epoch"] == 1 and state.get("batch_in_epoch", 0) >= 1:
-                proc.send_signal(signal.SIGKILL)
-                break
-    finally:
-        proc.wait(timeout=120)
-        proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+    run = Run([sys.executable, "-m", "plugtrain", "train", str(spec)], env=env())
+    # kill as soon as a mid-epoch checkpoint of epoch 2 is on disk
+    kill_after_checkpoint(run, run_dir / "checkpoints" / "last.pt", r"epoch 1/2 .*val/", epoch=1, batch=1)
     assert _main("train", spec, "--resume", "auto") == 0
     assert_same_training_state(run_dir / "checkpoints" / "last.pt", trained3d / "checkpoints" / "last.pt")
     assert metric_rows(run_dir / "metrics.csv") == metric_rows(trained3d / "metrics.csv")

@@ -16,7 +16,6 @@ import csv
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))  # the core suite's helpers, run alone too
 import seg_fmnist_data  # noqa: E402
-from helpers_faults import assert_same_training_state  # noqa: E402
+from helpers_faults import Run, assert_same_training_state, kill_after_checkpoint  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(not seg_fmnist_data.available(), reason="Debian's dataset-fashion-mnist is missing")]
@@ -263,34 +262,12 @@ def test_sigkill_then_resume_auto_is_bitwise_exact(trained, data, tmp_path):
     """A twin of the reference run (two loader workers, the same spec otherwise), SIGKILLed in the middle of epoch 2
     of 4 and resumed with ``--resume auto``, ends with the reference's weights, optimizer state and metrics, bit for
     bit."""
-    import torch
 
     spec = write_spec(tmp_path, "seg", data, workers=2)
     run_dir = tmp_path / "runs" / "seg"
-    proc = subprocess.Popen([sys.executable, "-m", "plugtrain", "train", spec], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env())
-    seen = []
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            if re.search(r"epoch 2\b", line):
-                break
-        while True:  # kill as soon as a mid-epoch checkpoint of epoch 2 is on disk
-            last = run_dir / "checkpoints" / "last.pt"
-            if last.exists():
-                try:
-                    state = torch.load(last, weights_only=True)
-                except Exception:  # noqa: BLE001 - being replaced right now
-                    continue
-                if state["epoch"] == 1 and state.get("batch_in_epoch", 0) >= 2:
-                    proc.send_signal(signal.SIGKILL)
-                    break
-            if proc.poll() is not None:
-                break
-    finally:
-        proc.wait(timeout=120)
-        proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+    run = Run([sys.executable, "-m", "plugtrain", "train", str(spec)], env=env())
+    # kill as soon as a mid-epoch checkpoint of epoch 2 is on disk
+    kill_after_checkpoint(run, run_dir / "checkpoints" / "last.pt", r"epoch 2\b", epoch=1, batch=2)
     resumed = plugtrain("train", spec, "--resume", "auto")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
