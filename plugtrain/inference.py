@@ -4,7 +4,7 @@
 ``plugtrain export`` are built on this module; it imports nothing of :mod:`plugtrain.commands`.
 
 Preprocessing is validation's, step for step: a file is read by the run's dataset's own ``read_image`` (same decoder,
-channels and size handling as its samples; :func:`plugtrain.plugins.datasets.decode.read_image_file` for a dataset
+channels and size handling as its samples; the built-in ``imagefolder``'s, looked up in the registry, for a dataset
 without one), then the run's validation pipeline (``build_transform(spec, "val")``), the collate, and
 :class:`~plugtrain.core.runtime.step.ModelInput`'s normalisation, under the run's precision (as ``evaluate``). An
 exported graph normalises inside; its sidecar (``<file>.json``) is checked against its schema (:func:`read_sidecar`)
@@ -119,7 +119,7 @@ def expand_images(paths: Sequence[str | os.PathLike[str]], extensions: Sequence[
     folder or glob without an image file of ``extensions``, is bad input saying so."""
     import glob
 
-    from plugtrain.plugins.datasets.decode import is_image_file, iter_image_files
+    from plugtrain.core.files import is_image_file, iter_image_files
 
     out: list[str] = []
     for path in map(os.fspath, paths):
@@ -280,7 +280,7 @@ def _swa_finished(state: dict[str, Any]) -> bool:
 
 def image_reader(spec: Any, in_chans: int) -> Callable[[str | os.PathLike[str]], Any]:
     """``read(path) -> HxWxC array`` (uint8; with ``pixels = "raw"`` the stored dtype): the run's dataset's
-    ``read_image`` (or the built-in decoder)."""
+    ``read_image`` (or the built-in ``imagefolder``'s, for a dataset without one)."""
     from plugtrain.core.registry import get_registry
 
     factory = get_registry().get("datasets", spec.data.dataset.name).factory
@@ -288,9 +288,9 @@ def image_reader(spec: Any, in_chans: int) -> Callable[[str | os.PathLike[str]],
     params = dict(spec.data.dataset.params)
     if callable(read):
         return lambda path: read(path, in_chans=in_chans, params=params)
-    from plugtrain.plugins.datasets.decode import read_image_file
-
-    return lambda path: read_image_file(path, in_chans)
+    # a dataset without its own reader: files read as the built-in folder dataset reads them (its defaults)
+    default = get_registry().get("datasets", "imagefolder").factory.read_image
+    return lambda path: default(path, in_chans=in_chans, params={})
 
 
 class Predictor:
@@ -417,8 +417,8 @@ class Predictor:
     def extensions(self) -> tuple[str, ...]:
         """The file extensions a folder or glob of images is read for: those the run's dataset reads (``.npy`` too
         with ``pixels = "raw"``), or those its factory lists in ``read_extensions`` (a dataset of other files)."""
+        from plugtrain.core.files import IMAGE_EXTENSIONS, RAW_EXTENSIONS
         from plugtrain.core.registry import get_registry
-        from plugtrain.plugins.datasets.decode import IMAGE_EXTENSIONS, RAW_EXTENSIONS
 
         own = getattr(get_registry().get("datasets", self.spec.data.dataset.name).factory, "read_extensions", None)
         if own:

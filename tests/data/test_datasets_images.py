@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from plugtrain.core.data import SampleError
-from plugtrain.plugins.datasets.decode import decode_image, is_image_file, iter_image_files
+from plugtrain.core.files import is_image_file, iter_image_files
+from plugtrain.plugins.datasets.decode import decode_image
 from plugtrain.plugins.datasets.splits import ArraySplit, ImageFileSplit, PathTable, split_indices
 
 RNG = np.random.default_rng(0)

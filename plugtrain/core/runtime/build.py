@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 # Components by name from the catalog: a build imports only the plugins the spec names (not every plugin's hook).
-from plugtrain.core.catalog import get_catalog as get_registry
+from plugtrain.core.catalog import get_catalog
 from plugtrain.core.data import DatasetSplits, SampleError
 from plugtrain.core.errors import PlugtrainError, did_you_mean, first_line
 from plugtrain.core.hookspecs import CONTRACTS, SINGULAR, SPLIT_CONTRACT
@@ -29,7 +29,7 @@ from plugtrain.core.task import get_task, required_metrics, task_params
 
 def component(kind: str, cspec: ComponentSpec, section: str, **context: Any) -> Any:
     """Build ``cspec`` of ``kind`` with the runtime ``context``; any failure is a PlugtrainError naming ``section``."""
-    comp = get_registry().get(kind, cspec.name)
+    comp = get_catalog().get(kind, cspec.name)
     try:
         obj = comp.build(cspec.params, **context)
     except PlugtrainError:
@@ -137,7 +137,7 @@ def build_dataset(spec: RunSpec) -> DatasetSplits:
             raise PlugtrainError(f"[data] dataset {spec.data.dataset.name!r} has an empty {name} split")
     task = spec.task_object
     if splits.task not in task.dataset_tasks:
-        fits = [n for n in get_registry().names("tasks") if splits.task in get_task(n).dataset_tasks]
+        fits = [n for n in get_catalog().names("tasks") if splits.task in get_task(n).dataset_tasks]
         raise PlugtrainError(f"[run] task = {spec.run.task!r} but dataset {spec.data.dataset.name!r} provides "
                              f"{splits.task or 'class index'} targets" + (f" (for run.task = {' or '.join(map(repr, fits))})"
                                                                            if fits else ""))
@@ -251,7 +251,7 @@ def role_for_rank(kind: str, role: str, rank: int) -> Any:
     """The component of ``kind`` claiming ``role`` for samples of spatial rank ``rank``: ``role`` itself for 2-D
     images, ``"<role>:<rank>d"`` (``resize:3d``, ``compose:1d``) for signals and volumes, which a plugin for such data
     claims; none, or several, is a PlugtrainError."""
-    reg = get_registry()
+    reg = get_catalog()
     if rank == 2:
         return reg.with_role(kind, role)
     comp = reg.with_role(kind, f"{role}:{rank}d", required=False)
@@ -265,7 +265,7 @@ def role_for_rank(kind: str, role: str, rank: int) -> Any:
 def check_spatial_dims(spec: RunSpec, rank: int) -> None:
     """The backbone and every transform of the spec that declares its ``spatial_dims`` must take ``rank``-D samples
     (the data's): a 2-D transform on volumes would fail, or worse, run on the wrong axes."""
-    reg = get_registry()
+    reg = get_catalog()
     what = {1: "1-D signals", 2: "2-D images", 3: "3-D volumes"}
 
     def refuse(section: str, kind: str, name: str) -> None:
@@ -444,7 +444,7 @@ def param_groups(backbone: Any, criterion: Any, spec: RunSpec, loss_separately: 
     groups: list[dict[str, Any]] = []
     params = list(backbone.parameters())
     if spec.optimizer.layer_decay is not None:
-        make = get_registry().with_role("optimizers", "layer_decay").factory
+        make = get_catalog().with_role("optimizers", "layer_decay").factory
         groups = make(model=backbone, layer_decay=spec.optimizer.layer_decay,
                       weight_decay=spec.optimizer.params.get("weight_decay"),
                       no_decay_norm_bias=spec.optimizer.no_decay_norm_bias)
@@ -471,7 +471,7 @@ def build_metrics(spec: RunSpec, num_classes: int, class_names: list[str] | None
     """``{"accuracy": Metric, ...}`` (keys without the ``val/`` prefix). The metrics with the role ``always:<task>``
     come first when the spec's list lacks them (the task's ``required_metrics``, then the role ``always:<task>``)."""
     specs = list(spec.metric_specs)
-    reg = get_registry()
+    reg = get_catalog()
     always = required_metrics(spec.run.task, spec.task_object, reg)
     specs[:0] = [ComponentSpec(n) for n in always if not any(m.name == n for m in specs)]
     params = task_params(spec, reg)
@@ -750,7 +750,7 @@ def build_training(built: Built, dist: DistEnv) -> None:
         if not spec.task_object.batch_mix:
             raise PlugtrainError(f"[mixup] does not work for run.task = {spec.run.task!r}")
         m = spec.mixup
-        mix = get_registry().with_role("augmentations", "batch_mix").factory
+        mix = get_catalog().with_role("augmentations", "batch_mix").factory
         built.mixup = mix(num_classes=built.num_classes, mixup_alpha=m.mixup_alpha, cutmix_alpha=m.cutmix_alpha,
                           prob=m.prob, switch_prob=m.switch_prob, mode=m.mode, label_smoothing=m.label_smoothing)
         if spec.data.batch_size % 2:
@@ -761,9 +761,9 @@ def build_loggers(spec: RunSpec, run_dir: Path, rank: int, spec_dict: dict[str, 
     """The loggers (rank 0 only), with the ``metrics_csv`` logger added when the spec left it out (metrics.csv always
     exists)."""
     loggers = list(spec.loggers)
-    csv = get_registry().with_role("loggers", "metrics_csv", required=False)
+    csv = get_catalog().with_role("loggers", "metrics_csv", required=False)
     if csv is not None and not any(c.name.split(":")[-1] == csv.name for c in loggers):
-        loggers.append(ComponentSpec(get_registry().spec_name(csv)))
+        loggers.append(ComponentSpec(get_catalog().spec_name(csv)))
     built: list[Any] = []
     try:
         for c in loggers:
@@ -781,7 +781,7 @@ def build_loggers(spec: RunSpec, run_dir: Path, rank: int, spec_dict: dict[str, 
 def build_ema(model: Any, decay: float) -> Any:
     """The model EMA (``trainer.ema``) of ``model``: the ``ema`` role's object, with ``.module``,
     ``update(model, step=)``, ``state_dict()`` and ``load_state_dict()``."""
-    comp = get_registry().with_role("callbacks", "ema")
+    comp = get_catalog().with_role("callbacks", "ema")
     try:
         return comp.factory(model=model, decay=decay)
     except PlugtrainError:
@@ -794,4 +794,4 @@ def build_ema(model: Any, decay: float) -> Any:
 def check_loggers(spec: RunSpec) -> None:
     """Resolve every logger name before the run directory exists (their factories run after)."""
     for c in spec.loggers:
-        get_registry().get("loggers", c.name)
+        get_catalog().get("loggers", c.name)

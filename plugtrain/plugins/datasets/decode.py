@@ -35,7 +35,7 @@ import errno
 import os
 import stat
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -43,12 +43,6 @@ import numpy as np
 from plugtrain.core.console import quiet_logger
 from plugtrain.core.data import SampleError
 from plugtrain.core.errors import PlugtrainError
-
-#: File extensions (lower case) the folder datasets treat as images.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-#: The extensions the folder datasets also take with ``pixels = "raw"``.
-RAW_EXTENSIONS: tuple[str, ...] = IMAGE_EXTENSIONS + (".npy",)
 
 DECODERS: tuple[str, ...] = ("pil", "cv2")
 #: ``pixels``: ``uint8`` converts every image to 8-bit grey or RGB (the default); ``raw`` keeps them as stored.
@@ -59,36 +53,6 @@ NPY_LAYOUTS: tuple[str, ...] = ("HWC", "CHW")
 RAW_DTYPES: tuple[str, ...] = ("uint8", "uint16", "float32")
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
-
-
-def is_image_file(name: str, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> bool:
-    """True for a file name with one of ``extensions`` (case-insensitive) that is not hidden (``.x``, ``._x.jpg``)."""
-    base = os.path.basename(name)
-    return not base.startswith(".") and base.lower().endswith(tuple(e.lower() for e in extensions))
-
-
-def iter_image_files(folder: str, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> Iterator[str]:
-    """The image files under ``folder`` (recursively, following links), in sorted order, as paths joined to ``folder``.
-
-    Hidden files and folders (names starting with ``.``) are left out; so are files with other extensions. Only
-    directory entries are read (no ``stat`` per file), so indexing a million files stays fast.
-    """
-    exts = tuple(e.lower() for e in extensions)
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError:
-        return
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        try:
-            is_dir = entry.is_dir()
-        except OSError:
-            continue
-        if is_dir:
-            yield from iter_image_files(entry.path, exts)
-        elif entry.name.lower().endswith(exts):
-            yield entry.path
 
 
 def decode_image(path: str | os.PathLike[str], channels: int | list[int] = 3, decoder: str = "pil",

@@ -63,8 +63,8 @@ def imagefolder(
     exceeds ``cache_max_gb``, for all splits together) is refused with the size and the free room. See
     :mod:`plugtrain.plugins.datasets.cache`.
     """
+    from plugtrain.core.files import IMAGE_EXTENSIONS, RAW_EXTENSIONS, iter_image_files
     from plugtrain.plugins.datasets.cache import check_params
-    from plugtrain.plugins.datasets.decode import IMAGE_EXTENSIONS, RAW_EXTENSIONS, iter_image_files
 
     check_common(on_error, channels, pixels, npy_layout)
     check_params(cache, cache_dir, cache_max_gb)

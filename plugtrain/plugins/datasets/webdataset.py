@@ -62,8 +62,9 @@ from typing import Any, Literal
 import numpy as np
 
 from plugtrain.core.atomic import atomic_open
+from plugtrain.core.files import IMAGE_EXTENSIONS
 from plugtrain.plugins.datasets.common import check_common, check_fraction, error, param, read_as
-from plugtrain.plugins.datasets.decode import IMAGE_EXTENSIONS, channel_count, decode_bytes
+from plugtrain.plugins.datasets.decode import channel_count, decode_bytes
 from plugtrain.plugins.datasets.splits import (
     PathTable,
     _normalise_index,

@@ -24,10 +24,10 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from annotated_types import Interval
 
+from plugtrain.core.files import IMAGE_EXTENSIONS
+
 from .losses import IGNORE_INDEX
 from .task import MASK_MEMBER
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _error(message: str) -> Exception:
