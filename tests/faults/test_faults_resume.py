@@ -41,10 +41,10 @@ def _spec(tmp: Path, seed: int, name: str, **more) -> Path:
 
 @pytest.fixture(scope="module")
 def references(tmp_path_factory) -> dict[int, Path]:
-    """``seed -> last.pt`` of an uninterrupted run, for seeds 0 and 1."""
+    """``seed -> last.pt`` of an uninterrupted run (seed 0: every test here compares with it)."""
     tmp = tmp_path_factory.mktemp("reference")
     out = {}
-    for seed in (0, 1):
+    for seed in (0,):
         run = Run(plugtrain_cmd("train", _spec(tmp, seed, f"ref{seed}")))
         assert run.finish() == 0, run.output
         out[seed] = tmp / "runs" / f"ref{seed}" / "checkpoints" / "last.pt"
@@ -56,8 +56,8 @@ def _last(run_dir: Path) -> dict:
     return load(run_dir / "checkpoints" / "last.pt")
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_sigkill_mid_epoch_and_at_epoch_boundary_then_resume_is_bitwise_exact(tmp_path, references, seed):
+def test_sigkill_mid_epoch_and_at_epoch_boundary_then_resume_is_bitwise_exact(tmp_path, references):
+    seed = 0
     rng = random.Random(1000 + seed)
     # inside epoch 1 or 2, after the first mid-epoch checkpoint (step 2) was written
     # (not the last step of epoch 2, so that a kill landing a step late is still before the epoch-2 checkpoint)
@@ -116,7 +116,7 @@ def _state(pid: int) -> str:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_writes_checkpoint_at_next_step_and_resume_is_exact(tmp_path, references, sig):
-    seed = 0 if sig == signal.SIGTERM else 1
+    seed = 0
     step = random.Random(int(sig)).choice([s for s in range(1, EPOCHS * STEPS - 1) if s % STEPS])
     spec = _spec(tmp_path, seed, "signalled")
     run_dir = tmp_path / "runs" / "signalled"
