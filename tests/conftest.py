@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_cli import child_env, in_process
 from hypothesis import settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,28 +120,12 @@ def cli_run(capfd, monkeypatch):
     code, stdout, stderr captured at the file descriptors). For commands that need no interpreter of their own (no
     signals, torchrun or environment of their own): bad-input paths above all, which end before any training, so
     the few seconds of a fresh interpreter (importing torch, timm, albumentations) are most of their cost."""
-
-    def run(*args: Any, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        capfd.readouterr()
-        with monkeypatch.context() as m:
-            if cwd is not None:
-                m.chdir(cwd)
-            try:
-                code = cli(*args)
-            except SystemExit as exc:  # argparse's usage errors
-                code = exc.code if isinstance(exc.code, int) else 2
-        out, err = capfd.readouterr()
-        return subprocess.CompletedProcess(["plugtrain", *map(str, args)], code, out, err)
-
-    return run
+    return in_process(capfd, monkeypatch)
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment for a CLI subprocess: one thread per process (2 shared cores), no torchrun variables."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    return env
+    """The environment for a CLI subprocess (:func:`helpers_cli.child_env`)."""
+    return child_env(**extra)
 
 
 def run_cli(*args: Any, timeout: float = 300, env: dict[str, str] | None = None,

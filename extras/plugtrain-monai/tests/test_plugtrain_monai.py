@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))  # the core suite's helpers, run alone too
 import monai_real_data  # noqa: E402
+from helpers_cli import child_env, in_process  # noqa: E402
 from helpers_faults import Run, assert_same_training_state, kill_after_checkpoint  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(300),
@@ -107,27 +106,13 @@ precision = "fp32"
 
 
 def env() -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")}
-    out.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return out
+    return child_env()
 
 
 @pytest.fixture
-def cli(capfd):
+def cli(capfd, monkeypatch):
     """The CLI in this process (``cli(ARGS...)`` -> CompletedProcess)."""
-    from plugtrain.entrypoints.cli import main
-
-    def run(*args) -> subprocess.CompletedProcess[str]:
-        capfd.readouterr()
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 2
-        out, err = capfd.readouterr()
-        return subprocess.CompletedProcess(["plugtrain", *map(str, args)], code, out, err)
-
-    return run
+    return in_process(capfd, monkeypatch)
 
 
 def _main(*args) -> int:

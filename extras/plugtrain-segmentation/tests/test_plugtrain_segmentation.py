@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))  # the core suite's helpers, run alone too
 import seg_fmnist_data  # noqa: E402
+from helpers_cli import child_env, in_process  # noqa: E402
 from helpers_faults import Run, assert_same_training_state, kill_after_checkpoint  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(300),
@@ -75,10 +75,7 @@ AUGMENT = '{ name = "HorizontalFlip", p = 0.5 }, { name = "RandomBrightnessContr
 
 
 def env() -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")}
-    out.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
-    return out
+    return child_env(HF_HUB_OFFLINE="1")
 
 
 def plugtrain(*args, cwd=None, timeout=240) -> subprocess.CompletedProcess[str]:
@@ -91,20 +88,7 @@ def plugtrain(*args, cwd=None, timeout=240) -> subprocess.CompletedProcess[str]:
 def cli(capfd, monkeypatch):
     """The CLI in this process (``cli(ARGS...)`` -> CompletedProcess): commands that train nothing, without the
     seconds a fresh interpreter spends importing torch."""
-    from plugtrain.entrypoints.cli import main
-
-    def run(*args) -> subprocess.CompletedProcess[str]:
-        capfd.readouterr()
-        with monkeypatch.context() as m:
-            m.setenv("HF_HUB_OFFLINE", "1")
-            try:
-                code = main([str(a) for a in args])
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 2
-        out, err = capfd.readouterr()
-        return subprocess.CompletedProcess(["plugtrain", *map(str, args)], code, out, err)
-
-    return run
+    return in_process(capfd, monkeypatch, HF_HUB_OFFLINE="1")
 
 
 def write_spec(folder: Path, name: str, data: Path, *, epochs: int = 4, loss: str = "DiceCE",

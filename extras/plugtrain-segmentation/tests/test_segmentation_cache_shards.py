@@ -7,7 +7,6 @@ mocked: the real cache files (in a temporary ``cache_dir`` or ``/dev/shm``) and 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +14,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))  # the core suite's helpers, run alone too
 import seg_fmnist_data  # noqa: E402
+from helpers_cli import in_process  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not seg_fmnist_data.available(), reason="Debian's dataset-fashion-mnist is missing")
 
@@ -55,19 +56,8 @@ def data(tmp_path_factory) -> tuple[Path, list[str]]:
 
 
 @pytest.fixture
-def cli(capfd):
-    from plugtrain.entrypoints.cli import main
-
-    def run(*args) -> subprocess.CompletedProcess[str]:
-        capfd.readouterr()
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 2
-        out, err = capfd.readouterr()
-        return subprocess.CompletedProcess(["plugtrain", *map(str, args)], code, out, err)
-
-    return run
+def cli(capfd, monkeypatch):
+    return in_process(capfd, monkeypatch)
 
 
 def _samples(split) -> list[tuple[np.ndarray, np.ndarray]]:
