@@ -55,7 +55,7 @@ class CrossRules:
         self.optimizer_checks(d, trainer)
         self.schedule_checks(d, run, trainer)
         self.pipeline_checks(d, data)
-        self.spatial_checks(d, data)
+        spatial_checks(self, d, data)
         self.run_dir_checks(run)
         self.sampler_checks(run, data)
         batch, m = data.get("batch_size"), data.get("m_per_class", 4)
@@ -275,48 +275,6 @@ class CrossRules:
                                                       f"it), got {x!r}")
         self.channel_checks(d, data, aug)
 
-    def spatial_checks(self, d: dict[str, Any], data: dict[str, Any]) -> None:
-        """The backbone and every transform that declares its ``spatial_dims`` (``Component.fits``) against the
-        samples' spatial rank that ``data.image_size`` gives (an int: 2-D images; a list: its length): a 2-D model or
-        transform on volumes, or a 3-D one on images, is refused where it is named."""
-        from plugtrain.core.spec.model import spatial_rank
-
-        rank = spatial_rank(data.get("image_size"))
-        if rank is None:
-            return
-        words = {1: "1-D signals", 2: "2-D images", 3: "3-D volumes"}
-
-        def check(path: tuple[Any, ...], kind: str, name: Any, what: str) -> None:
-            comp = self._quiet(kind, name)
-            dims = comp.fits.spatial_dims if comp is not None else ()
-            if not dims or rank in dims:
-                return
-            fitting = [c.name for c in self.registry.components(kind) if rank in c.fits.spatial_dims][:6]
-            hint = f" {what.capitalize()}s for {rank}-D data: {', '.join(fitting)}, ..." if fitting else (
-                f" No loaded plugin has a {what} for {rank}-D data: install one that does.")
-            self.add(path, f"{format_path(path)}: {what} {name!r} takes "
-                           f"{' or '.join(words.get(x, f'{x}-D samples') for x in dims)}, but data.image_size = "
-                           f"{data.get('image_size')!r} gives {words[rank]}.{hint}", related=(("data", "image_size"),))
-
-        backbone = d.get("backbone") if isinstance(d.get("backbone"), dict) else {}
-        check(("backbone", "name"), "backbones", backbone.get("name"), "backbone")
-        dims = backbone.get("spatial_dims")  # a backbone of any rank takes it as this parameter, by convention
-        if _is_int(dims) and dims in words and dims != rank:
-            self.add(("backbone", "spatial_dims"), f"backbone.spatial_dims = {dims} builds a model for "
-                                                   f"{words[dims]}, but data.image_size = "
-                                                   f"{data.get('image_size')!r} gives {words[rank]}",
-                     related=(("data", "image_size"),))
-        aug = d.get("augmentations") if isinstance(d.get("augmentations"), dict) else {}
-
-        def walk(items: Any, path: tuple[Any, ...]) -> None:
-            for i, a in enumerate(items if isinstance(items, list) else []):
-                if isinstance(a, dict):
-                    check((*path, i, "name"), "augmentations", a.get("name"), "transform")
-                    walk(a.get("transforms"), (*path, i, "transforms"))
-
-        for split in ("train", "val"):
-            walk(aug.get(split), ("augmentations", split))
-
     def channel_checks(self, d: dict[str, Any], data: dict[str, Any], aug: dict[str, Any]) -> None:
         """``augmentations.mean`` / ``std`` with a length that is neither 1 nor the channel count (the dataset's
         ``channels``: a count or a list of indices; else the backbone's ``in_chans``), and ``stats = "train"`` given
@@ -402,3 +360,46 @@ def _file_in_the_way(output_dir: str) -> str | None:
         except (OSError, ValueError):
             return None
     return None
+
+
+def spatial_checks(rules: Any, d: dict[str, Any], data: dict[str, Any]) -> None:
+    """The backbone and every transform that declares its ``spatial_dims`` (``Component.fits``) against the
+    samples' spatial rank that ``data.image_size`` gives (an int: 2-D images; a list: its length): a 2-D model or
+    transform on volumes, or a 3-D one on images, is refused where it is named."""
+    from plugtrain.core.spec.model import spatial_rank
+
+    rank = spatial_rank(data.get("image_size"))
+    if rank is None:
+        return
+    words = {1: "1-D signals", 2: "2-D images", 3: "3-D volumes"}
+
+    def check(path: tuple[Any, ...], kind: str, name: Any, what: str) -> None:
+        comp = rules._quiet(kind, name)
+        dims = comp.fits.spatial_dims if comp is not None else ()
+        if not dims or rank in dims:
+            return
+        fitting = [c.name for c in rules.registry.components(kind) if rank in c.fits.spatial_dims][:6]
+        hint = f" {what.capitalize()}s for {rank}-D data: {', '.join(fitting)}, ..." if fitting else (
+            f" No loaded plugin has a {what} for {rank}-D data: install one that does.")
+        rules.add(path, f"{format_path(path)}: {what} {name!r} takes "
+                       f"{' or '.join(words.get(x, f'{x}-D samples') for x in dims)}, but data.image_size = "
+                       f"{data.get('image_size')!r} gives {words[rank]}.{hint}", related=(("data", "image_size"),))
+
+    backbone = d.get("backbone") if isinstance(d.get("backbone"), dict) else {}
+    check(("backbone", "name"), "backbones", backbone.get("name"), "backbone")
+    dims = backbone.get("spatial_dims")  # a backbone of any rank takes it as this parameter, by convention
+    if _is_int(dims) and dims in words and dims != rank:
+        rules.add(("backbone", "spatial_dims"), f"backbone.spatial_dims = {dims} builds a model for "
+                                               f"{words[dims]}, but data.image_size = "
+                                               f"{data.get('image_size')!r} gives {words[rank]}",
+                 related=(("data", "image_size"),))
+    aug = d.get("augmentations") if isinstance(d.get("augmentations"), dict) else {}
+
+    def walk(items: Any, path: tuple[Any, ...]) -> None:
+        for i, a in enumerate(items if isinstance(items, list) else []):
+            if isinstance(a, dict):
+                check((*path, i, "name"), "augmentations", a.get("name"), "transform")
+                walk(a.get("transforms"), (*path, i, "transforms"))
+
+    for split in ("train", "val"):
+        walk(aug.get(split), ("augmentations", split))
