@@ -177,14 +177,16 @@ def volumes(
     train_items, class_names = items_of(train, "train", class_names)
     val_items = items_of(val, "val", class_names)[0] if val is not None else None
     test_items = items_of(test, "test", class_names)[0] if test is not None else None
-    if val_items is None:
-        order = np.random.default_rng(seed).permutation(len(train_items))
+    if val_items is None:  # held out as the built-in datasets do it (stratified by class for classification)
+        from plugtrain.plugins.datasets.common import fraction_split
+
         n_val = max(1, round(len(train_items) * val_fraction))
         if n_val >= len(train_items):
             raise _error(f"dataset volumes: {len(train_items)} sample(s) in train are too few to hold out "
                          f"val_fraction = {val_fraction}")
-        val_items = [train_items[i] for i in sorted(order[:n_val])]
-        train_items = [train_items[i] for i in sorted(order[n_val:])]
+        parts = fraction_split([p for p, _ in train_items], [t for _, t in train_items], val_fraction, seed,
+                               stratify=not regression)
+        train_items, val_items = (list(zip(*parts[k], strict=True)) for k in ("train", "val"))
     first = VolumeSplit(train_items[:1], rank)[0][0]
     return DatasetSplits(train=VolumeSplit(train_items, rank), val=VolumeSplit(val_items, rank),
                          test=VolumeSplit(test_items, rank) if test_items else None,
